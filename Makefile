@@ -1,0 +1,20 @@
+# The two quick-start commands: `make demo` (the main job) and `make test` (the whole suite).
+VENV ?= $(HOME)/.cache/forkrl/venv
+export FORKRL_VENV := $(VENV)
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint bench
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) bench/objectives.py
+
+test: setup
+	bash scripts/run-tests.sh
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) bench/objectives.py

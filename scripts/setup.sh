@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates (once) and refreshes the project's virtual environment.
+# The environment lives outside the checkout (FORKRL_VENV, default ~/.cache/forkrl/venv) so the
+# multi-GB torch install and pip's cache survive fresh clones; re-running is cheap when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+VENV="${FORKRL_VENV:-$HOME/.cache/forkrl/venv}"
+PY="${FORKRL_PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment at $VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+
+# Reinstall only when the dependency files or the checkout path (editable install) changed.
+STAMP="$VENV/.forkrl-stamp"
+WANT="$(cat pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16) $ROOT"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "[setup] installing forkrl (editable) with dev extras; the first run downloads torch (a few GB)"
+  set +e
+  "$VENV/bin/pip" install --progress-bar off -e ".[dev]" 2>&1 | grep -v -E "^(Requirement already satisfied|  Using cached)"
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" -eq 0 ] || { echo "[setup] pip install failed (exit $rc)" >&2; exit "$rc"; }
+  "$VENV/bin/python" -c "import forkrl.trainer, forkrl.rollout, forkrl.operator" \
+    || { echo "[setup] import check failed" >&2; exit 1; }
+  echo "$WANT" > "$STAMP"
+fi
+echo "[setup] environment ready: $VENV"
