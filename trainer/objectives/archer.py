@@ -25,10 +25,13 @@ def response_entropy_quantile(entropy: torch.Tensor, mask: torch.Tensor, q: floa
 
 def reasoning_token_mask(entropy: torch.Tensor, mask: torch.Tensor, rho: float, tie_rule: str) -> torch.Tensor:
     """omega = 1 for reasoning (high-entropy) tokens: H > tau_i (`gt`, code) or H >= tau_i (`geq`, paper)."""
-    tau = response_entropy_quantile(entropy, mask, rho).unsqueeze(-1)
+    return _above_threshold(entropy, response_entropy_quantile(entropy, mask, rho), tie_rule) & mask
+
+
+def _above_threshold(entropy: torch.Tensor, tau: torch.Tensor, tie_rule: str) -> torch.Tensor:
+    """entropy [batch, resp_len] vs per-response tau [batch] under the tie rule (nan tau: never above)."""
     h = entropy.detach().to(torch.float64)
-    above = h > tau if tie_rule == "gt" else h >= tau
-    return above & mask
+    return h > tau.unsqueeze(-1) if tie_rule == "gt" else h >= tau.unsqueeze(-1)
 
 
 def _type_kl_term(kl: torch.Tensor, type_mask: torch.Tensor, cfg: ArcherConfig, prep: PreparedTokens,
@@ -50,7 +53,8 @@ def archer_loss(cfg: ArcherConfig, inputs: LossInputs, prep: PreparedTokens, ctx
     """J = mean[min(r A, clip(r, 1 - eps(e), 1 + eps(e)) A) - beta(e) KL(pi_theta || pi_ref)] (Eq. 3-5)."""
     if inputs.entropy is None:
         raise ValueError("the archer objective needs LossInputs.entropy (current-policy token entropies)")
-    reasoning = reasoning_token_mask(inputs.entropy, prep.mask, cfg.rho, cfg.tie_rule)
+    tau = response_entropy_quantile(inputs.entropy, prep.mask, cfg.rho)
+    reasoning = _above_threshold(inputs.entropy, tau, cfg.tie_rule) & prep.mask
     knowledge = prep.mask & ~reasoning
     dtype = prep.ratio.dtype
     is_reasoning = reasoning.to(dtype)
@@ -61,6 +65,8 @@ def archer_loss(cfg: ArcherConfig, inputs: LossInputs, prep: PreparedTokens, ctx
 
     kl = None
     metrics = {"archer/reasoning_frac": float(reasoning.sum()) / max(int(prep.mask.sum()), 1)}
+    if bool(torch.isfinite(tau).any()):
+        metrics["archer/threshold_mean"] = float(tau[torch.isfinite(tau)].mean())
     if inputs.ref_logp is not None:
         kl = kl_estimate(inputs.logp, inputs.ref_logp, cfg.kl_estimator)
         if cfg.kl_norm == "per_type":

@@ -1,0 +1,128 @@
+"""Spec 8.4 D3: token-mean and seq-mean over micro-batches and 2 real gloo ranks with unequal token counts
+equal the single-process loss and gradient on the concatenated batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from forkrl.trainer.global_selection import global_forking_masks
+from forkrl.trainer.objectives import (
+    ArcherConfig,
+    DapoConfig,
+    ForkingConfig,
+    LossInputs,
+    compute_policy_loss,
+    mini_batch_context,
+    parse_objective,
+)
+from forkrl.trainer.selection import topk_token_mask
+from tests.distributed_utils import run_on_ranks
+
+RESP_LEN = 7
+# (rank, micro-batch) -> response lengths: unequal token counts per rank and per micro-batch.
+LAYOUT = {0: [[7, 3], [5]], 1: [[2, 6, 4], [1, 7], [3]]}
+CONFIGS = [
+    {"name": "dapo"},
+    {"name": "archer", "loss_agg": "seq-mean-token-mean"},
+    {"name": "archer", "loss_agg": "token-mean", "kl_norm": "paper", "beta_knowledge": 0.01},
+    {"name": "gspo"},
+    {"name": "cispo", "loss_agg": "seq-mean-token-sum-norm"},
+    {"name": "forking", "rho": 0.3, "scope": "mini_batch_global"},
+]
+
+
+def micro_batch(lengths: list[int], seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    batch = len(lengths)
+    mask = torch.arange(RESP_LEN).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    old = -torch.rand(batch, RESP_LEN, generator=gen, dtype=torch.float64) * 2
+    return {
+        "logp": old + 0.3 * torch.randn(batch, RESP_LEN, generator=gen, dtype=torch.float64),
+        "old_logp": old,
+        "ref_logp": old + 0.2 * torch.randn(batch, RESP_LEN, generator=gen, dtype=torch.float64),
+        "advantages": torch.randn(batch, 1, generator=gen, dtype=torch.float64).expand(batch, RESP_LEN).clone(),
+        # Quantised entropies create ties across ranks, which the global selection must break by rank order.
+        "entropy": torch.round(torch.rand(batch, RESP_LEN, generator=gen, dtype=torch.float64) * 8) / 4,
+        "response_mask": mask,
+    }
+
+
+def all_micro_batches() -> list[list[dict[str, torch.Tensor]]]:
+    return [[micro_batch(lengths, seed=10 * rank + i) for i, lengths in enumerate(LAYOUT[rank])] for rank in LAYOUT]
+
+
+def losses_and_grads(cfg, micro_batches, group=None) -> tuple[float, list[torch.Tensor]]:
+    masks = [mb["response_mask"] for mb in micro_batches]
+    selections = None
+    if getattr(cfg, "scope", None) == "mini_batch_global":
+        entropies = [mb["entropy"].float() for mb in micro_batches]
+        if group is None and len(micro_batches) == 1:  # the single-process reference: plain local top-k
+            selections = [topk_token_mask(entropies[0], masks[0], cfg.rho)[0]]
+        else:
+            selections, _, _ = global_forking_masks(entropies, masks, cfg.rho, group=group)
+    ctx = mini_batch_context(cfg, masks, selections, group=group, max_response_len=RESP_LEN)
+    total, grads = 0.0, []
+    for i, mb in enumerate(micro_batches):
+        logp = mb["logp"].clone().requires_grad_(True)
+        fields = {**mb, "logp": logp, "selection_mask": selections[i] if selections else None}
+        out = compute_policy_loss(cfg, LossInputs(**fields), ctx)
+        out.loss.backward()
+        total += float(out.loss.detach())
+        grads.append(logp.grad)
+    return total, grads
+
+
+def _rank_fn(rank: int, world_size: int) -> list[tuple[float, list[torch.Tensor]]]:
+    mbs = all_micro_batches()[rank]
+    return [losses_and_grads(parse_objective(c), mbs, group=dist.group.WORLD) for c in CONFIGS]
+
+
+def concatenated() -> dict[str, torch.Tensor]:
+    flat = [mb for rank_mbs in all_micro_batches() for mb in rank_mbs]
+    return {key: torch.cat([mb[key] for mb in flat]) for key in flat[0]}
+
+
+@pytest.fixture(scope="module")
+def distributed_results() -> list[list[tuple[float, list[torch.Tensor]]]]:
+    return run_on_ranks(_rank_fn, world_size=2)
+
+
+@pytest.mark.parametrize("index", range(len(CONFIGS)))
+def test_d3_two_ranks_equal_single_process(distributed_results, index: int) -> None:
+    cfg = parse_objective(CONFIGS[index])
+    reference_loss, (reference_grad,) = losses_and_grads(cfg, [concatenated()])
+    loss = sum(distributed_results[rank][index][0] for rank in range(2))
+    grads = torch.cat([g for rank in range(2) for g in distributed_results[rank][index][1]])
+    assert loss == pytest.approx(reference_loss, abs=1e-12)
+    torch.testing.assert_close(grads, reference_grad, atol=1e-12, rtol=0)
+    assert reference_grad.abs().sum() > 0
+
+
+def test_micro_batch_split_in_one_process_equals_whole() -> None:
+    mbs = all_micro_batches()[1]
+    whole = {key: torch.cat([mb[key] for mb in mbs]) for key in mbs[0]}
+    for cfg in (DapoConfig(), ArcherConfig(), ForkingConfig(rho=1.0)):
+        split_loss, split_grads = losses_and_grads(cfg, mbs)
+        whole_loss, (whole_grad,) = losses_and_grads(cfg, [whole])
+        assert split_loss == pytest.approx(whole_loss, abs=1e-12)
+        torch.testing.assert_close(torch.cat(split_grads), whole_grad, atol=1e-12, rtol=0)
+
+
+def test_micro_batch_scope_is_the_mean_of_micro_batch_means() -> None:
+    mbs = all_micro_batches()[0]
+    cfg = DapoConfig(token_mean_scope="micro_batch")
+    split_loss, _ = losses_and_grads(cfg, mbs)
+    means = [float(compute_policy_loss(DapoConfig(), LossInputs(**mb)).loss) for mb in mbs]
+    assert split_loss == pytest.approx(sum(means) / len(means), abs=1e-12)
+    # ... which differs from the exact global token-mean when micro-batches have unequal token counts.
+    assert abs(split_loss - losses_and_grads(DapoConfig(), mbs)[0]) > 1e-4
+
+
+def test_forking_micro_batch_scope_normaliser_counts_k_per_micro_batch() -> None:
+    mbs = all_micro_batches()[1]
+    cfg = ForkingConfig(rho=0.3)
+    ctx = mini_batch_context(cfg, [mb["response_mask"] for mb in mbs])
+    # Micro-batches of 12, 8 and 3 tokens keep 4, 3 and 1 tokens.
+    assert ctx.token_normalizer == 8.0
