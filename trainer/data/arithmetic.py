@@ -1,0 +1,74 @@
+"""A built-in task for the local mode: multi-step integer arithmetic with worked solutions.
+
+`3+4*2-5` has the worked solution `4*2=8,3+8=11,11-5=6.\\boxed{6}`: multiplications first, then left to
+right, one step per operator. Problems and solutions are deterministic functions of the seed, so the
+training, cold-start and held-out sets are reproducible and disjoint by seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from forkrl.trainer.data.schema import PromptRow
+
+
+@dataclass(frozen=True)
+class ArithmeticSpec:
+    """min_ops/max_ops: operators per problem; max_operand: operands drawn from [0, max_operand];
+    ops: operator characters used."""
+
+    min_ops: int = 2
+    max_ops: int = 3
+    max_operand: int = 9
+    ops: str = "+-*"
+
+
+def worked_solution(tokens: list[str]) -> tuple[list[str], int]:
+    """Reduce [n, op, n, op, ...] one operator at a time: every '*' first, then left to right.
+
+    Returns (steps like '4*2=8', final value).
+    """
+    values = [int(t) for t in tokens[::2]]
+    ops = list(tokens[1::2])
+    steps = []
+    while ops:
+        i = ops.index("*") if "*" in ops else 0
+        a, b, op = values[i], values[i + 1], ops[i]
+        result = a * b if op == "*" else a + b if op == "+" else a - b
+        steps.append(f"{a}{op}{b}={result}")
+        values[i : i + 2] = [result]
+        del ops[i]
+    return steps, values[0]
+
+
+def make_problem(rng: random.Random, spec: ArithmeticSpec) -> tuple[str, str, int]:
+    """One random problem: (expression, worked solution text ending in \\boxed{answer}, answer)."""
+    num_ops = rng.randint(spec.min_ops, spec.max_ops)
+    tokens = [str(rng.randint(0, spec.max_operand))]
+    for _ in range(num_ops):
+        tokens += [rng.choice(spec.ops), str(rng.randint(0, spec.max_operand))]
+    steps, answer = worked_solution(tokens)
+    return "".join(tokens), ",".join(steps) + f".\\boxed{{{answer}}}", answer
+
+
+def arithmetic_rows(count: int, seed: int, spec: ArithmeticSpec | None = None,
+                    exclude: set[str] | None = None) -> list[PromptRow]:
+    """`count` distinct problems as PromptRows (prompt 'expr=', answer, worked solution in metadata);
+    expressions in `exclude` (e.g. the held-out set) are skipped so the sets never overlap."""
+    spec = spec or ArithmeticSpec()
+    rng = random.Random(seed)
+    seen = set(exclude or ())
+    rows: list[PromptRow] = []
+    attempts = 0
+    while len(rows) < count:
+        attempts += 1
+        if attempts > 50 * count + 1000:
+            raise ValueError(f"cannot draw {count} distinct problems from {spec}; widen max_ops/max_operand")
+        expression, solution, answer = make_problem(rng, spec)
+        if expression in seen:
+            continue
+        seen.add(expression)
+        rows.append(PromptRow(prompt=f"{expression}=", answer=str(answer), task="math", answer_format="boxed",
+                              source="arithmetic", index=len(rows), metadata={"solution": solution}))
+    return rows

@@ -1,0 +1,70 @@
+"""Evaluation metrics: avg@k and the unbiased pass@k estimator, per data set, with a confidence interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n - c, k) / C(n, k) (Chen et al. 2021)."""
+    if not 0 <= num_correct <= num_samples:
+        raise ValueError(f"need 0 <= num_correct <= num_samples, got c={num_correct}, n={num_samples}")
+    if not 1 <= k <= num_samples:
+        raise ValueError(f"need 1 <= k <= num_samples, got k={k}, n={num_samples}")
+    if num_samples - num_correct < k:
+        return 1.0
+    # Product form avoids huge binomials: prod_{i=n-c+1}^{n} (1 - k / i).
+    return 1.0 - math.prod(1.0 - k / i for i in range(num_samples - num_correct + 1, num_samples + 1))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Scores of one data set: avg@k (mean per-sample accuracy), pass@k, and a 95% CI of avg@k."""
+
+    dataset: str
+    problems: int
+    samples_per_problem: int
+    avg_at_k: float
+    pass_at_k: dict[int, float]
+    ci95: tuple[float, float]
+
+    def row(self) -> dict[str, float | int | str]:
+        out: dict[str, float | int | str] = {"dataset": self.dataset, "problems": self.problems,
+                                             f"avg@{self.samples_per_problem}": self.avg_at_k}
+        out.update({f"pass@{k}": v for k, v in sorted(self.pass_at_k.items())})
+        return out
+
+
+def score_dataset(name: str, correctness: Sequence[Sequence[bool]], ks: Sequence[int] = (1,)) -> EvalResult:
+    """correctness[i][j]: whether sample j of problem i was correct (every problem has the same n).
+
+    The CI treats per-problem mean accuracies as i.i.d. (normal approximation, 1.96 standard errors).
+    """
+    if not correctness:
+        raise ValueError(f"data set {name!r} has no problems to score")
+    n = len(correctness[0])
+    if n == 0 or any(len(samples) != n for samples in correctness):
+        raise ValueError(f"data set {name!r}: every problem needs the same number (>= 1) of samples")
+    per_problem = [sum(map(bool, samples)) / n for samples in correctness]
+    mean = sum(per_problem) / len(per_problem)
+    var = sum((p - mean) ** 2 for p in per_problem) / max(len(per_problem) - 1, 1)
+    half = 1.96 * math.sqrt(var / len(per_problem))
+    passes = {k: sum(pass_at_k(n, sum(map(bool, s)), k) for s in correctness) / len(correctness)
+              for k in ks if k <= n}
+    return EvalResult(name, len(correctness), n, mean, passes, (mean - half, mean + half))
+
+
+def paired_difference_ci(before: Sequence[float], after: Sequence[float]) -> tuple[float, float, float]:
+    """Mean of after - before over the same problems and its 95% CI (paired normal approximation).
+
+    before/after: per-problem accuracies. Returns (difference, low, high).
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError("paired difference needs two equal, non-empty lists of per-problem scores")
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
+    half = 1.96 * math.sqrt(var / len(diffs))
+    return mean, mean - half, mean + half
