@@ -8,20 +8,27 @@ training, cold-start and held-out sets are reproducible and disjoint by seed.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forkrl.trainer.data.schema import PromptRow
 
 
-@dataclass(frozen=True)
-class ArithmeticSpec:
-    """min_ops/max_ops: operators per problem; max_operand: operands drawn from [0, max_operand];
-    ops: operator characters used."""
+class ArithmeticSpec(BaseModel):
+    """Shape of the generated problems."""
 
-    min_ops: int = 2
-    max_ops: int = 3
-    max_operand: int = 9
-    ops: str = "+-*"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_ops: int = Field(2, ge=1, le=16, description="Fewest operators in a problem.")
+    max_ops: int = Field(3, ge=1, le=16, description="Most operators in a problem.")
+    max_operand: int = Field(9, ge=1, le=10_000, description="Operands are drawn from [0, max_operand].")
+    ops: str = Field("+-*", pattern=r"^[+*-]+$", description="Operator characters used (from + - *).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ArithmeticSpec:
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops={self.min_ops} exceeds max_ops={self.max_ops}")
+        return self
 
 
 def worked_solution(tokens: list[str]) -> tuple[list[str], int]:

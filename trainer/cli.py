@@ -1,0 +1,87 @@
+"""The `forkrl` command line: train, inspect the config schema, validate specs, plan layouts.
+
+    forkrl train examples/local-arith.yaml [--resume] [--quiet]
+    forkrl config schema            # JSON schema of RLVRJobSpec
+    forkrl config validate FILE     # check a spec, naming every bad field
+    forkrl plan --model qwen2.5-32b --gpus-per-node 8 --gpu-memory-gib 80 --nodes 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    from forkrl.trainer.spec import spec_json_schema
+
+    json.dump(spec_json_schema(), sys.stdout, indent=2 if args.indent else None)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    from forkrl.trainer.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"{args.spec}: valid RLVRJob spec {spec.name!r} (objective {spec.objective.name})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from forkrl.trainer.controller.main import train_main
+
+    return train_main(args.spec, resume=args.resume, quiet=args.quiet)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from forkrl.trainer.learner.plan import main as plan_main
+
+    return plan_main(args.plan_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forkrl",
+        description="forkrl: RLVR for LLMs with entropy-aware objectives (forking tokens, Archer, DAPO).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="run an RLVR experiment from a YAML spec (local embedded mode)",
+                                description="Run the RLVR loop: rollout, verify, advantages, learner updates, "
+                                "weight sync, evaluation, checkpoints. Ctrl-C / SIGTERM checkpoint and exit 0.")
+    train.add_argument("spec", help="RLVRJob spec YAML (e.g. examples/local-arith.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar (one summary line per step)")
+    train.set_defaults(handler=_train)
+
+    config = commands.add_parser("config", help="inspect or validate RLVRJob specs")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    schema = config_commands.add_parser("schema", help="print the JSON schema of RLVRJobSpec")
+    schema.add_argument("--indent", action="store_true", help="pretty-print")
+    schema.set_defaults(handler=_config_schema)
+    validate = config_commands.add_parser("validate", help="validate a spec file and name every bad field")
+    validate.add_argument("spec", help="spec YAML")
+    validate.set_defaults(handler=_config_validate)
+
+    plan = commands.add_parser("plan", help="per-rank memory of TP/PP/DP layouts for a model and cluster",
+                               add_help=False)
+    plan.add_argument("plan_args", nargs=argparse.REMAINDER, help="arguments of the planner (see forkrl plan -h)")
+    plan.set_defaults(handler=_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
