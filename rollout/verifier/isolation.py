@@ -1,0 +1,258 @@
+"""Linux isolation primitives for the sandbox: namespaces, a private filesystem view, privilege drop,
+and sweeping every process of a sandbox uid.
+
+Each worker slot owns one uid, so concurrent sandboxes cannot signal each other, their RLIMIT_NPROC
+counts are separate, and `kill(-1)` run *as that uid* removes anything a program left behind (even
+processes that left its process group). What the kernel refuses (no CAP_SYS_ADMIN, not root) is
+probed once per worker and recorded in `Isolation.notes`; `require` turns a refusal into an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import sys
+from dataclasses import asdict, dataclass
+
+from forkrl.rollout.verifier.config import SandboxConfig
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+SANDBOX_HOME = "/tmp/sandbox"
+_DERIVED_UID_BASE = 200_000
+_UIDS_PER_POOL = 1024
+
+
+class SandboxUnavailable(RuntimeError):
+    """A `require`d isolation feature is not available on this host."""
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc().unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    def enc(value: str | None) -> bytes | None:
+        return None if value is None else value.encode()
+
+    result = _libc().mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+    _check(result, f"mount {target}")
+
+
+def prctl(option: int, value: int) -> None:
+    _check(_libc().prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0), "prctl")
+
+
+def derive_uid_base(owner_pid: int) -> int:
+    """A uid block per pool owner, so two services on one host never sweep each other's programs."""
+    return _DERIVED_UID_BASE + (owner_pid % 100_000) * _UIDS_PER_POOL
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise PermissionError(f"privilege drop to uid {uid} did not take effect")
+
+
+def sweep_uid(uid: int) -> None:
+    """SIGKILL every process owned by `uid` (the caller must be root)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            drop_privileges(uid, uid)
+            # Only after the drop is verified: kill(-1) as root would hit every process on the host.
+            os.kill(-1, signal.SIGKILL)
+        except BaseException:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def become_subreaper() -> None:
+    """Orphans of sandboxed programs re-parent to this process (not PID 1, which may never reap them)."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def reap_orphans(uid: int) -> int:
+    """Reap exited children owned by `uid` (orphans re-parented here); returns how many were reaped."""
+    reaped = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                children = [int(pid) for pid in handle.read().split()]
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/status") as handle:
+                    owner = next(line.split()[1] for line in handle if line.startswith("Uid:"))
+                if int(owner) == uid and os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped += 1
+            except (OSError, StopIteration, ChildProcessError):
+                continue
+    return reaped
+
+
+def write_files(directory: str, files: dict[str, bytes], uid: int | None, gid: int | None) -> None:
+    for name, content in files.items():
+        fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, content)
+            if uid is not None and gid is not None:
+                os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
+
+
+def build_private_home(
+    files: dict[str, bytes], uid: int | None, gid: int | None, disk_bytes: int, config: SandboxConfig
+) -> str:
+    """Inside a fresh mount namespace: /tmp becomes a read-only tmpfs holding only the program's own
+    writable tmpfs home (SANDBOX_HOME, `disk_bytes`), and every world-writable or hidden directory is
+    covered by an empty read-only tmpfs. Everything vanishes with the namespace's last process."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    os.mkdir(SANDBOX_HOME, 0o700)
+    owner = f",uid={uid},gid={gid}" if uid is not None else ""
+    mount("tmpfs", SANDBOX_HOME, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=0700{owner}")
+    write_files(SANDBOX_HOME, files, uid, gid)
+    mount("tmpfs", "/tmp", "tmpfs", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    for path in [*config.writable_masks, *config.hide_paths]:
+        if os.path.isdir(path) and not os.path.realpath(path).startswith("/tmp"):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
+    return SANDBOX_HOME
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What this worker's sandbox actually gets (reported by the service's /v1/info)."""
+
+    network_namespace: bool
+    mount_namespace: bool
+    uid: int | None
+    gid: int | None
+    python: str
+    notes: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _world_executable(path: str) -> bool:
+    real = os.path.realpath(path)
+    if not os.path.isfile(real) or not os.stat(real).st_mode & 0o001:
+        return False
+    parent = os.path.dirname(real)
+    while True:
+        if not os.stat(parent).st_mode & 0o001:
+            return False
+        if parent == "/":
+            return True
+        parent = os.path.dirname(parent)
+
+
+def _python_candidates(config: SandboxConfig) -> list[str]:
+    if config.python:
+        return [config.python]
+    found = [getattr(sys, "_base_executable", ""), sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"]
+    found.append(shutil.which("python3") or "")
+    resolved = [os.path.realpath(path) for path in found if path and os.path.exists(path)]
+    return list(dict.fromkeys(resolved))
+
+
+def _pick_python(config: SandboxConfig, dropping: bool, masking: bool) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    hidden = [os.path.realpath(path) + os.sep for path in config.hide_paths]
+    for candidate in _python_candidates(config):
+        if masking and any(candidate.startswith(prefix) for prefix in hidden):
+            notes.append(f"{candidate}: under a hidden path")
+        elif dropping and not _world_executable(candidate):
+            notes.append(f"{candidate}: not executable by the sandbox uid")
+        else:
+            return candidate, notes
+    raise SandboxUnavailable("no Python interpreter usable inside the sandbox: " + "; ".join(notes))
+
+
+def _probe_child(config: SandboxConfig, uid: int, write_fd: int) -> None:
+    found = {"netns": False, "mountns": False, "setuid": False, "errors": []}
+    if config.network_namespace != "off":
+        try:
+            unshare(CLONE_NEWNET)
+            found["netns"] = True
+        except OSError as error:
+            found["errors"].append(f"network namespace: {error}")
+    if config.mount_namespace != "off":
+        try:
+            unshare(CLONE_NEWNS)
+            mount(None, "/", None, MS_REC | MS_PRIVATE)
+            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k")
+            found["mountns"] = True
+        except OSError as error:
+            found["errors"].append(f"mount namespace: {error}")
+    if config.drop_privileges != "off":
+        try:
+            drop_privileges(uid, uid)
+            found["setuid"] = True
+        except OSError as error:
+            found["errors"].append(f"privilege drop: {error}")
+    os.write(write_fd, json.dumps(found).encode())
+
+
+def probe(config: SandboxConfig, uid: int) -> Isolation:
+    """Try each enabled feature in a throw-away child and settle what this worker's sandbox uses."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            _probe_child(config, uid, write_fd)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as reader:
+        raw = reader.read()
+    os.waitpid(pid, 0)
+    found = json.loads(raw or b'{"netns": false, "mountns": false, "setuid": false, "errors": ["probe died"]}')
+    notes = list(found["errors"])
+    for key, toggle, label in (
+        ("netns", config.network_namespace, "network_namespace"),
+        ("mountns", config.mount_namespace, "mount_namespace"),
+        ("setuid", config.drop_privileges, "drop_privileges"),
+    ):
+        if toggle == "require" and not found[key]:
+            raise SandboxUnavailable(f"sandbox.{label} is required but unavailable: {'; '.join(notes)}")
+        if toggle == "auto" and not found[key]:
+            notes.append(f"{label} unavailable: falling back")
+    python, python_notes = _pick_python(config, found["setuid"], found["mountns"])
+    return Isolation(
+        network_namespace=found["netns"],
+        mount_namespace=found["mountns"],
+        uid=uid if found["setuid"] else None,
+        gid=uid if found["setuid"] else None,
+        python=python,
+        notes=tuple(notes + python_notes),
+    )
