@@ -12,6 +12,25 @@ Two paths with the same contract:
 
 The row kernels (`scaled_logits_into`, `shifted_exp_stats_`, `write_logits_grad_`) are shared with the
 vocab-parallel path, which needs the same math with a global (all-reduced) max and lse.
+
+In-place backward (`inplace_backward=True`, opt-in): the chunked backward writes the logits gradient
+chunk by chunk into the logits tensor's own storage and returns that tensor as the gradient, so no
+[tokens, vocab] buffer is allocated at all (flash-attn's cross-entropy `inplace_backward`). Each chunk
+is copied into the fp32 workspace before its rows are overwritten, so the entropy gradient works too,
+and bf16/fp16 logits receive the gradient rounded to their own dtype, as the out-of-place path returns it.
+It is correct only when nothing else needs the logits' values once this op's backward has run: the
+typical producer is an output layer (logits = hidden @ W.T; a matmul's backward needs its inputs, not
+its output). After backward the logits tensor holds d loss / d logits. Guards:
+- refused up front (ValueError): logits that are a leaf requiring grad or a view of one (the gradient
+  would overwrite a parameter or user input), non-contiguous logits (a strided/expanded view of a
+  larger buffer), dtypes other than fp16/bf16/fp32/fp64, and the naive path (chunk_size=None);
+- autograd's version counter: the logits are saved with `save_for_backward`, so an in-place change
+  between forward and backward raises when the backward unpacks them; the in-place writes bump the
+  version, so any other node that saved the logits and runs later (e.g. `torch.tanh`'s or `exp`'s
+  backward, which save their output, a z-loss's logsumexp, or a second backward with retain_graph)
+  raises "modified by an inplace operation" instead of reading the gradient as logits.
+Not detectable: code that reads the logits outside autograd after backward (logging, a reference kept
+in a Python object), which sees the gradient.
 """
 
 from __future__ import annotations
@@ -50,6 +69,35 @@ def check_temperature(temperature: float) -> None:
 def check_chunk_size(chunk_size: int) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+INPLACE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_inplace_backward(logits: Tensor) -> None:
+    """Refuses the uses of inplace_backward=True that are unsafe and cheap to detect (ValueError)."""
+    fix = "pass logits made by an op whose backward does not need them (e.g. hidden @ W.T), or inplace_backward=False"
+    if logits.requires_grad and logits.is_leaf:
+        raise ValueError(
+            "inplace_backward=True: logits is a leaf tensor that requires grad (a parameter or user input); "
+            f"backward would overwrite its values with its own gradient: {fix}"
+        )
+    base = logits._base
+    if base is not None and base.requires_grad and base.is_leaf:
+        raise ValueError(
+            "inplace_backward=True: logits is a view of a leaf tensor that requires grad; backward would "
+            f"overwrite that leaf with the gradient: {fix}"
+        )
+    if not logits.is_contiguous():
+        raise ValueError(
+            f"inplace_backward=True: logits must be contiguous (got strides {logits.stride()} for shape "
+            f"{tuple(logits.shape)}); a strided view shares storage with data the gradient must not overwrite"
+        )
+    if logits.dtype not in INPLACE_DTYPES:
+        raise ValueError(
+            f"inplace_backward=True: logits dtype {logits.dtype} cannot hold its own gradient in place "
+            f"(supported: {', '.join(str(d) for d in INPLACE_DTYPES)})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -126,6 +174,7 @@ def logits_grad_by_chunks(
     grad_entropy: Tensor | None,
     temperature: float,
     chunk_size: int,
+    inplace: bool = False,
 ) -> Tensor:
     """Gradient w.r.t. logits [tokens, vocab] (logits' dtype), chunk_size rows at a time.
 
@@ -133,13 +182,17 @@ def logits_grad_by_chunks(
     entropy term. One fp32 workspace of [chunk_size, vocab]; fp32 logits get their gradient written
     straight into the result, bf16/fp16 logits go through the workspace (plus a second fp32 buffer when
     the entropy term needs z alongside p).
+    inplace=True: the result is the logits' own storage (contiguous logits, see the module docstring);
+    each chunk is read into the workspace before its rows are overwritten. Every write bumps the
+    logits' version counter, so autograd flags any later reader that saved them.
     """
     num_tokens, vocab = logits.shape
     dtype = compute_dtype(logits.dtype)
     grad_logp = grad_logp.to(dtype)
     grad_entropy = None if grad_entropy is None else grad_entropy.to(dtype)
     is_local = None if target_is_local is None else target_is_local.to(dtype)
-    grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    # In place, detach(): same storage and version counter, but the writes are not recorded by autograd.
+    grad_logits = logits.detach() if inplace else torch.empty_like(logits, memory_format=torch.contiguous_format)
     rows = min(chunk_size, num_tokens)
     workspace = torch.empty(rows, vocab, dtype=dtype, device=logits.device)
     direct = grad_logits.dtype == dtype
@@ -208,6 +261,7 @@ class _ChunkedLogprobsEntropy(torch.autograd.Function):
         temperature: float,
         chunk_size: int,
         entropy_requires_grad: bool,
+        inplace_backward: bool,
     ) -> tuple[Tensor, Tensor]:
         num_tokens, vocab = logits.shape
         dtype = compute_dtype(logits.dtype)
@@ -227,10 +281,12 @@ class _ChunkedLogprobsEntropy(torch.autograd.Function):
             entropy[start:end] = log_sum_exp - weighted_shift / sum_exp
             logp[start:end] = target_logit - lse[start:end]
         del workspace
+        # Saving the logits also arms autograd's version check: an in-place change before backward raises.
         ctx.save_for_backward(logits, targets, lse, entropy)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         ctx.entropy_requires_grad = entropy_requires_grad
+        ctx.inplace_backward = inplace_backward
         if not entropy_requires_grad:
             ctx.mark_non_differentiable(entropy)
         return logp, entropy
@@ -239,10 +295,10 @@ class _ChunkedLogprobsEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_logp: Tensor, grad_entropy: Tensor | None
-    ) -> tuple[Tensor | None, None, None, None, None]:
+    ) -> tuple[Tensor | None, None, None, None, None, None]:
         logits, targets, lse, entropy = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         grad_logits = logits_grad_by_chunks(
             logits,
             targets,
@@ -253,8 +309,9 @@ class _ChunkedLogprobsEntropy(torch.autograd.Function):
             grad_entropy if ctx.entropy_requires_grad else None,
             ctx.temperature,
             ctx.chunk_size,
+            inplace=ctx.inplace_backward,
         )
-        return grad_logits, None, None, None, None
+        return grad_logits, None, None, None, None, None
 
 
 def logprobs_and_entropy_chunked(
@@ -263,19 +320,27 @@ def logprobs_and_entropy_chunked(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     entropy_requires_grad: bool = False,
+    *,
+    inplace_backward: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Same results as the naive path with O(chunk_size x vocab) extra memory in forward and backward.
 
     logits: [tokens, vocab] (any float dtype), targets: [tokens] int64.
     Returns (logp [tokens], entropy [tokens]) in fp32 (fp64 for fp64 logits). The gradient w.r.t.
     logits has the logits' dtype. entropy is non-differentiable unless entropy_requires_grad.
+    inplace_backward=True: backward overwrites the logits with their gradient instead of allocating a
+    [tokens, vocab] buffer; only for logits nothing else reads afterwards (module docstring).
     """
     check_logits_and_targets(logits, targets)
     check_temperature(temperature)
     check_chunk_size(chunk_size)
+    if inplace_backward:
+        check_inplace_backward(logits)
     if logits.shape[0] == 0:
         return _naive(logits, targets, temperature, entropy_requires_grad)
-    return _ChunkedLogprobsEntropy.apply(logits, targets, float(temperature), chunk_size, entropy_requires_grad)
+    return _ChunkedLogprobsEntropy.apply(
+        logits, targets, float(temperature), chunk_size, entropy_requires_grad, bool(inplace_backward)
+    )
 
 
 def logprobs_and_entropy(
@@ -285,8 +350,19 @@ def logprobs_and_entropy(
     *,
     chunk_size: int | None = 1024,
     entropy_requires_grad: bool = False,
+    inplace_backward: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Dispatcher: chunk_size=None -> naive path, else the chunked path with that chunk size."""
+    """Dispatcher: chunk_size=None -> naive path, else the chunked path with that chunk size.
+
+    inplace_backward=True (chunked path only) writes the logits gradient into the logits' storage.
+    """
     if chunk_size is None:
+        if inplace_backward:
+            raise ValueError(
+                "inplace_backward=True needs the chunked path: pass an int chunk_size (chunk_size=None is "
+                "the naive path, whose autograd graph keeps its own [tokens, vocab] tensors)"
+            )
         return _naive(logits, targets, temperature, entropy_requires_grad)
-    return logprobs_and_entropy_chunked(logits, targets, temperature, chunk_size, entropy_requires_grad)
+    return logprobs_and_entropy_chunked(
+        logits, targets, temperature, chunk_size, entropy_requires_grad, inplace_backward=inplace_backward
+    )

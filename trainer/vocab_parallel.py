@@ -9,6 +9,10 @@ is computed redundantly on each of them (as in Megatron's vocab-parallel cross-e
 
 Results are bitwise identical on every TP rank (they are functions of all-reduced values only), so
 entropy-based token masks agree across TP.
+
+inplace_backward=True writes each rank's shard gradient into its own logits shard (see
+`forkrl.trainer.entropy` for when that is safe and what is refused): with a vocab-parallel output layer
+(logits_shard = hidden @ W_shard.T) no [tokens, vocab/tp] gradient buffer is allocated.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import Tensor
 
 from forkrl.trainer.entropy import (
     check_chunk_size,
+    check_inplace_backward,
     check_logits_and_targets,
     check_temperature,
     compute_dtype,
@@ -46,6 +51,7 @@ class _VocabParallelLogprobsEntropy(torch.autograd.Function):
         temperature: float,
         chunk_size: int,
         entropy_requires_grad: bool,
+        inplace_backward: bool,
     ) -> tuple[Tensor, Tensor]:
         num_tokens, shard = logits_shard.shape
         dtype = compute_dtype(logits_shard.dtype)
@@ -80,6 +86,7 @@ class _VocabParallelLogprobsEntropy(torch.autograd.Function):
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         ctx.entropy_requires_grad = entropy_requires_grad
+        ctx.inplace_backward = inplace_backward
         if not entropy_requires_grad:
             ctx.mark_non_differentiable(entropy)
         return logp, entropy
@@ -88,10 +95,10 @@ class _VocabParallelLogprobsEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_logp: Tensor, grad_entropy: Tensor | None
-    ) -> tuple[Tensor | None, None, None, None, None, None]:
+    ) -> tuple[Tensor | None, None, None, None, None, None, None]:
         logits_shard, local_targets, target_is_local, lse, entropy = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         grad_shard = logits_grad_by_chunks(
             logits_shard,
             local_targets,
@@ -102,8 +109,9 @@ class _VocabParallelLogprobsEntropy(torch.autograd.Function):
             grad_entropy if ctx.entropy_requires_grad else None,
             ctx.temperature,
             ctx.chunk_size,
+            inplace=ctx.inplace_backward,
         )
-        return grad_shard, None, None, None, None, None
+        return grad_shard, None, None, None, None, None, None
 
 
 def vocab_parallel_logprobs_and_entropy(
@@ -113,6 +121,8 @@ def vocab_parallel_logprobs_and_entropy(
     temperature: float = 1.0,
     entropy_requires_grad: bool = False,
     chunk_size: int | None = None,
+    *,
+    inplace_backward: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """logits_shard: [tokens, vocab / tp] of this TP rank; targets: [tokens] GLOBAL vocab ids (int64,
     identical on every rank). Returns (logp [tokens], entropy [tokens]), fp32 (fp64 for fp64 logits),
@@ -122,22 +132,28 @@ def vocab_parallel_logprobs_and_entropy(
     when chunk_size is given). chunk_size=None processes the whole shard at once (one [tokens,
     vocab/tp] fp32 workspace); a chunk size bounds the workspace to [chunk_size, vocab/tp].
     entropy is non-differentiable unless entropy_requires_grad.
+    inplace_backward=True: backward overwrites logits_shard with its gradient (no [tokens, vocab/tp]
+    buffer); without a group it takes the chunked kernel, chunk_size=None meaning all rows at once.
     """
     _, world = _group_rank_and_size(group)
     check_temperature(temperature)
     check_logits_and_targets(logits_shard, targets, vocab_size=logits_shard.shape[-1] * world)
     if chunk_size is not None:
         check_chunk_size(chunk_size)
+    if inplace_backward:
+        check_inplace_backward(logits_shard)
+    rows = max(logits_shard.shape[0], 1) if chunk_size is None else chunk_size
     if world == 1 or logits_shard.shape[0] == 0:
         # Nothing to reduce (zero tokens: every rank takes this branch together, so no collective hangs).
+        # The naive path cannot write in place; "whole shard at once" is the chunked kernel with one chunk.
         return logprobs_and_entropy(
             logits_shard,
             targets,
             temperature,
-            chunk_size=chunk_size,
+            chunk_size=rows if inplace_backward else chunk_size,
             entropy_requires_grad=entropy_requires_grad,
+            inplace_backward=inplace_backward,
         )
-    rows = logits_shard.shape[0] if chunk_size is None else chunk_size
     return _VocabParallelLogprobsEntropy.apply(
-        logits_shard, targets, group, float(temperature), rows, entropy_requires_grad
+        logits_shard, targets, group, float(temperature), rows, entropy_requires_grad, bool(inplace_backward)
     )

@@ -272,3 +272,177 @@ def test_naive_memory_is_not_bounded() -> None:
     with recorder:
         logprobs_and_entropy_naive(logits, targets)
     assert sum(s >= tokens * vocab for s in recorder.sizes) >= 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# In-place backward: the logits gradient is written into the logits' own storage.
+
+INPLACE_PATHS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "chunked": lambda z, t, temp, eg, ip: logprobs_and_entropy_chunked(
+        z, t, temp, chunk_size=5, entropy_requires_grad=eg, inplace_backward=ip
+    ),
+    "dispatch_one_chunk": lambda z, t, temp, eg, ip: logprobs_and_entropy(
+        z, t, temp, chunk_size=1024, entropy_requires_grad=eg, inplace_backward=ip
+    ),
+    "vocab_parallel_no_group": lambda z, t, temp, eg, ip: vocab_parallel_logprobs_and_entropy(
+        z, t, None, temp, entropy_requires_grad=eg, chunk_size=None if ip else 1024, inplace_backward=ip
+    ),
+}
+
+
+def _output_layer_case(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(4321)
+    tokens, hidden, vocab = 23, 6, 300
+    return {
+        "hidden": (torch.randn(tokens, hidden, generator=gen, dtype=torch.float64) * 2.0).to(dtype),
+        "weight": torch.randn(vocab, hidden, generator=gen, dtype=torch.float64).to(dtype),
+        "targets": torch.randint(0, vocab, (tokens,), generator=gen),
+        "grad_logp": torch.randn(tokens, generator=gen, dtype=torch.float64),
+        "grad_entropy": torch.randn(tokens, generator=gen, dtype=torch.float64),
+    }
+
+
+def _through_output_layer(
+    fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], case: dict[str, torch.Tensor], entropy_grad: bool
+) -> dict[str, torch.Tensor]:
+    """logits = hidden @ W.T; returns values, d loss/d logits (as autograd hands it out) and the leaf grads."""
+    hidden = case["hidden"].clone().requires_grad_(True)
+    weight = case["weight"].clone().requires_grad_(True)
+    logits = hidden @ weight.T
+    logp, entropy = fn(logits)
+    loss = (logp * case["grad_logp"].to(logp.dtype)).sum()
+    if entropy_grad:
+        loss = loss + (entropy * case["grad_entropy"].to(entropy.dtype)).sum()
+    version = logits._version
+    grad_logits, grad_hidden, grad_weight = torch.autograd.grad(loss, [logits, hidden, weight])
+    return {
+        "logp": logp.detach(),
+        "entropy": entropy.detach(),
+        "grad_logits": grad_logits,
+        "grad_hidden": grad_hidden,
+        "grad_weight": grad_weight,
+        "logits_after": logits.detach(),
+        "aliases_logits": grad_logits.untyped_storage().data_ptr() == logits.untyped_storage().data_ptr(),
+        "version_bumped": logits._version > version,
+    }
+
+
+@pytest.mark.parametrize("path", sorted(INPLACE_PATHS))
+@pytest.mark.parametrize("entropy_grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_inplace_backward_matches_out_of_place_and_autograd(path: str, entropy_grad: bool, dtype: torch.dtype) -> None:
+    case = _output_layer_case(dtype)
+    temperature = 0.7
+
+    def run(inplace: bool) -> dict[str, torch.Tensor]:
+        return _through_output_layer(
+            lambda x: INPLACE_PATHS[path](x, case["targets"], temperature, entropy_grad, inplace), case, entropy_grad
+        )
+
+    plain, inplace = run(False), run(True)
+    # Same kernel, only the destination differs: the low-precision rounding must match exactly too.
+    tol = {"atol": 1e-6, "rtol": 1e-6} if dtype != torch.bfloat16 else {"atol": 0.0, "rtol": 0.0}
+    for name in ("logp", "entropy", "grad_logits", "grad_hidden", "grad_weight"):
+        torch.testing.assert_close(inplace[name], plain[name], **tol, msg=lambda m, n=name: f"{n}: {m}")
+    assert inplace["grad_logits"].dtype == dtype
+    # The gradient autograd handed out IS the logits' storage, which now holds d loss / d logits.
+    assert inplace["aliases_logits"] and inplace["version_bumped"]
+    assert not plain["aliases_logits"]
+    assert torch.equal(inplace["logits_after"], plain["grad_logits"])
+
+    # Independent check: plain autograd through torch.log_softmax (float64 math on the same logits, whose
+    # matmul ran in `dtype`), so hidden and W get their gradients from torch's own backward chain.
+    ref = _through_output_layer(lambda x: reference(x, case["targets"], temperature), case, entropy_grad)
+    grad_tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    for name in ("logp", "entropy", "grad_logits", "grad_hidden", "grad_weight"):
+        torch.testing.assert_close(
+            inplace[name].double(), ref[name].double(), atol=grad_tol, rtol=grad_tol, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inplace_backward_allocates_no_tokens_by_vocab_tensor(entropy_grad: bool, dtype: torch.dtype) -> None:
+    tokens, hidden_size, vocab, chunk = 96, 4, 512, 8  # hidden_size < chunk: W's grad [V, 4] is below the bound
+    hidden = torch.randn(tokens, hidden_size).to(dtype).requires_grad_(True)
+    weight = torch.randn(vocab, hidden_size).to(dtype).requires_grad_(True)
+    targets = torch.randint(0, vocab, (tokens,))
+    forward, backward = _AllocationRecorder(), _AllocationRecorder()
+    with forward:
+        logits = hidden @ weight.T
+        logp, entropy = logprobs_and_entropy_chunked(
+            logits, targets, chunk_size=chunk, entropy_requires_grad=entropy_grad, inplace_backward=True
+        )
+    loss = logp.sum() + (entropy.sum() if entropy_grad else 0)
+    with backward:
+        loss.backward()
+    assert forward.sizes.count(tokens * vocab) == 1  # the matmul's output: the logits themselves
+    # Nothing of [tokens, vocab] in backward, not even the gradient: it went into the logits' storage.
+    assert max(backward.sizes) <= chunk * vocab
+    assert hidden.grad is not None and weight.grad is not None
+    assert hidden.grad.dtype == dtype and weight.grad.dtype == dtype
+    # ...and that storage holds exactly the gradient the out-of-place path returns.
+    plain_logits = (hidden.detach() @ weight.detach().T).requires_grad_(True)
+    logp, entropy = logprobs_and_entropy_chunked(
+        plain_logits, targets, chunk_size=chunk, entropy_requires_grad=entropy_grad
+    )
+    (logp.sum() + (entropy.sum() if entropy_grad else 0)).backward()
+    plain = plain_logits.grad
+    assert plain is not None and torch.equal(logits.detach(), plain)
+
+
+def _matmul_logits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden = torch.randn(4, 3, dtype=dtype, requires_grad=True)
+    weight = torch.randn(10, 3, dtype=dtype, requires_grad=True)
+    return hidden @ weight.T, torch.tensor([0, 3, 9, 5])
+
+
+@pytest.mark.parametrize(
+    ("make_logits", "match"),
+    [
+        (lambda: torch.randn(4, 10, requires_grad=True), "leaf tensor that requires grad"),
+        (lambda: torch.randn(40, requires_grad=True).view(4, 10), "view of a leaf"),
+        (lambda: torch.randn(10, 4, requires_grad=True).mul(2.0).T, "contiguous"),
+        (lambda: torch.randn(4, 20, requires_grad=True).mul(2.0)[:, :10], "contiguous"),
+        (lambda: torch.randn(4, 10).to(torch.float8_e4m3fn), "dtype"),
+    ],
+)
+def test_inplace_backward_refuses_unsafe_logits(make_logits: Callable[[], torch.Tensor], match: str) -> None:
+    targets = torch.tensor([0, 3, 9, 5])
+    for call in (
+        lambda z: logprobs_and_entropy_chunked(z, targets, chunk_size=2, inplace_backward=True),
+        lambda z: logprobs_and_entropy(z, targets, chunk_size=2, inplace_backward=True),
+        lambda z: vocab_parallel_logprobs_and_entropy(z, targets, None, inplace_backward=True),
+    ):
+        with pytest.raises(ValueError, match=rf"inplace_backward.*{match}"):
+            call(make_logits())
+
+
+def test_inplace_backward_needs_the_chunked_path() -> None:
+    logits, targets = _matmul_logits()
+    with pytest.raises(ValueError, match=r"inplace_backward.*chunk_size"):
+        logprobs_and_entropy(logits, targets, chunk_size=None, inplace_backward=True)
+
+
+def test_inplace_backward_misuse_is_reported_by_autograd() -> None:
+    # Logits changed between forward and backward: the saved logits fail autograd's version check.
+    logits, targets = _matmul_logits()
+    logp, _ = logprobs_and_entropy_chunked(logits, targets, chunk_size=2, inplace_backward=True)
+    logits.detach().mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        logp.sum().backward()
+    # A second backward would read the gradient as logits.
+    logits, targets = _matmul_logits()
+    logp, _ = logprobs_and_entropy_chunked(logits, targets, chunk_size=2, inplace_backward=True)
+    logp.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        logp.sum().backward()
+    # A producer whose backward needs its output (tanh saves it) must not get the gradient as its output.
+    hidden = torch.randn(4, 10, requires_grad=True)
+    logp, _ = logprobs_and_entropy_chunked(torch.tanh(hidden), targets, chunk_size=2, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        logp.sum().backward()
+    # The same graph out of place is fine: the error above is the in-place write being caught.
+    logp, _ = logprobs_and_entropy_chunked(torch.tanh(hidden), targets, chunk_size=2)
+    logp.sum().backward()
+    assert hidden.grad is not None
