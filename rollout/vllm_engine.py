@@ -1,0 +1,334 @@
+"""`VLLMEngine`: the production GPU rollout engine on vLLM's v1 `AsyncLLM` (needs `forkrl[gpu]`).
+
+vLLM is imported lazily, so this module loads without it; the translation functions at the top are
+pure and tested on CPU against the real vLLM classes. The engine:
+- submits each of the `n` samples of a prompt as its own request with a derived seed (the prompt's KV
+  blocks are shared through prefix caching) and `logprobs=0` in `processed_logprobs` mode, so every
+  sample carries the log-prob of its token under the distribution it was drawn from, like `HFEngine`;
+- resolves unset sampling values from the model's generation config (`generation_config="auto"`);
+- registers `DualTemperatureLogitsProcessor` and the `ForkrlWorkerExtension` weight receiver;
+- tags weights with vLLM's weight version and reads the per-sample version spans back (no mixing).
+`AsyncLLM` runs on a private event loop thread so that weight-sync RPCs can overlap generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from forkrl.rollout.dual_temperature import EXTRA_ARGS_KEY, SAMPLE_KEY
+from forkrl.rollout.engine import EngineHealth, EngineUnavailableError, ResultCallback, WeightSyncConflictError
+from forkrl.rollout.sampling import GenerationDefaults, resolve_sampling, stream_keys
+from forkrl.rollout.types import GenerateRequest, GenerateResult, RequestValidationError, SampleResult
+from forkrl.rollout.weight_sync import WeightSyncBegin
+
+DUAL_TEMPERATURE_PROCESSOR = "forkrl.rollout.vllm_logits_processor:DualTemperatureLogitsProcessor"
+WORKER_EXTENSION = "forkrl.rollout.vllm_worker.ForkrlWorkerExtension"
+
+
+class VLLMEngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per replica.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may use.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length; default: the model's.")
+    max_num_seqs: int = Field(256, ge=1, le=65536, description="Sequences decoded together.")
+    dtype: str = Field("auto", description="Weights dtype (auto, bfloat16, float16, float32).")
+    seed: int = Field(0, ge=0, description="Engine seed; also seeds the draws of unseeded requests.")
+    enable_prefix_caching: bool = Field(True, description="Share prompt KV blocks between samples.")
+    enable_sleep_mode: bool = Field(True, description="Allow sleep/wake (frees KV and weights memory).")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs.")
+    load_format: Literal["auto", "dummy"] = Field(
+        "auto", description="auto: weights from the path (version 0); dummy: random init, no version."
+    )
+    dual_temperature: bool = Field(
+        True, description="Register the dual-temperature logits processor (turns chunked prefill off)."
+    )
+    staging_device: Literal["cpu", "cuda"] = Field("cpu", description="Where a received sync is staged.")
+
+
+def engine_args_for(model_path: str, config: VLLMEngineConfig) -> dict[str, Any]:
+    """Keyword arguments of vLLM's `AsyncEngineArgs`."""
+    args: dict[str, Any] = {
+        "model": model_path,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "max_num_seqs": config.max_num_seqs,
+        "dtype": config.dtype,
+        "seed": config.seed,
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "enable_sleep_mode": config.enable_sleep_mode,
+        "enforce_eager": config.enforce_eager,
+        "load_format": config.load_format,
+        "logprobs_mode": "processed_logprobs",
+        "generation_config": "auto",
+        "worker_extension_cls": WORKER_EXTENSION,
+    }
+    if config.max_model_len is not None:
+        args["max_model_len"] = config.max_model_len
+    if config.dual_temperature:
+        args["logits_processors"] = [DUAL_TEMPERATURE_PROCESSOR]
+        args["enable_chunked_prefill"] = False
+        if config.max_model_len is not None:
+            args["max_num_batched_tokens"] = max(config.max_model_len, 8192)
+    return args
+
+
+def generation_defaults_from(diff: dict[str, Any]) -> GenerationDefaults:
+    """From vLLM's `ModelConfig.get_diff_sampling_param()` (eos handling stays inside vLLM)."""
+    return GenerationDefaults(temperature=diff.get("temperature"), top_p=diff.get("top_p"), top_k=diff.get("top_k"))
+
+
+def sample_seed(seed: int, sample_index: int) -> int:
+    """vLLM seed of sample j of a request: the request's SplitMix64 stream key, 63 bits."""
+    return int(stream_keys(seed, [sample_index])[0] >> np.uint64(1))
+
+
+def to_vllm_sampling_params(request: GenerateRequest, sample_index: int, seed: int, defaults: GenerationDefaults):
+    """vLLM `SamplingParams` of sample `sample_index` of `request` (n = 1, FINAL_ONLY output)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    resolved = resolve_sampling(request.sampling, defaults)
+    extra_args = None
+    if resolved.dual_temperature is not None:
+        extra_args = {
+            EXTRA_ARGS_KEY: resolved.dual_temperature.model_dump(),
+            SAMPLE_KEY: f"{request.request_id}/{sample_index}/{seed}",
+        }
+    return SamplingParams(
+        n=1,
+        temperature=0.0 if resolved.greedy else resolved.temperature,
+        top_p=resolved.top_p,
+        top_k=resolved.top_k,
+        seed=sample_seed(seed, sample_index),
+        max_tokens=request.max_new_tokens,
+        stop_token_ids=list(request.stop_token_ids),
+        ignore_eos=request.ignore_eos,
+        logprobs=0,
+        detokenize=False,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+        extra_args=extra_args,
+    )
+
+
+def sample_from_completion(completion: Any, fallback_version: int) -> SampleResult:
+    """`SampleResult` from a vLLM `CompletionOutput` requested with `logprobs=0`.
+
+    A sample whose tokens span several weight versions (cannot happen under the service's swap protocol)
+    is reported as aborted so that it is never trained on.
+    """
+    token_ids = [int(t) for t in completion.token_ids]
+    entries = completion.logprobs or []
+    logprobs = [float(entries[i][token].logprob) for i, token in enumerate(token_ids) if i < len(entries)]
+    if len(logprobs) != len(token_ids):
+        raise ValueError(f"logprobs: {len(logprobs)} log-probs for {len(token_ids)} tokens")
+    spans = completion.weight_versions or []
+    versions = {span.version for span in spans}
+    finish = completion.finish_reason or "abort"
+    if finish not in ("stop", "length", "abort"):
+        finish = "abort"
+    if len(versions) > 1:
+        finish = "abort"
+    version = int(next(iter(versions))) if len(versions) == 1 else fallback_version
+    return SampleResult(token_ids=token_ids, logprobs=logprobs, finish_reason=finish, weight_version=version)
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, config: VLLMEngineConfig | None = None) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.config = config or VLLMEngineConfig()
+        self.model_name = model_path
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
+        self._thread.start()
+        args = AsyncEngineArgs(**engine_args_for(model_path, self.config))
+        self.engine = self._run(self._create(AsyncLLM, args))
+        model_config = self.engine.model_config
+        self.defaults = generation_defaults_from(model_config.get_diff_sampling_param())
+        self.max_context = int(model_config.max_model_len)
+        self.vocab_size = int(model_config.get_vocab_size())
+        self._version: int | None = 0 if self.config.load_format == "auto" else None
+        self._sleeping = False
+        self._sync_state: tuple[str, str] = ("idle", "")
+        self._lock = threading.RLock()
+        self._seed_rng = np.random.default_rng(self.config.seed)
+        if self._version is not None:
+            self._run(self.engine.update_weight_version(str(self._version)))
+
+    async def _create(self, cls, args):
+        return cls.from_engine_args(args)
+
+    def _run(self, coroutine, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def _rpc(self, method: str, *args: Any) -> list[Any]:
+        return self._run(self.engine.collective_rpc(method, args=args))
+
+    @property
+    def weight_version(self) -> int | None:
+        return self._version
+
+    def validate_request(self, request: GenerateRequest) -> None:
+        if request.model is not None and request.model != self.model_name:
+            raise RequestValidationError("model", f"unknown model {request.model!r}", status_code=404)
+        for name, ids in (("prompt_token_ids", request.prompt_token_ids), ("stop_token_ids", request.stop_token_ids)):
+            bad = [i for i in ids if i >= self.vocab_size]
+            if bad:
+                raise RequestValidationError(name, f"token id {bad[0]} >= vocab size {self.vocab_size}")
+        prompt = len(request.prompt_token_ids)
+        if prompt >= self.max_context:
+            raise RequestValidationError(
+                "prompt_token_ids", f"prompt has {prompt} tokens; the context holds {self.max_context}"
+            )
+        if prompt + request.max_new_tokens > self.max_context:
+            raise RequestValidationError(
+                "max_new_tokens",
+                f"{prompt} prompt + {request.max_new_tokens} new tokens exceed the context of {self.max_context}",
+            )
+        if request.sampling.dual_temperature is not None and not self.config.dual_temperature:
+            raise RequestValidationError("sampling.dual_temperature", "engine started without the processor")
+
+    def generate(
+        self,
+        requests: Sequence[GenerateRequest],
+        *,
+        on_result: ResultCallback | None = None,
+        abort: threading.Event | None = None,
+        on_phase: Callable[[str, float], None] | None = None,
+    ) -> list[GenerateResult]:
+        with self._lock:
+            if self._sleeping or self._version is None:
+                raise EngineUnavailableError("engine is sleeping" if self._sleeping else "engine has no weights")
+            for request in requests:
+                self.validate_request(request)
+            started = time.perf_counter()
+            results = self._run(self._generate(list(requests), on_result, abort, self._version))
+            if on_phase is not None:
+                on_phase("generate", time.perf_counter() - started)
+            return results
+
+    async def _generate(self, requests, on_result, abort, version: int) -> list[GenerateResult]:
+        seeds = [r.seed if r.seed is not None else int(self._seed_rng.integers(0, 2**63)) for r in requests]
+        ids = {(i, j): f"{r.request_id}/{j}/{uuid.uuid4().hex[:8]}" for i, r in enumerate(requests) for j in range(r.n)}
+
+        async def one_sample(i: int, j: int) -> SampleResult:
+            params = to_vllm_sampling_params(requests[i], j, seeds[i], self.defaults)
+            final = None
+            prompt = {"prompt_token_ids": list(requests[i].prompt_token_ids)}
+            async for output in self.engine.generate(prompt, params, ids[(i, j)]):
+                final = output
+            sample = sample_from_completion(final.outputs[0], version)
+            if params.extra_args:
+                stats = [
+                    s
+                    for s in await self.engine.collective_rpc(
+                        "forkrl_drain_dual_temperature_stats", args=([params.extra_args[SAMPLE_KEY]],)
+                    )
+                    if s
+                ]
+                if stats:
+                    sample.num_high_temperature_tokens = next(iter(stats[0].values()))[0]
+            return sample
+
+        async def one_request(i: int) -> GenerateResult:
+            samples = await asyncio.gather(*(one_sample(i, j) for j in range(requests[i].n)))
+            result = GenerateResult(requests[i].request_id, list(samples), seeds[i], len(requests[i].prompt_token_ids))
+            if on_result is not None:
+                on_result(i, result)
+            return result
+
+        async def watch_abort() -> None:
+            while abort is not None:
+                if abort.is_set():
+                    await self.engine.abort(list(ids.values()))
+                    return
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.ensure_future(watch_abort())
+        try:
+            return list(await asyncio.gather(*(one_request(i) for i in range(len(requests)))))
+        finally:
+            watcher.cancel()
+
+    # Weights ----------------------------------------------------------------------------------------
+
+    def _install(self, version: int) -> None:
+        self._run(self.engine.reset_prefix_cache())  # cached KV was computed by the old weights
+        self._run(self.engine.update_weight_version(str(version)))
+        self._version = version
+
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """In-process tensors (Ray actor, tests): shipped to the workers through the RPC channel."""
+        with self._lock:
+            self._rpc("forkrl_load_tensors", [(name, tensor.detach().cpu()) for name, tensor in weights])
+            self._install(version)
+
+    def load_checkpoint(self, path: str, version: int) -> None:
+        with self._lock:
+            self._rpc("forkrl_load_checkpoint", path)
+            self._install(version)
+
+    def begin_weight_sync(self, begin: WeightSyncBegin) -> None:
+        try:
+            self._rpc("forkrl_begin_weight_sync", begin.model_dump(), self.config.staging_device)
+        except RuntimeError as exc:
+            raise WeightSyncConflictError(str(exc)) from exc
+
+    def commit_weight_sync(self, version: int, timeout_s: float) -> None:
+        with self._lock:
+            self._rpc("forkrl_commit_weight_sync", version, timeout_s)
+            self._install(version)
+
+    def abort_weight_sync(self) -> None:
+        self._rpc("forkrl_abort_weight_sync")
+
+    def sleep(self, level: int = 1) -> None:
+        with self._lock:
+            self._run(self.engine.sleep(level))
+            self._sleeping = True
+            if level == 2:
+                self._version = None
+
+    def wake(self) -> None:
+        with self._lock:
+            self._run(self.engine.wake_up())
+            self._sleeping = False
+
+    def health(self) -> EngineHealth:
+        state, error = self._rpc("forkrl_weight_sync_state")[0]
+        return EngineHealth(
+            engine="vllm",
+            model=self.model_name,
+            weight_version=self._version,
+            sleeping=self._sleeping,
+            max_context=self.max_context,
+            vocab_size=self.vocab_size,
+            weight_receivers=self.config.tensor_parallel_size,
+            kv_cache_usage=_kv_cache_usage(),
+            weight_sync=state,
+            weight_sync_error=error,
+        )
+
+    def close(self) -> None:
+        self.engine.shutdown()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _kv_cache_usage() -> float:
+    from vllm.v1.metrics.reader import Gauge, get_metrics_snapshot
+
+    for metric in get_metrics_snapshot():
+        if isinstance(metric, Gauge) and metric.name == "vllm:kv_cache_usage_perc":
+            return float(metric.value)
+    return 0.0
