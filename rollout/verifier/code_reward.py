@@ -144,7 +144,7 @@ def _score_stdio(
             tally.fail(Reason.timeout, f"item time budget exhausted before test {index}")
             break
         limits = SandboxLimits.for_code(config, min(config.test_timeout_s, remaining))
-        run = sandbox.run(program, mode="stdio", stdin=case.input.encode(), limits=limits)
+        run = sandbox.run(program, mode="stdio", stdin=case.input.encode("utf-8", "surrogatepass"), limits=limits)
         if run.outcome == Outcome.exited:
             actual = run.stdout.decode("utf-8", "replace")
             if stdout_matches(actual, case.output, config.float_tolerance):
@@ -169,7 +169,7 @@ def _score_call(
         tally.fail(Reason.timeout, "item time budget exhausted before the first test")
         return tally.score()
     wall = min(config.test_timeout_s * len(tests.cases), remaining)
-    stdin = json.dumps([case.args for case in tests.cases]).encode()
+    stdin = json.dumps([case.args for case in tests.cases]).encode("utf-8", "surrogatepass")
     run = sandbox.run(
         program, mode="call", stdin=stdin, limits=SandboxLimits.for_code(config, wall), fn_name=tests.fn_name
     )

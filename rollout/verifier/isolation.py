@@ -27,6 +27,8 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 SANDBOX_HOME = "/tmp/sandbox"
 _DERIVED_UID_BASE = 200_000
 _UIDS_PER_POOL = 1024
+# Pool slots use uid_base + slot (slot < 512); in-process library use takes the block's last uid.
+LIBRARY_UID_OFFSET = _UIDS_PER_POOL - 1
 
 
 class SandboxUnavailable(RuntimeError):

@@ -3,7 +3,8 @@
 Reasons:
 - `no_answer`: the extraction mode found no (non-empty) answer.
 - `ok` / `wrong_answer`: the fast path or math-verify decided.
-- `parse_error`: math-verify could not turn the extracted answer (or the ground truth) into anything.
+- `parse_error`: math-verify could not turn the extracted answer (or the ground truth) into an
+  expression (it kept only the raw string) and the strings differ.
 - `timeout`: a math-verify parse/compare hit its signal timeout, or the item's budget ran out.
 
 math-verify times itself out with SIGALRM, so the symbolic part must run in a process's main thread
@@ -147,4 +148,11 @@ def score_math(
         equal = symbolic_equal(gold, predicted, config.verify_timeout_s)
     except MathTimeout as error:
         return MathScore(False, Reason.timeout, "math_verify", shown, str(error))
-    return MathScore(equal, Reason.ok if equal else Reason.wrong_answer, "math_verify", shown)
+    if equal:
+        return MathScore(True, Reason.ok, "math_verify", shown)
+    # math-verify falls back to the raw string when it cannot build an expression.
+    if all(isinstance(value, str) for value in predicted):
+        return MathScore(False, Reason.parse_error, "math_verify", shown, "answer did not parse")
+    if all(isinstance(value, str) for value in gold):
+        return MathScore(False, Reason.parse_error, "math_verify", shown, "ground truth did not parse")
+    return MathScore(False, Reason.wrong_answer, "math_verify", shown)

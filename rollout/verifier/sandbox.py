@@ -148,11 +148,14 @@ def _parse_records(channel: bytes) -> list[dict]:
 class Sandbox:
     """One worker's sandbox: probes isolation once, then runs programs one at a time."""
 
-    def __init__(self, config: SandboxConfig, uid: int) -> None:
+    def __init__(self, config: SandboxConfig, uid: int, *, subreaper: bool = False) -> None:
+        """`uid`: this sandbox's own uid (unique per concurrent sandbox). `subreaper`: adopt and reap
+        orphaned program processes (workers do; a library caller may not want to adopt orphans)."""
         self.config = config
         self.isolation: Isolation = probe(config, uid)
         self.kills = 0  # programs killed for a wall-clock or output limit
-        become_subreaper()
+        if subreaper:
+            become_subreaper()
         if self.isolation.uid is not None:
             sweep_uid(self.isolation.uid)  # leftovers of a previous worker on this slot
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from forkrl.rollout.verifier.code_reward import score_code
 from forkrl.rollout.verifier.config import VerifierConfig
 from forkrl.rollout.verifier.extract import extract_program
-from forkrl.rollout.verifier.isolation import derive_uid_base
+from forkrl.rollout.verifier.isolation import LIBRARY_UID_OFFSET, derive_uid_base
 from forkrl.rollout.verifier.math_reward import score_math
 from forkrl.rollout.verifier.sandbox import Sandbox, SandboxError
 from forkrl.rollout.verifier.schemas import CodeItem, MathItem, Reason, RewardValues, VerifyResult
@@ -66,7 +66,8 @@ def error_result(item: MathItem | CodeItem, config: VerifierConfig, reason: Reas
 @functools.cache
 def _library_sandbox(config_json: str) -> Sandbox:
     config = VerifierConfig.model_validate_json(config_json)
-    return Sandbox(config.sandbox, derive_uid_base(os.getpid()))
+    base = config.sandbox.uid_base or derive_uid_base(os.getpid())
+    return Sandbox(config.sandbox, base + LIBRARY_UID_OFFSET)
 
 
 def verify_item(item: MathItem | CodeItem, config: VerifierConfig, sandbox: Sandbox | None = None) -> ItemOutcome:
@@ -141,7 +142,7 @@ def init_worker(slot: int, setup: tuple[VerifierConfig, int]) -> dict[str, objec
     """Pool initializer: this slot's sandbox (uid `uid_base + slot`) and a warmed-up math-verify."""
     global _CONTEXT
     config, uid_base = setup
-    sandbox = Sandbox(config.sandbox, uid_base + slot)
+    sandbox = Sandbox(config.sandbox, uid_base + slot, subreaper=True)
     _CONTEXT = _WorkerContext(config, sandbox)
     warm_up = config.math.model_copy(update={"fast_path": False})
     score_math("so \\boxed{\\dfrac{1}{2}}", "0.5", "boxed", warm_up)
