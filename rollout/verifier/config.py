@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forkrl.rollout.verifier.schemas import RewardValues
 
@@ -106,3 +106,12 @@ class VerifierConfig(_Strict):
     math: MathRewardConfig = Field(default_factory=MathRewardConfig, description="Math task settings.")
     code: CodeRewardConfig = Field(default_factory=CodeRewardConfig, description="Code task settings.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="Sandbox isolation settings.")
+
+    @model_validator(mode="after")
+    def _program_fits_in_worker(self) -> VerifierConfig:
+        # A program's limits are set by its worker, which cannot raise a hard limit it lives under.
+        if self.worker_memory_mb is not None and self.code.memory_mb > self.worker_memory_mb:
+            raise ValueError(
+                f"code.memory_mb ({self.code.memory_mb}) must not exceed worker_memory_mb ({self.worker_memory_mb})"
+            )
+        return self

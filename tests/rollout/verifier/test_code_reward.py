@@ -157,3 +157,9 @@ def test_call_inputs_never_reach_stdout_checks(sandbox: Sandbox) -> None:
     noisy = "```python\ndef f(x):\n    print('debug', x)\n    return x * x\n```"
     result = verify_item(_call(noisy, "f", [([3], 9), ([4], 16)]), CONFIG, sandbox).result
     assert (result.reason, result.tests_passed) == (Reason.ok, 2)
+
+
+def test_program_memory_must_fit_in_the_worker() -> None:
+    with pytest.raises(ValueError, match=r"code\.memory_mb"):
+        VerifierConfig(workers=1, worker_memory_mb=512, code={"memory_mb": 1024})
+    assert VerifierConfig(workers=1, worker_memory_mb=None, code={"memory_mb": 8192}).code.memory_mb == 8192

@@ -52,7 +52,7 @@ def _wait_pending(server: ServerProcess, count: int, timeout_s: float = 20.0) ->
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = {"run": "backpressure", "workers": 1, "max_queue_items": 3}
+    config = {"run": "backpressure", "workers": 1, "max_queue_items": 3, "max_body_mb": 1}
     with run_server(tmp_path_factory.mktemp("small"), config) as server:
         yield server
 
@@ -72,6 +72,12 @@ def test_full_queue_gets_429_with_retry_after(small_server: ServerProcess) -> No
 def test_batch_larger_than_the_queue_is_413(small_server: ServerProcess) -> None:
     response = httpx.post(f"{small_server.url}/v1/verify", json={"items": [_math(f"m{i}") for i in range(4)]})
     assert response.status_code == 413 and "max_queue_items=3" in response.json()["detail"]
+
+
+def test_oversized_body_is_413(small_server: ServerProcess) -> None:
+    item = {**_math("big"), "response": "x" * (1 << 20) + r"\boxed{4}"}  # just over 1 MiB of JSON
+    response = httpx.post(f"{small_server.url}/v1/verify", json={"items": [item]})
+    assert response.status_code == 413 and "max_body_mb=1" in response.json()["detail"]
 
 
 def test_client_rides_out_a_full_queue(small_server: ServerProcess) -> None:
