@@ -23,6 +23,8 @@ IM_END_TOKEN = "<|im_end|>"
 UNK_TOKEN = "<|unk|>"
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, IM_START_TOKEN, IM_END_TOKEN, UNK_TOKEN)
 CHARACTERS = string.digits + "+-*/=()." + " \n" + string.ascii_lowercase + string.ascii_uppercase + ",:;?!'"
+# LaTeX answers (`\\boxed{42}`, `\\frac{1}{2}`) and a few symbols; appended so earlier ids stay stable.
+CHARACTERS += "\\{}[]^_$<>|&%#~\""
 
 
 class TinyModelSpec(BaseModel):
