@@ -1,0 +1,89 @@
+"""Where the control-plane binaries live, and building them with build.sh on first use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
+BINARY_NAMES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "kuberay",
+    "helm",
+)
+
+
+class BuildError(RuntimeError):
+    """build.sh failed; the message names the binary and carries the compiler's output."""
+
+
+@dataclass(frozen=True)
+class ClusterBinaries:
+    """A built version set: `<set>/bin/<name>` executables and `<set>/crds`, `<set>/kwok` data.
+
+    crd_dir/kuberay holds the KubeRay CRDs copied from the ray-operator module at build time;
+    kwok_stage_dir holds the kwok stage configs (node init, lease heartbeat, fast pod stages).
+    """
+
+    bin_dir: Path
+
+    @property
+    def set_dir(self) -> Path:
+        return self.bin_dir.parent
+
+    @property
+    def crd_dir(self) -> Path:
+        return self.set_dir / "crds"
+
+    @property
+    def kuberay_crd_dir(self) -> Path:
+        return self.crd_dir / "kuberay"
+
+    @property
+    def kwok_stage_dir(self) -> Path:
+        return self.set_dir / "kwok" / "stages"
+
+    def path(self, name: str) -> Path:
+        if name not in BINARY_NAMES:
+            raise ValueError(f"unknown control-plane binary {name!r}; known: {', '.join(BINARY_NAMES)}")
+        return self.bin_dir / name
+
+    def missing(self) -> list[str]:
+        return [name for name in BINARY_NAMES if not os.access(self.bin_dir / name, os.X_OK)]
+
+
+def go_available() -> bool:
+    return shutil.which("go") is not None
+
+
+def build_binaries(stream_progress: bool = True) -> ClusterBinaries:
+    """Run build.sh (a no-op when the version set is built) and return the built set.
+
+    Progress lines go to this process's stderr when `stream_progress`; a cold build takes tens
+    of minutes on 2 cores, so callers should build outside any per-test timeout.
+    """
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=None if stream_progress else subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        detail = result.stderr if result.stderr is not None else "(progress and errors were printed above)"
+        raise BuildError(f"tests/cluster/build.sh failed with exit code {result.returncode}:\n{detail}")
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        raise BuildError("tests/cluster/build.sh printed no bin directory")
+    binaries = ClusterBinaries(Path(lines[-1]))
+    if missing := binaries.missing():
+        raise BuildError(f"build.sh finished but these binaries are missing from {binaries.bin_dir}: {missing}")
+    return binaries
