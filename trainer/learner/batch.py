@@ -1,0 +1,207 @@
+"""The learner's batch, its data-parallel shard, and its micro-batches (padded or packed).
+
+Token alignment: every per-token tensor is [B, S] like `input_ids`, and column t refers to token
+input_ids[:, t] (its log-prob comes from the logits at position t - 1). `response_mask` is 1 on the
+response tokens that count and 0 on prompt and padding (so column 0 is always 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+LOSS_FIELDS = ("advantages", "old_logp", "ref_logp", "rollout_logp", "old_entropy")
+
+
+@dataclasses.dataclass
+class LearnerBatch:
+    """One mini-batch of sequences (prompt + response), right-padded.
+
+    input_ids: [B, S] int64; seq_lens: [B] valid tokens per row; response_mask: [B, S] (0/1).
+    advantages, old_logp, ref_logp, rollout_logp, old_entropy: [B, S] float or None (token-aligned;
+    old_entropy = entropies of the old-policy pass, used by forking `entropy_source='old'`).
+    """
+
+    input_ids: torch.Tensor
+    seq_lens: torch.Tensor
+    response_mask: torch.Tensor
+    advantages: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
+    old_entropy: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, S], got {tuple(self.input_ids.shape)}")
+        batch, width = self.input_ids.shape
+        if self.seq_lens.shape != (batch,):
+            raise ValueError(f"seq_lens must be [{batch}], got {tuple(self.seq_lens.shape)}")
+        if bool((self.seq_lens < 1).any()) or bool((self.seq_lens > width).any()):
+            raise ValueError(f"seq_lens must be in [1, {width}]")
+        for name in ("response_mask", *LOSS_FIELDS):
+            value = getattr(self, name)
+            if value is not None and value.shape != (batch, width):
+                raise ValueError(f"{name} must be [{batch}, {width}] like input_ids, got {tuple(value.shape)}")
+        positions = torch.arange(width).unsqueeze(0)
+        if bool(self.response_mask[:, 0].any()):
+            raise ValueError("response_mask[:, 0] must be 0: the first token has no log-prob")
+        if bool((self.response_mask.bool() & (positions >= self.seq_lens.unsqueeze(1))).any()):
+            raise ValueError("response_mask marks tokens beyond seq_lens")
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def rows(self, index: torch.Tensor | slice) -> LearnerBatch:
+        """The sub-batch of the given rows (same width)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return LearnerBatch(**{k: (None if v is None else v[index]) for k, v in values.items()})
+
+
+def dp_shard(batch: LearnerBatch, dp_rank: int, dp_size: int) -> LearnerBatch:
+    """Contiguous rows [r*B/dp, (r+1)*B/dp) of the global mini-batch (B must divide by DP)."""
+    if batch.num_sequences % dp_size:
+        raise ValueError(f"batch of {batch.num_sequences} sequences does not split over data_parallel={dp_size}")
+    per_rank = batch.num_sequences // dp_size
+    return batch.rows(slice(dp_rank * per_rank, (dp_rank + 1) * per_rank))
+
+
+@dataclasses.dataclass
+class MicroBatch:
+    """One micro-batch as the model sees it plus the map back to token-aligned loss tensors.
+
+    tokens: [rows, L]; position_ids: [rows, L] and attention_mask: [rows, 1, L, L] (True = masked) for
+    packed rows, else None (plain causal). pred_index: [n] flat positions (row * L + col) whose logits
+    predict a response token; target_ids: [n] those tokens; out_rows / out_cols: [n] where each goes
+    in the [num_seqs, S] loss tensors; seq_index: [num_seqs] rows of the rank's batch it covers.
+    fields: the batch's token-aligned tensors restricted to seq_index ([num_seqs, S]).
+    """
+
+    tokens: torch.Tensor
+    position_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    pred_index: torch.Tensor
+    target_ids: torch.Tensor
+    out_rows: torch.Tensor
+    out_cols: torch.Tensor
+    seq_index: torch.Tensor
+    fields: dict[str, torch.Tensor]
+    selection_mask: torch.Tensor | None = None
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        return self.fields["response_mask"]
+
+    def to(self, device: torch.device) -> MicroBatch:
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[key] = value.to(device, non_blocking=True)
+        moved["fields"] = {k: v.to(device, non_blocking=True) for k, v in self.fields.items()}
+        return MicroBatch(**moved)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _fields(batch: LearnerBatch, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = {"response_mask": batch.response_mask[index]}
+    for name in LOSS_FIELDS:
+        value = getattr(batch, name)
+        if value is not None:
+            out[name] = value[index]
+    return out
+
+
+def padded_micro_batches(batch: LearnerBatch, micro_batch_size: int, length_multiple: int = 1) -> list[MicroBatch]:
+    """Rows of right-padded sequences, `micro_batch_size` per micro-batch, width = longest (rounded)."""
+    if batch.num_sequences % micro_batch_size:
+        raise ValueError(
+            f"{batch.num_sequences} sequences per data-parallel rank do not split into micro_batch_size="
+            f"{micro_batch_size}"
+        )
+    width = _round_up(int(batch.seq_lens.max()), length_multiple)
+    out = []
+    for start in range(0, batch.num_sequences, micro_batch_size):
+        index = torch.arange(start, start + micro_batch_size)
+        tokens = torch.zeros(micro_batch_size, width, dtype=torch.long)
+        take = min(width, batch.input_ids.shape[1])
+        tokens[:, :take] = batch.input_ids[index, :take]
+        rows, cols = batch.response_mask[index].nonzero(as_tuple=True)
+        out.append(
+            MicroBatch(
+                tokens=tokens,
+                position_ids=None,
+                attention_mask=None,
+                pred_index=rows * width + cols - 1,
+                target_ids=tokens[rows, cols],
+                out_rows=rows,
+                out_cols=cols,
+                seq_index=index,
+                fields=_fields(batch, index),
+            )
+        )
+    return out
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing assignment of sequences to rows of `capacity` tokens (deterministic)."""
+    if max(lengths) > capacity:
+        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds micro_batch.max_tokens={capacity}")
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for seq in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for row, room in enumerate(free):
+            if lengths[seq] <= room:
+                rows[row].append(seq)
+                free[row] -= lengths[seq]
+                break
+        else:
+            rows.append([seq])
+            free.append(capacity - lengths[seq])
+    return [sorted(row) for row in rows]
+
+
+def packed_micro_batches(batch: LearnerBatch, max_tokens: int | None, length_multiple: int = 1) -> list[MicroBatch]:
+    """One row per micro-batch holding several whole sequences; attention is block-diagonal causal."""
+    lengths = [int(n) for n in batch.seq_lens]
+    width = _round_up(max_tokens or max(lengths), length_multiple)
+    out = []
+    for members in pack_rows(lengths, width):
+        tokens = torch.zeros(1, width, dtype=torch.long)
+        positions = torch.zeros(1, width, dtype=torch.long)
+        segment = torch.full((width,), len(members), dtype=torch.long)  # padding: its own segment
+        pred, tgt, out_rows, out_cols = [], [], [], []
+        offset = 0
+        for local, seq in enumerate(members):
+            n = lengths[seq]
+            tokens[0, offset : offset + n] = batch.input_ids[seq, :n]
+            positions[0, offset : offset + n] = torch.arange(n)
+            segment[offset : offset + n] = local
+            cols = batch.response_mask[seq].nonzero(as_tuple=True)[0]
+            pred.append(offset + cols - 1)
+            tgt.append(batch.input_ids[seq, cols])
+            out_rows.append(torch.full_like(cols, local))
+            out_cols.append(cols)
+            offset += n
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        allowed = causal & (segment.unsqueeze(0) == segment.unsqueeze(1))
+        index = torch.tensor(members, dtype=torch.long)
+        out.append(
+            MicroBatch(
+                tokens=tokens,
+                position_ids=positions,
+                attention_mask=~allowed[None, None],
+                pred_index=torch.cat(pred),
+                target_ids=torch.cat(tgt),
+                out_rows=torch.cat(out_rows),
+                out_cols=torch.cat(out_cols),
+                seq_index=index,
+                fields=_fields(batch, index),
+            )
+        )
+    return out

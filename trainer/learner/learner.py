@@ -1,0 +1,287 @@
+"""`Learner`: one rank of the Megatron policy learner (TP x PP x DP), driven by the RLVR controller.
+
+Every public method is collective: call it on all ranks with the same global mini-batch (each rank
+takes its data-parallel share). Per rank the object holds its model chunks, optimizer, scheduler and
+an optional frozen reference model; the only process-wide state is megatron's `parallel_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from forkrl.trainer.global_selection import global_forking_masks
+from forkrl.trainer.learner import checkpoint as ckpt
+from forkrl.trainer.learner.batch import LearnerBatch, MicroBatch, dp_shard, packed_micro_batches, padded_micro_batches
+from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, train_forward_step
+from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
+from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
+from forkrl.trainer.learner.parallel import ParallelLayout, has_gpu, initialize_parallel
+from forkrl.trainer.learner.weights import export_hf_weights, import_hf_weights
+from forkrl.trainer.objectives import ForkingConfig, LossContext, ObjectiveConfig, mini_batch_context
+
+
+@dataclasses.dataclass
+class TokenStats:
+    """Per-token results for the whole global batch: logp, entropy [B, S] (0 off the response tokens)."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor
+
+
+class Learner:
+    """One learner rank. See the module docstring; shapes in `LearnerBatch`."""
+
+    def __init__(
+        self,
+        spec: LearnerSpec,
+        objective: ObjectiveConfig,
+        model_path: str | Path | None = None,
+        hf_config: Any = None,
+    ) -> None:
+        """model_path: a Hugging Face checkpoint dir (config.json + safetensors) whose weights are imported;
+        hf_config: the architecture when there is no checkpoint (megatron's random init), or an override."""
+        if model_path is None and hf_config is None:
+            raise ValueError("Learner needs model_path (HF checkpoint) or hf_config (architecture)")
+        self.spec = spec
+        self.objective = objective
+        self.layout: ParallelLayout = initialize_parallel(spec.parallel, spec.seed)
+        self.arch = ModelArch.from_hf(hf_config if hf_config is not None else model_path)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if has_gpu() else torch.device("cpu")
+        self.config = transformer_config(self.arch, spec, has_gpu())
+        self.dtype = self.config.params_dtype
+        max_len = spec.max_sequence_length or self.arch.max_position_embeddings
+        self.chunks = build_model_chunks(self.arch, self.config, max_len, perform_init=model_path is None)
+        for chunk in self.chunks:
+            chunk.to(self.device)
+        if model_path is not None:
+            import_hf_weights(self.chunks, self.arch, model_path, self.layout)
+        self.reference = self._build_reference(max_len)
+        self.model = wrap_ddp(self.chunks, self.config, spec)
+        self.optimizer, self.scheduler = build_optimizer(self.model, spec, self.dtype)
+        self.weight_version = 0
+        self.consumed_sequences = 0
+        self._last_metrics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------------- setup
+    def _build_reference(self, max_len: int) -> list[torch.nn.Module] | None:
+        wanted = self.spec.reference.enabled
+        if wanted == "auto":
+            wanted = self.objective.needs_reference
+        if not wanted:
+            return None
+        config = dataclasses.replace(self.config, no_sync_func=None, finalize_model_grads_func=None)
+        chunks = build_model_chunks(self.arch, config, max_len, perform_init=False)
+        for ref, policy in zip(chunks, self.chunks, strict=True):
+            ref.load_state_dict(policy.state_dict(), strict=True)
+            ref.requires_grad_(False)
+            ref.eval()
+            if self.spec.reference.offload_to_cpu:
+                ref.to("cpu")
+            else:
+                ref.to(self.device)
+        return chunks
+
+    @property
+    def _dp_group(self) -> dist.ProcessGroup:
+        # Always the real (possibly size-1) DP group: the objective library reads group=None as the
+        # world group in some helpers and as "no communication" in others.
+        return self.layout.dp_group
+
+    def _stats_config(self, entropy_grad: bool = False) -> TokenStatsConfig:
+        return TokenStatsConfig(
+            tp_group=self.layout.tp_group if self.layout.tp > 1 else None,
+            temperature=self.spec.temperature,
+            chunk_size=self.spec.logprob_chunk_size,
+            entropy_requires_grad=entropy_grad,
+        )
+
+    def _micro_batches(self, batch: LearnerBatch) -> list[MicroBatch]:
+        shard = dp_shard(batch, self.layout.dp_rank, self.layout.dp)
+        multiple = self.layout.tp if self.spec.parallel.sequence_parallel else 1
+        mb_spec = self.spec.micro_batch
+        if mb_spec.mode == "packed":
+            mbs = packed_micro_batches(shard, mb_spec.max_tokens, multiple)
+        else:
+            mbs = padded_micro_batches(shard, mb_spec.micro_batch_size, multiple)
+        return [mb.to(self.device) for mb in mbs]
+
+    def _schedule(
+        self, model: list[torch.nn.Module], forward_step: Any, mbs: list[MicroBatch], forward_only: bool
+    ) -> list[Any]:
+        """Run megatron's schedule (no pipelining / 1F1B / interleaved) over the micro-batches."""
+        data: Any = iter(mbs)
+        if len(model) > 1:
+            data = [iter(mbs) for _ in model]
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=data,
+            model=model,
+            num_microbatches=len(mbs),
+            seq_length=mbs[0].tokens.shape[1],
+            micro_batch_size=mbs[0].tokens.shape[0],
+            forward_only=forward_only,
+            collect_non_loss_data=forward_only,
+        )
+
+    # --------------------------------------------------------------------------- log-probs
+    @torch.no_grad()
+    def compute_logprobs(self, batch: LearnerBatch, model: Literal["policy", "reference"] = "policy") -> TokenStats:
+        """Forward only: log-probs and entropies of `batch` (whole global batch returned on every rank)."""
+        mbs = self._micro_batches(batch)
+        per_mb = self._forward_stats(mbs, model)
+        local_b = len(dp_shard(batch, self.layout.dp_rank, self.layout.dp).seq_lens)
+        width = batch.input_ids.shape[1]
+        stats = torch.zeros(2, local_b, width, dtype=torch.float32, device=self.device)
+        if self.layout.is_last_stage:
+            for mb, result in zip(mbs, per_mb, strict=True):
+                stats[0, mb.seq_index] = result["logp"].float()
+                stats[1, mb.seq_index] = result["entropy"].float()
+        if self.layout.pp > 1:
+            dist.broadcast(stats, src=self.layout.pp_last_global_rank, group=self.layout.pp_group)
+        if self.layout.dp > 1:
+            parts = [torch.empty_like(stats) for _ in range(self.layout.dp)]
+            dist.all_gather(parts, stats, group=self.layout.dp_group)
+            stats = torch.cat(parts, dim=1)
+        return TokenStats(logp=stats[0].cpu(), entropy=stats[1].cpu())
+
+    def _forward_stats(self, mbs: list[MicroBatch], which: Literal["policy", "reference"]) -> list[dict]:
+        if which == "reference":
+            if self.reference is None:
+                raise ValueError("no reference model: set reference.enabled or use an objective that needs one")
+            model = self.reference
+            if self.spec.reference.offload_to_cpu:
+                for chunk in model:
+                    chunk.to(self.device)
+        else:
+            model = self.model
+        for chunk in model:
+            chunk.eval()
+        try:
+            return self._schedule(model, stats_forward_step(self._stats_config()), mbs, forward_only=True)
+        finally:
+            if which == "reference" and self.spec.reference.offload_to_cpu:
+                for chunk in model:
+                    chunk.to("cpu")
+
+    # -------------------------------------------------------------------------------- train
+    def _select_forking_tokens(self, mbs: list[MicroBatch]) -> list[torch.Tensor] | None:
+        """Global (mini-batch, all DP ranks) forking masks, set on the micro-batches of the last stage."""
+        cfg = self.objective
+        if not (isinstance(cfg, ForkingConfig) and cfg.scope == "mini_batch_global"):
+            return None
+        if cfg.entropy_source == "old":
+            if any("old_entropy" not in mb.fields for mb in mbs):
+                raise ValueError("forking entropy_source='old' needs LearnerBatch.old_entropy")
+            entropies = [mb.fields["old_entropy"] for mb in mbs]
+        else:
+            results = self._forward_stats(mbs, "policy")
+            entropies = [r["entropy"] for r in results] if self.layout.is_last_stage else []
+        if not self.layout.is_last_stage:
+            return None
+        masks, _, _ = global_forking_masks(
+            entropies, [mb.response_mask for mb in mbs], cfg.rho, cfg.select, cfg.tie_rule, group=self._dp_group
+        )
+        for mb, mask in zip(mbs, masks, strict=True):
+            mb.selection_mask = mask
+        return masks
+
+    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
+        """One optimizer step on the global mini-batch `batch` (forward + backward + Adam)."""
+        start = time.perf_counter()
+        if self.objective.needs_reference and batch.ref_logp is None:
+            batch = dataclasses.replace(batch, ref_logp=self.compute_logprobs(batch, "reference").logp)
+        mbs = self._micro_batches(batch)
+        selection = self._select_forking_tokens(mbs)
+        ctx = LossContext()
+        if self.layout.is_last_stage:
+            max_response = int(batch.response_mask.sum(dim=1).max())
+            ctx = mini_batch_context(
+                self.objective,
+                [mb.response_mask for mb in mbs],
+                selection,
+                group=self._dp_group,
+                max_response_len=max_response,
+            )
+        for chunk in self.model:
+            chunk.train()
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        forward_step = train_forward_step(self.objective, ctx, self._stats_config(self.objective.entropy_coef > 0))
+        reports = self._schedule(self.model, forward_step, mbs, forward_only=False)
+        updated, grad_norm, _ = self.optimizer.step()
+        if updated:
+            self.scheduler.step(increment=1)
+            self.weight_version += 1
+        self.consumed_sequences += batch.num_sequences
+        metrics = self._reduce_reports(reports)
+        metrics.update(
+            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            step_seconds=time.perf_counter() - start,
+            weight_version=float(self.weight_version),
+        )
+        metrics["tokens_per_second"] = float(batch.seq_lens.sum()) / metrics["step_seconds"]
+        self._last_metrics = metrics
+        return metrics
+
+    def _reduce_reports(self, reports: list[dict]) -> dict[str, float]:
+        """Sum losses and token counts over micro-batches and DP; average the objective metrics."""
+        values: dict[str, float] = {}
+        if self.layout.is_last_stage:
+            values = {"loss": 0.0, "tokens": 0.0, "selected_tokens": 0.0, "micro_batches": float(len(reports))}
+            for report in reports:
+                for key in ("loss", "tokens", "selected_tokens"):
+                    values[key] += report[key]
+                for key, value in report["metrics"].items():
+                    values[f"objective/{key}"] = values.get(f"objective/{key}", 0.0) + float(value)
+            if self.layout.dp > 1:
+                gathered: list[dict[str, float]] = [{} for _ in range(self.layout.dp)]
+                dist.all_gather_object(gathered, values, group=self.layout.dp_group)
+                keys = sorted({k for g in gathered for k in g})
+                values = {k: sum(g.get(k, 0.0) for g in gathered) for k in keys}
+            for key in [k for k in values if k.startswith("objective/")]:
+                values[key] /= max(values["micro_batches"], 1.0)
+        if self.layout.pp > 1:
+            box = [values]
+            dist.broadcast_object_list(box, src=self.layout.pp_last_global_rank, group=self.layout.pp_group)
+            values = box[0]
+        return values
+
+    # ------------------------------------------------------------------------ weights & state
+    def export_weights(
+        self, dtype: torch.dtype | None = None, gather_to_rank0: bool = True
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Hugging Face (name, tensor) pairs, streamed one tensor at a time (collective; see weights.py)."""
+        return export_hf_weights(self.chunks, self.arch, self.layout, gather_to_rank0, dtype)
+
+    def save(self, path: str | Path, data_state: Mapping[str, Any] | None = None) -> None:
+        """Checkpoint model, optimizer, scheduler, RNG and the data cursor (collective)."""
+        ckpt.save(self, Path(path), dict(data_state or {}))
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore a checkpoint saved under any TP/PP layout; returns the saved data cursor (collective)."""
+        return ckpt.load(self, Path(path))
+
+    def metrics(self) -> dict[str, float]:
+        """Last step's metrics plus counters and this rank's peak memory."""
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if has_gpu()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
+        return {
+            **self._last_metrics,
+            "weight_version": float(self.weight_version),
+            "consumed_sequences": float(self.consumed_sequences),
+            "peak_memory_mib": float(peak),
+        }

@@ -1,0 +1,137 @@
+"""Glue between megatron's pipeline schedules and the objective library.
+
+`forward_step` runs one model chunk on one micro-batch. At the last pipeline stage the vocab-sharded
+logits of the response positions go through the vocab-parallel log-prob/entropy kernel (the full
+vocabulary is never gathered), are scattered back to token-aligned [sequences, S] tensors, and
+either returned (forward-only passes) or fed to `compute_policy_loss` with the mini-batch's
+`LossContext` (training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core.utils import get_attr_wrapped_model
+
+from forkrl.trainer.learner.batch import MicroBatch
+from forkrl.trainer.objectives import LossContext, LossInputs, ObjectiveConfig, compute_policy_loss
+from forkrl.trainer.vocab_parallel import vocab_parallel_logprobs_and_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenStatsConfig:
+    """How log-probs/entropies are computed from a micro-batch's logits (same on all ranks)."""
+
+    tp_group: dist.ProcessGroup | None
+    temperature: float
+    chunk_size: int | None
+    entropy_requires_grad: bool = False
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, mb: MicroBatch, stats: TokenStatsConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: [rows, L, vocab/tp] -> (logp, entropy): [num_seqs, S], zero off the response tokens."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    predicted = flat.index_select(0, mb.pred_index)  # [n, vocab/tp]: only response positions
+    logp, entropy = vocab_parallel_logprobs_and_entropy(
+        predicted,
+        mb.target_ids,
+        stats.tp_group,
+        stats.temperature,
+        entropy_requires_grad=stats.entropy_requires_grad,
+        chunk_size=stats.chunk_size,
+    )
+    shape = mb.response_mask.shape
+    index = (mb.out_rows, mb.out_cols)
+    logp_bt = torch.zeros(shape, dtype=logp.dtype, device=logp.device).index_put(index, logp)
+    entropy_bt = torch.zeros(shape, dtype=entropy.dtype, device=entropy.device).index_put(index, entropy)
+    return logp_bt, entropy_bt
+
+
+def run_chunk(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
+    """One model chunk on one micro-batch (packed rows set explicit RoPE positions)."""
+    rope = get_attr_wrapped_model(model, "rotary_pos_emb")
+    rope.position_ids = mb.position_ids
+    try:
+        return model(mb.tokens, mb.position_ids, mb.attention_mask)
+    finally:
+        rope.position_ids = None
+
+
+def loss_inputs(mb: MicroBatch, logp: torch.Tensor, entropy: torch.Tensor) -> LossInputs:
+    """The objective library's inputs for one micro-batch (old_logp defaults to the detached current logp,
+    i.e. the on-policy first update)."""
+    fields = mb.fields
+
+    def get(name: str) -> torch.Tensor | None:
+        value = fields.get(name)
+        return None if value is None else value.to(logp.dtype)
+
+    if "advantages" not in fields:
+        raise ValueError("train_step needs LearnerBatch.advantages")
+    old = get("old_logp")
+    return LossInputs(
+        logp=logp,
+        old_logp=logp.detach() if old is None else old,
+        advantages=get("advantages"),
+        response_mask=fields["response_mask"],
+        entropy=entropy,
+        ref_logp=get("ref_logp"),
+        rollout_logp=get("rollout_logp"),
+        selection_mask=mb.selection_mask,
+    )
+
+
+def _policy_loss(
+    cfg: ObjectiveConfig, ctx: LossContext, stats: TokenStatsConfig, mb: MicroBatch, logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    logp, entropy = token_logprobs_and_entropy(logits, mb, stats)
+    out = compute_policy_loss(cfg, loss_inputs(mb, logp, entropy), ctx)
+    loss = out.loss if out.loss._base is None else out.loss.clone()
+    selected = out.token_mask if out.token_mask is not None else mb.response_mask.bool()
+    report = {
+        "loss": float(loss.detach()),
+        "tokens": float(mb.response_mask.sum()),
+        "selected_tokens": float((selected.bool() & mb.response_mask.bool()).sum()),
+        "metrics": out.metrics,
+    }
+    # Token count 0: megatron then neither divides the loss nor rescales gradients (see optimizer.py).
+    return loss, torch.zeros((), dtype=torch.int, device=loss.device), report
+
+
+def _collect_stats(
+    stats: TokenStatsConfig, mb: MicroBatch, logits: torch.Tensor, non_loss_data: bool = True
+) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        logp, entropy = token_logprobs_and_entropy(logits, mb, stats)
+    return {"logp": logp, "entropy": entropy, "seq_index": mb.seq_index}
+
+
+def train_forward_step(
+    cfg: ObjectiveConfig, ctx: LossContext, stats: TokenStatsConfig
+) -> Callable[[Iterator[MicroBatch], torch.nn.Module], tuple[torch.Tensor, Callable]]:
+    """megatron `forward_step_func` for training: chunk output + the policy loss of its micro-batch."""
+
+    def forward_step(data: Iterator[MicroBatch], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
+        mb = next(data)
+        return run_chunk(model, mb), partial(_policy_loss, cfg, ctx, stats, mb)
+
+    return forward_step
+
+
+def stats_forward_step(
+    stats: TokenStatsConfig,
+) -> Callable[[Iterator[MicroBatch], torch.nn.Module], tuple[torch.Tensor, Callable]]:
+    """megatron `forward_step_func` for forward-only passes that return log-probs and entropies."""
+
+    def forward_step(data: Iterator[MicroBatch], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
+        mb = next(data)
+        return run_chunk(model, mb), partial(_collect_stats, stats, mb)
+
+    return forward_step

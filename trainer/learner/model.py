@@ -1,0 +1,268 @@
+"""Hugging Face config -> megatron-core `TransformerConfig` and `GPTModel` chunks.
+
+Families: Qwen2 / Qwen2.5 (QKV bias), Qwen3 (QK RMSNorm, explicit head_dim) and Llama (optional
+llama3 RoPE scaling). All use GQA, RoPE with the config's theta, RMSNorm and SwiGLU; embeddings may
+be tied. Built from megatron-core's own modules (local spec) plus the two in `layers.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.enums import ModelType
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.learner.layers import PositionRotaryEmbedding, RMSNorm
+
+Family = Literal["qwen2", "qwen3", "llama"]
+_FAMILIES: dict[str, Family] = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArch:
+    """The architecture facts the learner needs, read once from a Hugging Face config."""
+
+    family: Family
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_embeddings: bool
+    qkv_bias: bool
+    qk_norm: bool
+    rope_theta: float
+    rms_eps: float
+    max_position_embeddings: int
+    llama3_rope_factor: float | None = None
+    init_std: float = 0.02
+
+    @classmethod
+    def from_hf(cls, config: Any) -> ModelArch:
+        """config: a transformers `PretrainedConfig`, a config.json dict, or a path to either."""
+        cfg = load_hf_config(config)
+        model_type = getattr(cfg, "model_type", None)
+        if model_type not in _FAMILIES:
+            raise ValueError(f"model_type={model_type!r} is not supported (qwen2, qwen3, llama)")
+        rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+        theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        llama3_factor = None
+        if rope_type == "llama3":
+            if (rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)) != (1.0, 4.0) or rope.get(
+                "original_max_position_embeddings", 8192
+            ) != 8192:
+                raise ValueError("rope_parameters: only llama3 scaling with low/high 1/4 and 8192 is supported")
+            llama3_factor = float(rope["factor"])
+        elif rope_type != "default":
+            raise ValueError(f"rope_parameters.rope_type={rope_type!r} is not supported (default, llama3)")
+        if getattr(cfg, "use_sliding_window", False):
+            raise ValueError("use_sliding_window=True is not supported")
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported (silu)")
+        family = _FAMILIES[model_type]
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        qkv_bias = True if family == "qwen2" else bool(getattr(cfg, "attention_bias", False))
+        if getattr(cfg, "mlp_bias", False):
+            raise ValueError("mlp_bias=True is not supported")
+        return cls(
+            family=family,
+            num_layers=cfg.num_hidden_layers,
+            hidden_size=cfg.hidden_size,
+            ffn_hidden_size=cfg.intermediate_size,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+            head_dim=head_dim,
+            vocab_size=cfg.vocab_size,
+            tie_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+            qk_norm=family == "qwen3",
+            rope_theta=float(theta),
+            rms_eps=float(cfg.rms_norm_eps),
+            max_position_embeddings=cfg.max_position_embeddings,
+            llama3_rope_factor=llama3_factor,
+            init_std=float(getattr(cfg, "initializer_range", 0.02)),
+        )
+
+    def num_parameters(self) -> int:
+        """Parameter count of the unsharded model (closed form; `plan` checks it against a build)."""
+        h, hd = self.hidden_size, self.head_dim
+        attn = h * (self.num_heads + 2 * self.num_kv_heads) * hd + self.num_heads * hd * h
+        if self.qkv_bias:
+            attn += (self.num_heads + 2 * self.num_kv_heads) * hd
+        if self.qk_norm:
+            attn += 2 * hd
+        layer = attn + 3 * h * self.ffn_hidden_size + 2 * h
+        embed = self.vocab_size * h * (1 if self.tie_embeddings else 2)
+        return self.num_layers * layer + embed + h
+
+
+def load_hf_config(config: Any) -> Any:
+    """A transformers `PretrainedConfig` from a config object, a dict, or a file/dir path (offline)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(config, PretrainedConfig):
+        return config
+    if isinstance(config, str | Path):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no Hugging Face config at {path}")
+        config = json.loads(path.read_text())
+    if isinstance(config, Mapping):
+        values = dict(config)
+        model_type = values.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("Hugging Face config has no model_type")
+        return AutoConfig.for_model(model_type, **values)
+    raise TypeError(f"cannot read a Hugging Face config from {type(config).__name__}")
+
+
+def transformer_config(arch: ModelArch, spec: LearnerSpec, has_gpu: bool) -> TransformerConfig:
+    """The megatron `TransformerConfig` for this architecture under the spec's layout and dtype."""
+    par = spec.parallel
+    par.validate_for(arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.vocab_size)
+    dtype = torch.bfloat16 if spec.resolved_dtype(has_gpu) == "bfloat16" else torch.float32
+    recompute: dict[str, Any] = {}
+    if spec.activation_recompute == "full":
+        recompute = {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    elif spec.activation_recompute == "selective":
+        recompute = {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        num_attention_heads=arch.num_heads,
+        num_query_groups=arch.num_kv_heads,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.rms_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=arch.qkv_bias,
+        qk_layernorm=arch.qk_norm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=arch.init_std,
+        tensor_model_parallel_size=par.tensor_parallel,
+        pipeline_model_parallel_size=par.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=par.virtual_pipeline,
+        sequence_parallel=par.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        attention_softmax_in_fp32=True,
+        # The fused CUDA kernels come from apex/TE, which the learner does not require.
+        masked_softmax_fusion=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        use_cpu_initialization=True,
+        # Loss normalisation is done by the objective library against global counts.
+        calculate_per_token_loss=True,
+        deallocate_pipeline_outputs=True,
+        **recompute,
+    )
+
+
+def layer_spec(arch: ModelArch) -> ModuleSpec:
+    """One decoder layer from megatron-core local modules, with the learner's RMSNorm."""
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=RMSNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                # Causal by default; packed micro-batches pass an explicit block-diagonal mask.
+                params={"attn_mask_type": AttnMaskType.causal},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=DotProductAttention,
+                    linear_proj=RowParallelLinear,
+                    q_layernorm=RMSNorm if arch.qk_norm else IdentityOp,
+                    k_layernorm=RMSNorm if arch.qk_norm else IdentityOp,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=RMSNorm,
+            mlp=ModuleSpec(
+                module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)
+            ),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+
+
+def build_model_chunks(
+    arch: ModelArch, config: TransformerConfig, max_sequence_length: int, perform_init: bool = True
+) -> list[GPTModel]:
+    """This rank's model chunks (one per virtual pipeline stage), unwrapped, on the current device.
+
+    Parallel state must be initialised. With `perform_init=False` weights are left uninitialised
+    (they are about to be imported, or the model lives on the meta device).
+    """
+    config = dataclasses.replace(config, perform_initialization=perform_init)
+    vpp = config.virtual_pipeline_model_parallel_size
+    chunks: list[GPTModel] = []
+    for vp in range(vpp or 1):
+        vp_stage = vp if vpp else None
+        block = TransformerBlockSubmodules(
+            layer_specs=[layer_spec(arch)] * get_num_layers_to_build(config, vp_stage=vp_stage),
+            layer_norm=RMSNorm,
+        )
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=block,
+            vocab_size=arch.vocab_size,
+            max_sequence_length=max_sequence_length,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            parallel_output=True,
+            share_embeddings_and_output_weights=arch.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=arch.rope_theta,
+            rope_scaling=arch.llama3_rope_factor is not None,
+            rope_scaling_factor=arch.llama3_rope_factor or 8.0,
+            vp_stage=vp_stage,
+        )
+        model.rotary_pos_emb = PositionRotaryEmbedding(
+            kv_channels=arch.head_dim,
+            rotary_percent=1.0,
+            rotary_base=arch.rope_theta,
+            rope_scaling=arch.llama3_rope_factor is not None,
+            rope_scaling_factor=arch.llama3_rope_factor or 8.0,
+            use_cpu_initialization=True,
+        )
+        model.model_type = ModelType.encoder_or_decoder
+        chunks.append(model)
+    return chunks
+
+
+def global_layer_index(layer: torch.nn.Module) -> int:
+    """0-based index of a megatron `TransformerLayer` in the full model (its `layer_number` is 1-based)."""
+    return int(layer.layer_number) - 1
