@@ -1,0 +1,1 @@
+"""The RLVR controller: the training loop over the learner, rollout replicas and the verifier."""

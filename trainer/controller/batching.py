@@ -1,0 +1,82 @@
+"""From scored rollouts to the learner's batch: reward shaping, GRPO advantages, token alignment.
+
+Pure functions. Sample i of a RolloutBatch becomes row i of a LearnerBatch whose input_ids are its
+prompt followed by its response; every per-token tensor is aligned with input_ids (column t = token t).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from forkrl.rollout.types import RolloutBatch
+from forkrl.trainer.advantages import grpo_advantages, overlong_penalty
+from forkrl.trainer.learner.batch import LearnerBatch
+from forkrl.trainer.spec.algorithm import AdvantageSpec, OverlongSpec
+
+
+@dataclass
+class ScoredBatch:
+    """A rollout batch with its rewards. rewards: [B] correctness reward from the verifier;
+    correct: [B] bool; shaped: [B] reward after overlong shaping; advantages: [B] GRPO advantages."""
+
+    rollout: RolloutBatch
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    shaped: torch.Tensor
+    advantages: torch.Tensor
+
+
+def score_batch(
+    rollout: RolloutBatch,
+    rewards: torch.Tensor,
+    correct: torch.Tensor,
+    overlong: OverlongSpec,
+    advantage: AdvantageSpec,
+    max_response_tokens: int,
+) -> ScoredBatch:
+    """Shape rewards (DAPO overlong punishment) and compute GRPO advantages per group of samples."""
+    rewards = rewards.to(torch.float64)
+    shaped = rewards.clone()
+    if overlong.enabled:
+        cache = overlong.cache_for(max_response_tokens)
+        shaped = shaped + overlong_penalty(rollout.response_lengths, max_response_tokens, cache, overlong.factor)
+    advantages = grpo_advantages(shaped, rollout.group_id, advantage.std_eps, advantage.norm_by_std,
+                                 advantage.unbiased_std)
+    return ScoredBatch(rollout, rewards, correct.bool(), shaped, advantages)
+
+
+def to_learner_batch(scored: ScoredBatch) -> LearnerBatch:
+    """Rows = prompt + response (right-padded); response_mask, advantages, rollout_logp token-aligned."""
+    rollout = scored.rollout
+    prompt_lengths = rollout.prompt_lengths.tolist()
+    response_lengths = rollout.response_lengths.tolist()
+    seq_lens = [p + r for p, r in zip(prompt_lengths, response_lengths, strict=True)]
+    batch, width = len(seq_lens), max(seq_lens)
+    input_ids = torch.zeros(batch, width, dtype=torch.long)
+    response_mask = torch.zeros(batch, width, dtype=torch.bool)
+    advantages = torch.zeros(batch, width, dtype=torch.float32)
+    rollout_logp = torch.zeros(batch, width, dtype=torch.float32)
+    for row, (p, r) in enumerate(zip(prompt_lengths, response_lengths, strict=True)):
+        input_ids[row, :p] = rollout.prompt_ids[row, :p]
+        input_ids[row, p : p + r] = rollout.response_ids[row, :r]
+        response_mask[row, p : p + r] = True
+        advantages[row, p : p + r] = float(scored.advantages[row])
+        rollout_logp[row, p : p + r] = rollout.sampling_logprobs[row, :r]
+    return LearnerBatch(
+        input_ids=input_ids,
+        seq_lens=torch.tensor(seq_lens, dtype=torch.long),
+        response_mask=response_mask,
+        advantages=advantages,
+        rollout_logp=rollout_logp,
+    )
+
+
+def mini_batches(batch: LearnerBatch, sequences_per_mini_batch: int) -> list[LearnerBatch]:
+    """Consecutive row slices of `sequences_per_mini_batch` rows (groups stay whole when it is a multiple of n)."""
+    if batch.num_sequences % sequences_per_mini_batch:
+        raise ValueError(f"{batch.num_sequences} sequences do not split into mini-batches of "
+                         f"{sequences_per_mini_batch}")
+    return [batch.rows(slice(start, start + sequences_per_mini_batch))
+            for start in range(0, batch.num_sequences, sequences_per_mini_batch)]

@@ -1,0 +1,216 @@
+"""`RLVRController`: one RL step, read top to bottom like CleanRL's update loop.
+
+    prompts -> rollout (n per prompt) -> verifier -> overlong shaping -> GRPO advantages
+    -> dynamic sampling (refill) -> old/ref log-probs -> mini-batch updates -> weight sync
+    -> periodic evaluation -> checkpoint
+
+Learner calls are blocking Ray calls; rollout and verification are async HTTP. In the one-step
+off-policy schedule the rollout of step t+1 runs while step t updates (samples lag one version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from forkrl.rollout.types import SamplingParams
+from forkrl.trainer.controller.batching import ScoredBatch, mini_batches, score_batch, to_learner_batch
+from forkrl.trainer.controller.rollout_phase import (
+    PhaseTimes,
+    build_requests,
+    collect_groups,
+    generate_and_verify,
+    groups_to_batch,
+)
+from forkrl.trainer.data.schema import PromptRow
+from forkrl.trainer.data.stream import PromptStream
+from forkrl.trainer.dynamic_sampling import DynamicSampler
+from forkrl.trainer.evaluation import EvalResult, score_dataset
+from forkrl.trainer.spec import RLVRJobSpec
+
+# Learner metrics whose names the controller uses for its own step-level values.
+_LEARNER_RENAMES = {"tokens_per_second": "learner/tokens_per_second", "step_seconds": "learner/step_seconds",
+                    "weight_version": "learner/weight_version"}
+
+
+@dataclass
+class CollectedBatch:
+    """A step's training data and what it cost."""
+
+    scored: ScoredBatch
+    stats: dict[str, float]
+    times: PhaseTimes
+    generated_with_version: int
+
+
+@dataclass
+class RLVRController:
+    """Drives the learner group, the replica pool and the verifier for one run."""
+
+    spec: RLVRJobSpec
+    tokenizer: Any
+    learners: Any
+    replicas: Any
+    verifier: Any
+    stream: PromptStream
+    log: Callable[[str], None] = print
+    version: int = 0
+    step: int = 0
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    entropy_sample: list[float] = field(default_factory=list)
+    """Response-token entropies of the latest batch (the report's histogram)."""
+
+    # ------------------------------------------------------------------ text <-> tokens
+    def render(self, row: PromptRow) -> list[int]:
+        from forkrl.trainer.data.templates import render_prompt
+
+        text = render_prompt(row, self.spec.data.template, self.tokenizer)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    # ----------------------------------------------------------------------- rollout
+    async def collect(self, step: int) -> CollectedBatch:
+        """Generate, score and filter until the step's batch is full (DAPO dynamic sampling)."""
+        spec = self.spec
+        ds = spec.dynamic_sampling
+        sampler: DynamicSampler = DynamicSampler(
+            spec.schedule.train_batch_size, ds.max_gen_batches if ds.enabled else 1,
+            ds.mode if ds.enabled else "refill",
+        )
+        times = PhaseTimes()
+        version = self.version
+
+        def make_requests(rows: list[PromptRow], round_index: int):
+            return build_requests(rows, self.render, spec.schedule.samples_per_prompt, spec.model.max_response_tokens,
+                                  spec.rollout.sampling, spec.seed, f"s{step}r{round_index}",
+                                  spec.model.max_prompt_tokens)
+
+        per_round = max(spec.schedule.train_batch_size,
+                        round(spec.schedule.train_batch_size * ds.gen_batch_multiplier))
+        stats = await collect_groups(self.stream.take, make_requests, self.replicas, self.verifier, self.decode,
+                                     sampler, per_round, ds.enabled, times)
+        groups = sampler.take()
+        rollout, rewards, correct = groups_to_batch(groups, self.tokenizer.pad_token_id)
+        scored = score_batch(rollout, rewards, correct, spec.overlong, spec.advantage, spec.model.max_response_tokens)
+        return CollectedBatch(scored, stats, times, version)
+
+    # ------------------------------------------------------------------------ update
+    def update(self, scored: ScoredBatch) -> tuple[dict[str, float], dict[str, float]]:
+        """Old/ref log-probs, then epochs x mini-batches of learner steps. Returns (metrics, phase times)."""
+        spec = self.spec
+        batch = to_learner_batch(scored)
+        start = time.perf_counter()
+        old_logp, old_entropy = self.learners.compute_logprobs(batch, "policy")
+        batch.old_logp, batch.old_entropy = old_logp, old_entropy
+        self.entropy_sample = old_entropy[batch.response_mask.bool()][:20000].tolist()
+        if spec.objective.needs_reference:
+            batch.ref_logp = self.learners.compute_logprobs(batch, "reference")[0]
+        logprob_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        sequences = spec.schedule.mini_batch_size * spec.schedule.samples_per_prompt
+        reports = [self.learners.train_step(mb) for _ in range(spec.schedule.epochs)
+                   for mb in mini_batches(batch, min(sequences, batch.num_sequences))]
+        update_seconds = time.perf_counter() - start
+        metrics: dict[str, float] = {}
+        for key in {k for r in reports for k in r}:
+            values = [r[key] for r in reports if isinstance(r.get(key), int | float)]
+            if values:
+                metrics[_LEARNER_RENAMES.get(key, key)] = sum(values) / len(values)
+        return metrics, {"time/logprobs": logprob_seconds, "time/update": update_seconds}
+
+    async def sync_weights(self) -> float:
+        """Push the learner's weights as the next version to every replica; returns seconds."""
+        start = time.perf_counter()
+        self.version += 1
+        urls = self.replicas.urls
+        if self.spec.rollout.weight_sync == "checkpoint":
+            path = str(self.spec.checkpoint_dir() / "weights" / f"v{self.version}")
+            await asyncio.to_thread(self.learners.write_weights, path)
+            await asyncio.gather(*(self.replicas.clients[u].load_checkpoint(path, self.version) for u in urls))
+        else:
+            await asyncio.to_thread(self.learners.push_weights, urls, self.version)
+        return time.perf_counter() - start
+
+    async def ensure_replicas_current(self) -> list[str]:
+        """Re-push the current weights to replicas serving another version (restarted or new replicas)."""
+        versions = await self.replicas.versions()
+        stale = [url for url, v in versions.items() if v != self.version]
+        if stale:
+            self.log(f"replicas {stale} serve version {[versions[u] for u in stale]}, expected {self.version}: "
+                     "re-pushing weights")
+            await asyncio.to_thread(self.learners.push_weights, stale, self.version)
+        return stale
+
+    # ------------------------------------------------------------------------ the step
+    def step_record(self, collected: CollectedBatch, learner_metrics: dict[str, float], times: dict[str, float],
+                    step_seconds: float) -> dict[str, float]:
+        scored = collected.scored
+        lengths = scored.rollout.response_lengths.double()
+        lag = self.version - 1 - scored.rollout.weight_version
+        record = {
+            **learner_metrics,
+            **collected.stats,
+            "step": float(self.step),
+            "samples": float(scored.rollout.num_samples),
+            "reward/mean": float(scored.shaped.mean()),
+            "reward/correctness_mean": float(scored.rewards.mean()),
+            "advantage/abs_mean": float(scored.advantages.abs().mean()),
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "finish/length_frac": sum(r == "length" for r in scored.rollout.finish_reasons) / len(lengths),
+            "weight_version": float(self.version),
+            "weight_version_lag/max": float(lag.max()),
+            "weight_version_lag/mean": float(lag.double().mean()),
+            "time/rollout": collected.times.rollout,
+            "time/verify": collected.times.verify,
+            "time/step": step_seconds,
+            "tokens_per_second": collected.times.generated_tokens / max(step_seconds, 1e-9),
+            **times,
+        }
+        return record
+
+    async def train_step_sync(self) -> dict[str, float]:
+        """On-policy: rollout with the current weights, update, sync."""
+        start = time.perf_counter()
+        await self.ensure_replicas_current()
+        collected = await self.collect(self.step)
+        metrics, times = await asyncio.to_thread(self.update, collected.scored)
+        times["time/sync"] = await self.sync_weights()
+        return self.step_record(collected, metrics, times, time.perf_counter() - start)
+
+    async def train_step_off_policy(self, pending: asyncio.Task | None) -> tuple[dict[str, float], asyncio.Task]:
+        """One-step off-policy: the rollout of step t+1 overlaps the update of step t."""
+        start = time.perf_counter()
+        if pending is None:
+            await self.ensure_replicas_current()
+            pending = asyncio.create_task(self.collect(self.step))
+        collected = await pending
+        next_rollout = asyncio.create_task(self.collect(self.step + 1))
+        metrics, times = await asyncio.to_thread(self.update, collected.scored)
+        await asyncio.wait({next_rollout})  # replicas must be idle before new weights are installed
+        times["time/sync"] = await self.sync_weights()
+        return self.step_record(collected, metrics, times, time.perf_counter() - start), next_rollout
+
+    # -------------------------------------------------------------------- evaluation
+    async def evaluate(self, datasets: dict[str, list[PromptRow]], phase: str) -> dict[str, EvalResult]:
+        """avg@k / pass@k per data set at the eval temperature and top-p; also per-problem accuracies."""
+        ev = self.spec.eval
+        sampling = SamplingParams(temperature=ev.temperature, top_p=ev.top_p)
+        results: dict[str, EvalResult] = {}
+        for name, rows in datasets.items():
+            times = PhaseTimes()
+            kept, requests, _ = build_requests(rows, self.render, ev.samples_per_problem,
+                                               ev.max_response_tokens or self.spec.model.max_response_tokens,
+                                               sampling, self.spec.seed, f"eval/{name}",
+                                               self.spec.model.max_prompt_tokens)
+            groups = await generate_and_verify(kept, requests, self.replicas, self.verifier, self.decode, times)
+            result = score_dataset(name, [g.correct for g in groups], ev.pass_k)
+            results[name] = result
+            self.eval_history.append({"phase": phase, "step": self.step, **result.row(),
+                                      "per_problem": [sum(g.correct) / len(g.correct) for g in groups]})
+        return results
