@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
+MODULES_DIR = BUILD_SCRIPT.parent / "modules"
 BINARY_NAMES = (
     "etcd",
     "kube-apiserver",
@@ -58,6 +60,15 @@ class ClusterBinaries:
 
     def missing(self) -> list[str]:
         return [name for name in BINARY_NAMES if not os.access(self.bin_dir / name, os.X_OK)]
+
+
+def pinned_version(module_dir: str, module_path: str) -> str:
+    """The version `modules/<module_dir>/go.mod` requires of `module_path` (parsed here, not by build.sh)."""
+    text = (MODULES_DIR / module_dir / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module_path)}\s+(v\S+)", text, re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{module_path} is not required in {MODULES_DIR / module_dir / 'go.mod'}")
+    return match.group(1)
 
 
 def go_available() -> bool:

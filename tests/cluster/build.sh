@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries of the cluster tests once per version set, into a cache outside
-# the checkout: ${FORKRL_K8S_CACHE:-$HOME/.cache/forkrl/k8s}/<version-set>/{bin,crds}.
+# the checkout: ${FORKRL_K8S_CACHE:-$HOME/.cache/forkrl/k8s}/<version-set>/{bin,crds,kwok/stages}.
 #
 # Every binary comes from its own Go module under tests/cluster/modules/<name>/ (its go.mod pins the
 # upstream release and names the upstream main package in a `tool` directive), so one tool's

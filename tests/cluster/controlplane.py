@@ -10,6 +10,7 @@ of that log. stop() (also on `with` exit) terminates every process group and rem
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,17 @@ KWOK_STAGES = (
 )
 
 
+# Control planes not yet stopped; stopped at interpreter exit so no etcd or apiserver outlives
+# a test run that ended without teardown (e.g. KeyboardInterrupt during a fixture).
+_RUNNING: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_control_planes() -> None:
+    for cluster in list(_RUNNING):
+        cluster.stop()
+
+
 class KubectlError(RuntimeError):
     """A kubectl or helm invocation failed; the message has the command line and its stderr."""
 
@@ -83,11 +96,12 @@ class ControlPlane:
     # ----------------------------------------------------------------- lifecycle
     def start(self, controller_manager: bool = True) -> ControlPlane:
         """Start etcd and the apiserver (and the controller manager unless told not to)."""
+        _RUNNING.add(self)
         try:
             etcd_port, etcd_peer_port, apiserver_port = free_ports(3)
             self.server = f"https://127.0.0.1:{apiserver_port}"
             self.pki = self._write_pki()
-            write_kubeconfig(self.kubeconfig, self.server, self.pki.ca_cert, self.pki.admin)
+            write_kubeconfig(self.kubeconfig, self.server, self.pki.ca_cert, client=self.pki.admin)
             etcd = self._spawn(
                 "etcd",
                 components.etcd_args(self.binaries.path("etcd"), self.workdir / "etcd", etcd_port, etcd_peer_port),
@@ -117,6 +131,7 @@ class ControlPlane:
         """Stop every component (last started first) and remove the workdir. Safe to call twice."""
         for name in reversed(list(self.processes)):
             self.processes[name].stop()
+        _RUNNING.discard(self)
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -303,6 +318,16 @@ class ControlPlane:
             f"ServiceAccount default in namespace {name}",
             timeout,
         )
+
+    def service_account_kubeconfig(self, namespace: str, name: str, duration: str = "1h") -> Path:
+        """A kubeconfig authenticating as ServiceAccount `namespace/name` with a freshly issued
+        token (TokenRequest, signed by the service-account key), e.g. to run an operator with
+        exactly the RBAC its chart grants. Written to `<workdir>/sa-<namespace>-<name>.kubeconfig`."""
+        assert self.pki is not None, "start() first"
+        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
+        path = self.workdir / f"sa-{namespace}-{name}.kubeconfig"
+        user = f"system:serviceaccount:{namespace}:{name}"
+        return write_kubeconfig(path, self.server, self.pki.ca_cert, token=token, user=user)
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> float:
         """Poll `condition` while every component stays alive; returns the seconds waited."""

@@ -170,23 +170,31 @@ def write_service_account_keys(directory: Path) -> tuple[Path, Path]:
 
 
 def write_kubeconfig(
-    path: Path, server: str, ca_file: Path, client: ClientCredentials, context: str = "forkrl-test"
+    path: Path,
+    server: str,
+    ca_file: Path,
+    client: ClientCredentials | None = None,
+    token: str | None = None,
+    user: str = "",
+    context: str = "forkrl-test",
 ) -> Path:
-    """A kubeconfig with one cluster, one client-certificate user and one current context.
+    """A kubeconfig with one cluster, one user (a client certificate or a bearer token) and one context.
 
     File references (not embedded data) keep it short; the files live beside it in the tmp dir.
     """
+    if (client is None) == (token is None):
+        raise ValueError("write_kubeconfig needs exactly one of client (certificate) or token")
+    if client is not None:
+        user = client.user
+        credentials = {"client-certificate": str(client.cert_file), "client-key": str(client.key_file)}
+    else:
+        credentials = {"token": token}
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": context, "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
-        "users": [
-            {
-                "name": client.user,
-                "user": {"client-certificate": str(client.cert_file), "client-key": str(client.key_file)},
-            }
-        ],
-        "contexts": [{"name": context, "context": {"cluster": context, "user": client.user}}],
+        "users": [{"name": user or "token-user", "user": credentials}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": user or "token-user"}}],
         "current-context": context,
         "preferences": {},
     }

@@ -65,6 +65,7 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
 
     def start(self) -> ManagedProcess:
         if not Path(self.args[0]).is_file():
@@ -106,8 +107,9 @@ class ManagedProcess:
     def stop(self, grace_seconds: float = 10.0) -> None:
         """Terminate the process group; kill it when it outlives `grace_seconds`. Idempotent."""
         proc = self._proc
-        if proc is None:
+        if proc is None or self._stopped:
             return
+        self._stopped = True
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -117,7 +119,7 @@ class ManagedProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=grace_seconds)
-        # Grandchildren that ignored SIGTERM after the leader exited.
+        # Grandchildren left in the group after the leader exited (once only: the id may be reused later).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import textwrap
 from pathlib import Path
 
@@ -14,21 +13,12 @@ import pytest
 import yaml
 
 from tests.cluster import components
-from tests.cluster.binaries import ClusterBinaries
+from tests.cluster.binaries import ClusterBinaries, pinned_version
 from tests.cluster.controlplane import ControlPlane, KubectlError
 from tests.cluster.fixtures import KWOK_NODES
 from tests.cluster.processes import ComponentError, ManagedProcess, wait_until
 
-MODULES = Path(__file__).resolve().parent / "modules"
 GPU_NODES = {name for name, gpus in KWOK_NODES if gpus}
-
-
-def pinned_version(module_dir: str, module_path: str) -> str:
-    """The version a go.mod under tests/cluster/modules pins (read independently of build.sh)."""
-    text = (MODULES / module_dir / "go.mod").read_text()
-    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module_path)}\s+(v\S+)", text, re.MULTILINE)
-    assert match, f"{module_path} not required in modules/{module_dir}/go.mod"
-    return match.group(1)
 
 
 def test_apiserver_and_kubectl_report_the_stamped_release(control_plane: ControlPlane) -> None:
@@ -252,7 +242,7 @@ def test_kuberay_turns_a_raycluster_into_running_pods(kuberay_operator: ControlP
 
 
 def test_rbac_for_a_service_account_by_impersonation_and_by_token(
-    control_plane: ControlPlane, k8s_namespace: str, tmp_path: Path
+    control_plane: ControlPlane, k8s_namespace: str
 ) -> None:
     ns = k8s_namespace
     control_plane.kubectl("create", "serviceaccount", "reader", "-n", ns)
@@ -272,20 +262,14 @@ def test_rbac_for_a_service_account_by_impersonation_and_by_token(
     assert can_i("list", "secrets", "-n", ns) == "no"
 
     # A real token signed with the service-account key authenticates as the same subject.
-    token = control_plane.kubectl("create", "token", "reader", "-n", ns).stdout.strip()
-    assert control_plane.pki is not None
-    empty_config = tmp_path / "empty.kubeconfig"
-    empty_config.write_text("apiVersion: v1\nkind: Config\n")
-    as_token = [
-        f"--kubeconfig={empty_config}",
-        f"--server={control_plane.server}",
-        f"--certificate-authority={control_plane.pki.ca_cert}",
-        f"--token={token}",
-    ]
-    whoami = json.loads(control_plane.kubectl(*as_token, "auth", "whoami", "-o", "json").stdout)
+    kubeconfig = control_plane.service_account_kubeconfig(ns, "reader")
+    as_reader = [f"--kubeconfig={kubeconfig}"]
+    assert "client-certificate" not in kubeconfig.read_text()
+    whoami = json.loads(control_plane.kubectl(*as_reader, "auth", "whoami", "-o", "json").stdout)
     assert whoami["status"]["userInfo"]["username"] == subject
-    assert control_plane.kubectl(*as_token, "get", "pods", "-n", ns, check=False).returncode == 0
-    denied = control_plane.kubectl(*as_token, "get", "secrets", "-n", ns, check=False)
+    assert f"system:serviceaccounts:{ns}" in whoami["status"]["userInfo"]["groups"]
+    assert control_plane.kubectl(*as_reader, "get", "pods", "-n", ns, check=False).returncode == 0
+    denied = control_plane.kubectl(*as_reader, "get", "secrets", "-n", ns, check=False)
     assert denied.returncode != 0 and "Forbidden" in denied.stderr
 
 
