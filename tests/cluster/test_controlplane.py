@@ -310,6 +310,8 @@ def test_helm_is_stamped_and_installs_a_chart(control_plane: ControlPlane, k8s_n
     )
     assert rendered[0]["metadata"]["name"] == "demo-greeting"
     assert rendered[0]["data"]["greeting"] == "hi"
+    # Offline, helm assumes the Kubernetes minor stamped into it (unstamped it would say v1.20.0).
+    assert rendered[0]["data"]["kubeVersion"] == f"v1.{minor}.0"
 
     # install reads the server version: the chart's kubeVersion constraint fails against v0.0.0.
     control_plane.helm("install", "demo", str(chart), "-n", ns, "--set", "greeting=hi", "--wait", "--timeout=60s")
