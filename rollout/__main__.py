@@ -7,15 +7,10 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from forkrl.rollout.config import RolloutServerConfig, build_engine
-from forkrl.rollout.hf_engine import HFEngineConfig
-from forkrl.rollout.metrics import RolloutMetrics
-from forkrl.rollout.server import create_app
-from forkrl.rollout.service import ServiceConfig
-from forkrl.rollout.vllm_engine import VLLMEngineConfig
+if TYPE_CHECKING:
+    from forkrl.rollout.config import RolloutServerConfig
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RolloutServerConfig, Path | None]:
@@ -40,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RolloutServerConfig, Path
     args = parser.parse_args(argv)
     if not Path(args.model).is_dir():
         parser.error(f"--model: {args.model} is not a model directory")
+    # Heavy imports only once the arguments are known to be usable.
+    from forkrl.rollout.config import RolloutServerConfig
+    from forkrl.rollout.hf_engine import HFEngineConfig
+    from forkrl.rollout.service import ServiceConfig
+    from forkrl.rollout.vllm_engine import VLLMEngineConfig
+
     hf = HFEngineConfig(
         max_batch_size=args.max_batch_size,
         max_context=args.max_context,
@@ -73,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RolloutServerConfig, Path
 
 def main(argv: list[str] | None = None) -> None:
     config, port_file = parse_args(argv)
+    import uvicorn
+
+    from forkrl.rollout.config import build_engine
+    from forkrl.rollout.metrics import RolloutMetrics
+    from forkrl.rollout.server import create_app
+
     engine = build_engine(config)
     app = create_app(engine, service_config=config.service, metrics=RolloutMetrics(config.run, config.replica))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

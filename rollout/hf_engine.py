@@ -114,7 +114,11 @@ class HFEngine:
             raise FileNotFoundError(f"model: {path} is not a model directory")
         dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
         if config.load_format == "dummy":
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+            model_config = AutoConfig.from_pretrained(path)
+            if dtype == "auto":  # from_config wants a concrete dtype: the checkpoint's
+                saved = getattr(model_config, "dtype", None) or torch.float32
+                dtype = getattr(torch, saved) if isinstance(saved, str) else saved
+            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
             version = None
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -85,6 +85,11 @@ class RolloutService:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def busy(self) -> bool:
+        """A batch is on the engine right now."""
+        return self._task is not None and not self._idle.is_set()
+
     # Generation -------------------------------------------------------------------------------------
 
     def validate(self, requests: Sequence[GenerateRequest]) -> None:
@@ -153,8 +158,15 @@ class RolloutService:
         self._current_abort = abort
         self.metrics.running_requests.set(len(batch))
 
+        delivered: set[int] = set()
+
+        def deliver(index: int, result: GenerateResult) -> None:
+            if index not in delivered:  # early (on_result) and final deliveries of the same result
+                delivered.add(index)
+                self._deliver(batch[index], result)
+
         def on_result(index: int, result: GenerateResult) -> None:
-            self._loop.call_soon_threadsafe(self._deliver, batch[index], result)
+            self._loop.call_soon_threadsafe(deliver, index, result)
 
         def on_phase(phase: str, seconds: float) -> None:
             self._loop.call_soon_threadsafe(self.metrics.observe_phase, phase, seconds)
@@ -181,8 +193,8 @@ class RolloutService:
                 await self._run_batch([pending], isolate_failures=False)
             return
         self.metrics.observe_phase("generate", time.perf_counter() - started)
-        for pending, result in zip(batch, results, strict=True):
-            self._deliver(pending, result)  # no-op where on_result already delivered
+        for index, result in enumerate(results):
+            deliver(index, result)
 
     def _deliver(self, pending: _Pending, result: GenerateResult) -> None:
         if pending.future.done():

@@ -3,7 +3,7 @@
 Used by the test suite, the benchmarks and the local mode: everything is built from a seed, nothing is
 downloaded. The tokenizer is a real `PreTrainedTokenizerFast` (built with the `tokenizers` library) over
 digits, arithmetic operators, letters and a few special tokens, so prompts such as "12+7*3=" encode one
-character per token.
+character per token, and it survives `save_pretrained` / `AutoTokenizer.from_pretrained` unchanged.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -23,8 +24,7 @@ IM_END_TOKEN = "<|im_end|>"
 UNK_TOKEN = "<|unk|>"
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, IM_START_TOKEN, IM_END_TOKEN, UNK_TOKEN)
 CHARACTERS = string.digits + "+-*/=()." + " \n" + string.ascii_lowercase + string.ascii_uppercase + ",:;?!'"
-# LaTeX answers (`\\boxed{42}`, `\\frac{1}{2}`); appended so earlier ids stay stable. (With 99 or more
-# entries, transformers 5.20 re-loads this vocabulary with different whitespace handling: keep it small.)
+# LaTeX answers (`\\boxed{42}`, `\\frac{1}{2}`); appended so earlier ids stay stable.
 CHARACTERS += "\\{}[]^_$"
 
 
@@ -50,15 +50,39 @@ class TinyModelSpec(BaseModel):
     dtype: str = Field("float32", pattern="^(float32|float64|bfloat16)$", description="Parameter dtype.")
 
 
+def _byte_level_symbol(char: str) -> str:
+    """The symbol byte-level BPE uses for a one-byte character (GPT-2 table: " " -> "Ġ", "\\n" -> "Ċ")."""
+    code = ord(char)
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    if code in printable:
+        return char
+    return chr(256 + [b for b in range(256) if b not in printable].index(code))
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer: ids 0..4 are the special tokens, then one id per character."""
+    """Character-level tokenizer: ids 0..4 are the special tokens, then one id per character.
+
+    Built as a byte-level BPE without merges, with Qwen2's pre-tokenizer and decoder: `AutoTokenizer`
+    re-loads a saved qwen2 model directory as `Qwen2Tokenizer`, which rebuilds exactly this pipeline from
+    the vocabulary, so the saved tokenizer (used by vLLM and the controller) encodes like this one.
+    Characters outside the set are dropped, as Qwen2Tokenizer does.
+    """
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     for char in CHARACTERS:
-        vocab[char] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # Every character (newlines included) becomes its own pre-token.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
+        vocab[_byte_level_symbol(char)] = len(vocab)
+    backend = Tokenizer(
+        models.BPE(
+            vocab=vocab, merges=[], unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False
+        )
+    )
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

@@ -1,0 +1,42 @@
+"""The tiny model is deterministic from its seed; the tokenizer is a real, saveable character tokenizer."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from forkrl.rollout.tiny_model import CHARACTERS, SPECIAL_TOKENS, TinyModelSpec, build_tiny_model, save_tiny_model
+
+
+def test_same_seed_same_weights_other_seed_other_weights() -> None:
+    first, _ = build_tiny_model(TinyModelSpec(seed=3))
+    again, _ = build_tiny_model(TinyModelSpec(seed=3))
+    other, _ = build_tiny_model(TinyModelSpec(seed=4))
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
+    assert not torch.equal(first.state_dict()["lm_head.weight"], other.state_dict()["lm_head.weight"])
+    # Building does not disturb the caller's RNG.
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    build_tiny_model()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_tokenizer_is_character_level_and_round_trips_through_save_pretrained(tmp_path) -> None:
+    model, tokenizer = build_tiny_model()
+    assert len(tokenizer) == len(SPECIAL_TOKENS) + len(CHARACTERS) <= model.config.vocab_size
+    text = "12+7*3=\nAnswer: 33"
+    ids = tokenizer(text).input_ids
+    assert len(ids) == len(text)
+    assert tokenizer.convert_ids_to_tokens(ids[:4]) == ["1", "2", "+", "7"]
+    assert tokenizer.decode(ids) == text
+    special = tokenizer("<|im_start|>x<|im_end|>").input_ids
+    assert tokenizer.convert_ids_to_tokens(special) == ["<|im_start|>", "x", "<|im_end|>"]
+    save_tiny_model(tmp_path / "m")
+    loaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert loaded_tokenizer(text).input_ids == ids
+    assert loaded_tokenizer.eos_token_id == tokenizer.eos_token_id == 1
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(torch.tensor([ids])).logits, model(torch.tensor([ids])).logits)

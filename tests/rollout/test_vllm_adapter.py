@@ -1,0 +1,306 @@
+"""VLLMEngine's translation layer and the dual-temperature logits processor, against the real vLLM
+classes on CPU tensors (engine args, SamplingParams, CompletionOutput, BatchUpdate, the v1 Sampler).
+The GPU test at the end runs the whole engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm")
+
+from vllm import AsyncEngineArgs  # noqa: E402
+from vllm import SamplingParams as VSamplingParams  # noqa: E402
+from vllm.logprobs import Logprob  # noqa: E402
+from vllm.outputs import CompletionOutput, WeightVersionSpan  # noqa: E402
+from vllm.sampling_params import RequestOutputKind  # noqa: E402
+from vllm.v1.sample.logits_processor import (  # noqa: E402
+    BatchUpdate,
+    LogitsProcessors,
+    MoveDirectionality,
+)
+from vllm.v1.sample.logits_processor import _load_custom_logitsprocs as load_custom  # noqa: E402
+from vllm.v1.sample.metadata import SamplingMetadata  # noqa: E402
+from vllm.v1.sample.sampler import Sampler  # noqa: E402
+
+from forkrl.rollout.dual_temperature import EXTRA_ARGS_KEY, SAMPLE_KEY, entropy_at_unit_temperature  # noqa: E402
+from forkrl.rollout.sampling import GenerationDefaults, RowSampling, resolve_sampling, sample_step  # noqa: E402
+from forkrl.rollout.types import DualTemperatureParams, GenerateRequest, SamplingParams  # noqa: E402
+from forkrl.rollout.vllm_engine import (  # noqa: E402
+    DUAL_TEMPERATURE_PROCESSOR,
+    VLLMEngineConfig,
+    engine_args_for,
+    sample_from_completion,
+    sample_seed,
+    to_vllm_sampling_params,
+)
+from forkrl.rollout.vllm_logits_processor import DualTemperatureLogitsProcessor, drain_stats  # noqa: E402
+from tests.rollout.helpers import chi_square_pvalue, next_token_logits, one_torch_thread, tiny  # noqa: E402
+
+DUAL = DualTemperatureParams(t_high=1.6, t_low=0.6, threshold=0.7)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def test_engine_args_are_real_vllm_engine_args() -> None:
+    args = engine_args_for("/models/x", VLLMEngineConfig(max_model_len=4096, tensor_parallel_size=2))
+    engine_args = AsyncEngineArgs(**args)
+    assert engine_args.logprobs_mode == "processed_logprobs"
+    assert engine_args.enable_prefix_caching is True
+    assert engine_args.generation_config == "auto"
+    assert engine_args.worker_extension_cls == "forkrl.rollout.vllm_worker.ForkrlWorkerExtension"
+    assert engine_args.enable_chunked_prefill is False
+    assert engine_args.tensor_parallel_size == 2
+    (loaded,) = load_custom(tuple(engine_args.logits_processors))
+    assert loaded is DualTemperatureLogitsProcessor
+    no_dual = engine_args_for("/models/x", VLLMEngineConfig(dual_temperature=False))
+    assert "logits_processors" not in no_dual and "enable_chunked_prefill" not in no_dual
+
+
+def test_sampling_params_translation() -> None:
+    request = GenerateRequest(
+        request_id="r1",
+        prompt_token_ids=[1, 2, 3],
+        n=3,
+        max_new_tokens=17,
+        stop_token_ids=[9],
+        seed=5,
+        sampling=SamplingParams(top_p=0.9),
+    )
+    defaults = GenerationDefaults(temperature=0.7, top_k=20)
+    params = [to_vllm_sampling_params(request, j, 5, defaults) for j in range(3)]
+    first = params[0]
+    assert isinstance(first, VSamplingParams)
+    assert (first.n, first.temperature, first.top_p, first.top_k) == (1, 0.7, 0.9, 20)
+    assert (first.max_tokens, first.stop_token_ids, first.ignore_eos) == (17, [9], False)
+    assert first.logprobs == 0 and first.detokenize is False
+    assert first.output_kind == RequestOutputKind.FINAL_ONLY
+    assert first.extra_args is None
+    assert len({p.seed for p in params}) == 3
+    assert [p.seed for p in params] == [sample_seed(5, j) for j in range(3)]
+
+    greedy = to_vllm_sampling_params(
+        request.model_copy(update={"sampling": SamplingParams(temperature=0)}), 0, 5, defaults
+    )
+    assert greedy.temperature == 0.0 and greedy.top_p == 1.0 and greedy.top_k == 0
+
+
+def test_dual_temperature_translation_is_accepted_by_the_processor() -> None:
+    request = GenerateRequest(request_id="r2", prompt_token_ids=[1], sampling=SamplingParams(dual_temperature=DUAL))
+    params = to_vllm_sampling_params(request, 1, 8, GenerationDefaults(temperature=0.5))
+    assert params.temperature == 1.0
+    assert DualTemperatureParams.model_validate(params.extra_args[EXTRA_ARGS_KEY]) == DUAL
+    assert params.extra_args[SAMPLE_KEY] == "r2/1/8"
+    DualTemperatureLogitsProcessor.validate_params(params)
+    bad = VSamplingParams(temperature=1.0, extra_args={EXTRA_ARGS_KEY: {"t_high": -1}})
+    with pytest.raises(ValueError, match="t_high"):
+        DualTemperatureLogitsProcessor.validate_params(bad)
+    hot = VSamplingParams(temperature=0.8, extra_args={EXTRA_ARGS_KEY: DUAL.model_dump()})
+    with pytest.raises(ValueError, match="temperature"):
+        DualTemperatureLogitsProcessor.validate_params(hot)
+
+
+def test_sample_from_completion() -> None:
+    completion = CompletionOutput(
+        index=0,
+        text="",
+        token_ids=[5, 7, 1],
+        cumulative_logprob=None,
+        logprobs=[{5: Logprob(-0.5)}, {7: Logprob(-1.25), 3: Logprob(-0.1)}, {1: Logprob(-2.0)}],
+        finish_reason="stop",
+        weight_versions=[WeightVersionSpan("4", 0, 3)],
+    )
+    sample = sample_from_completion(completion, fallback_version=0)
+    assert (sample.token_ids, sample.logprobs) == ([5, 7, 1], [-0.5, -1.25, -2.0])
+    assert (sample.finish_reason, sample.weight_version) == ("stop", 4)
+    completion.weight_versions = [WeightVersionSpan("4", 0, 1), WeightVersionSpan("5", 1, 3)]
+    assert sample_from_completion(completion, 0).finish_reason == "abort"  # mixed versions: never trained on
+
+
+def _added(index: int, params: VSamplingParams) -> tuple:
+    return (index, params, [1, 2], [])
+
+
+def _dual_params(key: str, dual: DualTemperatureParams) -> VSamplingParams:
+    return VSamplingParams(temperature=1.0, extra_args={EXTRA_ARGS_KEY: dual.model_dump(), SAMPLE_KEY: key})
+
+
+def test_processor_follows_rows_through_adds_moves_and_removals() -> None:
+    processor = DualTemperatureLogitsProcessor(None, torch.device("cpu"), False)
+    assert LogitsProcessors([processor]).argmax_invariant == [processor]
+    always_high = DualTemperatureParams(t_high=2.0, t_low=0.5, threshold=0.0)
+    never_high = DualTemperatureParams(t_high=2.0, t_low=0.5, threshold=50.0)
+    plain = VSamplingParams(temperature=1.0)
+    processor.update_state(
+        BatchUpdate(
+            batch_size=3,
+            removed=[],
+            added=[
+                _added(0, _dual_params("a", always_high)),
+                _added(1, plain),
+                _added(2, _dual_params("c", never_high)),
+            ],
+            moved=[],
+        )
+    )
+    logits = torch.randn(3, 11)
+    out = processor.apply(logits.clone())
+    assert torch.allclose(out, torch.stack([logits[0] / 2.0, logits[1], logits[2] / 0.5]))
+    processor.update_state(BatchUpdate(batch_size=3, removed=[], added=[], moved=[(0, 2, MoveDirectionality.SWAP)]))
+    out = processor.apply(logits.clone())
+    assert torch.allclose(out, torch.stack([logits[0] / 0.5, logits[1], logits[2] / 2.0]))
+    # Row 1 leaves, "a" (now row 2) moves into it.
+    processor.update_state(
+        BatchUpdate(batch_size=2, removed=[1], added=[], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)])
+    )
+    out = processor.apply(logits[:2].clone())
+    assert torch.allclose(out, torch.stack([logits[0] / 0.5, logits[1] / 2.0]))
+    processor.update_state(BatchUpdate(batch_size=0, removed=[1, 0], added=[], moved=[]))
+    assert processor.apply(logits[:0].clone()).shape == (0, 11)
+    assert drain_stats(["a", "c"]) == {"a": (3, 3), "c": (0, 3)}
+    assert drain_stats(["a"]) == {}
+
+
+def test_preempted_request_resumes_its_state() -> None:
+    processor = DualTemperatureLogitsProcessor(None, torch.device("cpu"), False)
+    running = DualTemperatureParams(threshold_mode="running_quantile", threshold=0.5, rho=0.5, quantile_lr=0.25)
+    params = _dual_params("p", running)
+    processor.update_state(BatchUpdate(batch_size=1, removed=[], added=[_added(0, params)], moved=[]))
+    flat = torch.zeros(1, 8)  # entropy ln 8 > tau: high, tau += 0.125
+    processor.apply(flat.clone())
+    processor.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))  # preempted
+    processor.update_state(BatchUpdate(batch_size=1, removed=[], added=[_added(0, params)], moved=[]))
+    processor.apply(flat.clone())
+    assert processor.tau[0].item() == pytest.approx(0.75)
+    processor.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
+    assert drain_stats(["p"]) == {"p": (2, 2)}
+
+
+def test_processor_and_hf_engine_make_identical_decisions() -> None:
+    """Same logits sequence, same parameters: same tempered logits and the same running thresholds."""
+    params = [
+        DualTemperatureParams(t_high=1.4, t_low=0.7, threshold_mode="running_quantile", threshold=1.0, quantile_lr=0.3),
+        DualTemperatureParams(t_high=1.2, t_low=0.8, threshold=1.5),
+    ]
+    processor = DualTemperatureLogitsProcessor(None, torch.device("cpu"), False)
+    processor.update_state(
+        BatchUpdate(
+            batch_size=2,
+            removed=[],
+            added=[_added(i, _dual_params(f"e{i}", p)) for i, p in enumerate(params)],
+            moved=[],
+        )
+    )
+    resolved = [resolve_sampling(SamplingParams(dual_temperature=p), GenerationDefaults()) for p in params]
+    rows = RowSampling.build(resolved, np.array([1, 2], dtype=np.uint64), "cpu")
+    generator = torch.Generator().manual_seed(1)
+    for step in range(12):
+        logits = torch.randn((2, 30), generator=generator) * (0.3 + step / 4)
+        vllm_out = processor.apply(logits.clone())
+        hf = sample_step(logits, rows, step)
+        entropy = entropy_at_unit_temperature(logits)
+        expected_t = torch.where(entropy > rows.dual_rows.tau, rows.dual_rows.t_high, rows.dual_rows.t_low)
+        assert torch.allclose(vllm_out, logits / expected_t.unsqueeze(1))
+        assert torch.allclose(hf.logprobs, (logits / expected_t.unsqueeze(1)).log_softmax(-1)[[0, 1], hf.tokens])
+        rows.dual_rows.tau = hf.next_tau
+        assert torch.allclose(processor.tau[:2], rows.dual_rows.tau)
+
+
+def _metadata(rows: int, processor: DualTemperatureLogitsProcessor) -> SamplingMetadata:
+    return SamplingMetadata(
+        temperature=torch.ones(rows),
+        all_greedy=False,
+        all_random=True,
+        top_p=None,
+        top_k=None,
+        generators={},
+        max_num_logprobs=0,
+        no_penalties=True,
+        prompt_token_ids=None,
+        frequency_penalties=torch.zeros(rows),
+        presence_penalties=torch.zeros(rows),
+        repetition_penalties=torch.ones(rows),
+        output_token_ids=[[] for _ in range(rows)],
+        allowed_token_ids_mask=None,
+        bad_words_token_ids={},
+        logitsprocs=LogitsProcessors([processor]),
+    )
+
+
+@pytest.mark.parametrize("regime", ["high", "low"])
+def test_vllm_sampler_with_the_processor_samples_the_tempered_distribution(regime: str) -> None:
+    """The real v1 Sampler (processed_logprobs) + our processor: chi-square on 4000 draws."""
+    model, tokenizer = tiny(0, "float64")
+    logits = next_token_logits(model, tokenizer("What is 3+4?").input_ids).float()
+    entropy = float(entropy_at_unit_temperature(logits.unsqueeze(0)))
+    dual = DualTemperatureParams(t_high=1.6, t_low=0.6, threshold=entropy - 0.2 if regime == "high" else entropy + 0.2)
+    rows, rounds = 1000, 4
+    processor = DualTemperatureLogitsProcessor(None, torch.device("cpu"), False)
+    keys = [f"{regime}-{i}" for i in range(rows)]
+    added = [_added(i, _dual_params(key, dual)) for i, key in enumerate(keys)]
+    processor.update_state(BatchUpdate(batch_size=rows, removed=[], added=added, moved=[]))
+    sampler, metadata = Sampler(logprobs_mode="processed_logprobs"), _metadata(rows, processor)
+    torch.manual_seed(11)
+    tokens, logprobs = [], []
+    for _ in range(rounds):
+        out = sampler(logits.repeat(rows, 1), metadata)
+        tokens.append(out.sampled_token_ids.squeeze(1).long())
+        logprobs.append(out.logprobs_tensors.logprobs[:, 0])
+    tokens, logprobs = torch.cat(tokens), torch.cat(logprobs)
+    intended, other = (1.6, 0.6) if regime == "high" else (0.6, 1.6)
+    counts = torch.bincount(tokens, minlength=logits.numel())
+    assert chi_square_pvalue(counts, (logits.double() / intended).softmax(-1)) > 1e-3
+    assert chi_square_pvalue(counts, (logits.double() / other).softmax(-1)) < 1e-3
+    assert torch.allclose(logprobs, (logits / intended).log_softmax(-1)[tokens], atol=1e-5)
+    processor.update_state(BatchUpdate(batch_size=0, removed=list(range(rows - 1, -1, -1)), added=[], moved=[]))
+    stats = drain_stats(keys)
+    assert all(total == rounds for _, total in stats.values())
+    assert sum(high for high, _ in stats.values()) == (rows * rounds if regime == "high" else 0)
+
+
+def test_processor_loads_by_name_and_sizes_its_state_from_the_scheduler() -> None:
+    """What vLLM's build_logitsprocs does for a custom processor: load by FQCN, call with the config."""
+
+    class _Scheduler:
+        max_num_seqs = 8
+
+    class _Config:
+        scheduler_config = _Scheduler()
+
+    (loaded,) = load_custom((DUAL_TEMPERATURE_PROCESSOR,))
+    processor = loaded(_Config(), torch.device("cpu"), False)
+    assert isinstance(processor, DualTemperatureLogitsProcessor)
+    assert processor.tau.shape == (8,)
+
+
+@pytest.mark.gpu
+def test_vllm_engine_generates_with_processed_logprobs(tmp_path) -> None:
+    from forkrl.rollout.vllm_engine import VLLMEngine
+    from tests.rollout.helpers import reference_logprobs, save_model
+
+    path = save_model(tmp_path / "model", dtype="float32")
+    engine = VLLMEngine(str(path), VLLMEngineConfig(gpu_memory_utilization=0.3, max_model_len=256, enforce_eager=True))
+    try:
+        model, tokenizer = tiny(0, "float32")
+        prompt = tokenizer("What is 3+4?").input_ids
+        requests = [
+            GenerateRequest(prompt_token_ids=prompt, n=4, max_new_tokens=16, seed=3, sampling={"temperature": 0.8}),
+            GenerateRequest(
+                prompt_token_ids=prompt, n=4, max_new_tokens=16, seed=3, sampling={"dual_temperature": DUAL}
+            ),
+        ]
+        results = engine.generate(requests)
+        for sample in results[0].samples:
+            expected = reference_logprobs(model, prompt, sample.token_ids, 0.8)
+            assert torch.allclose(torch.tensor(sample.logprobs, dtype=torch.float64), expected, atol=2e-3)
+        assert all(s.weight_version == 0 for r in results for s in r.samples)
+        new_model, _ = tiny(1, "float32")
+        engine.update_weights(new_model.named_parameters(), version=1)
+        assert engine.generate(requests[:1])[0].samples[0].weight_version == 1
+    finally:
+        engine.close()

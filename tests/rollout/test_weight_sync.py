@@ -1,0 +1,147 @@
+"""Weight-sync wire format, a real gloo broadcast between a sender and receivers on 127.0.0.1 (threads of
+this process, each with its own process group), HFEngine's staged begin/commit, checkpoint fallback."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from forkrl.rollout.engine import WeightSyncConflictError
+from forkrl.rollout.hf_engine import HFEngine
+from forkrl.rollout.tiny_model import build_tiny_model
+from forkrl.rollout.weight_sync import (
+    ParamSpec,
+    WeightReceiver,
+    WeightSender,
+    iter_buckets,
+    iter_checkpoint_tensors,
+    pack_bucket,
+    unpack_bucket,
+    write_checkpoint,
+)
+from tests.rollout.helpers import one_torch_thread, tiny
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def _tensors() -> list[tuple[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        ("a.weight", torch.randn((3, 5), generator=generator)),
+        ("b.weight", torch.randn((7,), generator=generator).to(torch.bfloat16)),
+        ("c.steps", torch.tensor(12345678901, dtype=torch.int64)),
+        ("d.mask", torch.tensor([True, False, True])),
+        ("e.empty", torch.zeros((0, 4))),
+        ("f.weight", torch.randn((2, 3), generator=generator, dtype=torch.float64).t()),  # non-contiguous
+    ]
+
+
+def test_pack_unpack_round_trip_keeps_dtype_shape_and_values() -> None:
+    named = _tensors()
+    entries, payload = pack_bucket(named, torch.device("cpu"))
+    assert all(entry[3] % 64 == 0 for entry in entries)
+    unpacked = dict(unpack_bucket(entries, payload))
+    for name, tensor in named:
+        assert unpacked[name].dtype == tensor.dtype
+        assert unpacked[name].shape == tensor.shape
+        assert torch.equal(unpacked[name], tensor)
+
+
+def test_buckets_respect_the_byte_budget() -> None:
+    named = [(f"t{i}", torch.zeros(128, dtype=torch.float32)) for i in range(10)]  # 512 bytes each
+    assert [len(b) for b in iter_buckets(named, 1600)] == [3, 3, 3, 1]
+    odd = [(f"t{i}", torch.zeros(100, dtype=torch.float32)) for i in range(4)]  # 400 bytes, 448 aligned
+    assert [len(b) for b in iter_buckets(odd, 900)] == [2, 2]
+    assert [len(b) for b in iter_buckets(named, 0)] == [1] * 10
+    assert [len(b) for b in iter_buckets([("big", torch.zeros(1000))], 10)] == [1]
+
+
+def _receive_in_threads(
+    sender: WeightSender, ranks: list[int], version: int, **receiver_kwargs
+) -> list[WeightReceiver]:
+    receivers = []
+    for rank in ranks:
+        begin = sender.begin_request(version=version, rank_offset=rank)
+        receivers.append(WeightReceiver(begin, **receiver_kwargs).start())
+    return receivers
+
+
+def test_broadcast_to_two_receivers_over_gloo() -> None:
+    named = _tensors()
+    sender = WeightSender(world_size=3, bucket_bytes=64, timeout_s=30)
+    receivers = _receive_in_threads(sender, [1, 2], version=7)
+    stats = sender.send(named, version=7)
+    assert stats.num_tensors == len(named)
+    assert stats.num_bytes == sum(t.numel() * t.element_size() for _, t in named)
+    for receiver in receivers:
+        staged = receiver.join(30)
+        assert receiver.state == "received"
+        assert list(staged) == [name for name, _ in named]
+        for name, tensor in named:
+            assert torch.equal(staged[name], tensor)
+    sender.close()
+
+
+def test_receiver_rejects_unknown_names_and_the_sender_sees_the_failure() -> None:
+    named = _tensors()
+    sender = WeightSender(world_size=2, bucket_bytes=0, timeout_s=20)
+    expected = {"a.weight": ParamSpec((3, 5), torch.float32)}
+    (receiver,) = _receive_in_threads(sender, [1], version=1, expected=expected)
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sender.send(named, version=1)
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    with pytest.raises(RuntimeError, match=r"unknown parameter name 'b.weight'"):
+        receiver.join(30)
+    assert receiver.state == "failed" and receiver.staged == {}
+    thread.join(60)
+    assert not thread.is_alive() and errors, "the sender must fail when a receiver drops out"
+
+
+def test_hf_engine_staged_sync_installs_only_on_commit() -> None:
+    model, _ = build_tiny_model()
+    engine = HFEngine(model)
+    learner, _ = tiny(1, "float32")
+    sender = WeightSender(world_size=2, bucket_bytes=4096, timeout_s=30)
+    engine.begin_weight_sync(sender.begin_request(version=3, rank_offset=1))
+    with pytest.raises(WeightSyncConflictError, match="still receiving"):
+        engine.begin_weight_sync(sender.begin_request(version=4, rank_offset=1))
+    sender.send(learner.named_parameters(), version=3)
+    assert engine.weight_version == 0  # received but not installed
+    assert not torch.equal(model.state_dict()["lm_head.weight"], learner.state_dict()["lm_head.weight"])
+    with pytest.raises(WeightSyncConflictError, match="version 3, not 4"):
+        engine.commit_weight_sync(4, timeout_s=10)
+    engine.commit_weight_sync(3, timeout_s=30)
+    assert engine.weight_version == 3 and engine.health().weight_sync == "idle"
+    for name, tensor in learner.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with pytest.raises(WeightSyncConflictError, match="no weight sync"):
+        engine.commit_weight_sync(3, timeout_s=1)
+
+
+def test_checkpoint_round_trip_and_engine_fallback(tmp_path) -> None:
+    learner, _ = tiny(1, "float32")
+    path = write_checkpoint(learner.named_parameters(), tmp_path / "ckpt")
+    assert path.name == "model.safetensors" and not list((tmp_path / "ckpt").glob("*.tmp"))
+    loaded = dict(iter_checkpoint_tensors(tmp_path / "ckpt"))
+    assert set(loaded) == {name for name, _ in learner.named_parameters()}
+    model, _ = build_tiny_model()
+    engine = HFEngine(model)
+    engine.load_checkpoint(str(tmp_path / "ckpt"), version=9)
+    assert engine.weight_version == 9
+    assert torch.equal(model.state_dict()["lm_head.weight"], learner.state_dict()["model.embed_tokens.weight"])
+    with pytest.raises(FileNotFoundError, match="path"):
+        engine.load_checkpoint(str(tmp_path / "nothing"), version=10)
+    assert engine.weight_version == 9
