@@ -247,7 +247,9 @@ class HFEngine:
                 raise WeightSyncConflictError(
                     f"version: sync of version {self._receiver.begin.version} is still receiving"
                 )
-            self._receiver = WeightReceiver(begin, device="cpu", expected=self.expected, required=self.required).start()
+            device = self.device if begin.backend == "nccl" else torch.device("cpu")  # gloo carries CPU tensors
+            self._receiver = WeightReceiver(begin, device=device, expected=self.expected, required=self.required)
+            self._receiver.start()
 
     def commit_weight_sync(self, version: int, timeout_s: float) -> None:
         with self._sync_lock:

@@ -24,10 +24,11 @@ class ForkrlWorkerExtension:
         previous = self._forkrl_receiver
         if previous is not None and previous.state == "receiving":
             raise RuntimeError(f"version: sync of version {previous.begin.version} is still receiving")
+        parsed = WeightSyncBegin.model_validate(begin)
         self._forkrl_receiver = WeightReceiver(
-            WeightSyncBegin.model_validate(begin),
+            parsed,
             local_rank=self.rank,  # type: ignore[attr-defined]
-            device=self.device,  # type: ignore[attr-defined]
+            device=self.device if parsed.backend == "nccl" else "cpu",  # type: ignore[attr-defined]
             staging_device=staging_device,
         ).start()
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from forkrl.rollout.engine import EngineUnavailableError
+from forkrl.rollout.engine import EngineUnavailableError, RolloutEngine
 from forkrl.rollout.hf_engine import HFEngine, HFEngineConfig
 from forkrl.rollout.sampling import apply_top_k_top_p
 from forkrl.rollout.types import GenerateRequest, RequestValidationError, SamplingParams
@@ -36,6 +36,7 @@ def _ids(text: str) -> list[int]:
 def test_greedy_matches_model_generate_for_every_prompt_in_one_batch() -> None:
     model, tokenizer = tiny(0, "float32")
     engine = HFEngine(model)
+    assert isinstance(engine, RolloutEngine)
     requests = [
         GenerateRequest(prompt_token_ids=tokenizer(p).input_ids, max_new_tokens=24, sampling={"temperature": 0})
         for p in PROMPTS
