@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 from forkrl.rollout.verifier.config import SandboxConfig
@@ -80,14 +81,41 @@ def drop_privileges(uid: int, gid: int) -> None:
         raise PermissionError(f"privilege drop to uid {uid} did not take effect")
 
 
-def sweep_uid(uid: int) -> None:
-    """SIGKILL every process owned by `uid` (the caller must be root)."""
+def _alive_processes_of(uid: int) -> bool:
+    """Whether a process owned by `uid` (other than the caller) exists and is not a zombie."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def sweep_uid(uid: int, timeout_s: float = 2.0) -> None:
+    """SIGKILL every process owned by `uid` and wait until none is left alive (the caller must be root).
+
+    Repeats while any is alive: a fork bomb may still be creating processes while the first kill runs,
+    and SIGKILL takes effect asynchronously. Zombies are left for their parent (the worker) to reap.
+    """
     pid = os.fork()
     if pid == 0:
         try:
             drop_privileges(uid, uid)
             # Only after the drop is verified: kill(-1) as root would hit every process on the host.
-            os.kill(-1, signal.SIGKILL)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                os.kill(-1, signal.SIGKILL)  # ProcessLookupError: nothing left at all
+                if not _alive_processes_of(uid) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
         except BaseException:
             pass
         os._exit(0)

@@ -134,18 +134,24 @@ def score_math(
     def out_of_time() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
+    def within_budget(limit_s: int) -> int:
+        # math-verify's alarms take whole seconds; never arm one past the item's own budget.
+        if deadline is None:
+            return limit_s
+        return max(1, min(limit_s, int(deadline - time.monotonic())))
+
     try:
         if out_of_time():
             raise MathTimeout("item budget exhausted before math-verify")
-        gold = _parse_gold_cached(ground_truth, config.parse_timeout_s)
+        gold = _parse_gold_cached(ground_truth, within_budget(config.parse_timeout_s))
         if not gold:
             return MathScore(False, Reason.parse_error, "math_verify", shown, "ground truth did not parse")
-        predicted = parse_answer(answer, config.parse_timeout_s)
+        predicted = parse_answer(answer, within_budget(config.parse_timeout_s))
         if not predicted:
             return MathScore(False, Reason.parse_error, "math_verify", shown, "answer did not parse")
         if out_of_time():
             raise MathTimeout("item budget exhausted before comparison")
-        equal = symbolic_equal(gold, predicted, config.verify_timeout_s)
+        equal = symbolic_equal(gold, predicted, within_budget(config.verify_timeout_s))
     except MathTimeout as error:
         return MathScore(False, Reason.timeout, "math_verify", shown, str(error))
     if equal:

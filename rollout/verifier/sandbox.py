@@ -206,12 +206,6 @@ class Sandbox:
             os.chown(path, iso.uid, iso.gid)
         return path
 
-    def _cleanup(self, pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        if self.isolation.uid is not None:
-            sweep_uid(self.isolation.uid)
-
     def run(self, program: str, *, mode: str, stdin: bytes, limits: SandboxLimits, fn_name: str = "") -> SandboxRun:
         """Run `program` as `solution.py` under the launcher (`mode` "stdio" or "call")."""
         files = {"solution.py": program.encode("utf-8", "surrogatepass")}
@@ -299,7 +293,11 @@ class Sandbox:
                         break
         if killed_for is not None:
             self.kills += 1
-        self._cleanup(pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+        if self.isolation.uid is not None:
+            sweep_uid(self.isolation.uid)  # whatever left the process group, too
         close_stdin()
         selector.unregister(pidfd)
         if killed_for is None:  # collect what the program printed before it exited
@@ -312,9 +310,8 @@ class Sandbox:
                         total += len(chunk)
                     else:
                         selector.unregister(key.fd)
-        _, status, usage = os.wait4(pid, 0)
         if self.isolation.uid is not None:
-            reap_orphans(self.isolation.uid)
+            reap_orphans(self.isolation.uid)  # zombies of processes that outlived the program
         wall_s = time.monotonic() - started
         selector.close()
         for fd in (pidfd, stdout_fd, stderr_fd, channel_fd):

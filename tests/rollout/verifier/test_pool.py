@@ -97,15 +97,15 @@ def test_crash_is_an_error_for_that_item_only(
 def test_overrun_is_killed_and_does_not_block_the_batch(pool: WorkerPool, restarts: _Restarts) -> None:
     before = len(restarts.causes)
     started = time.monotonic()
-    slow = pool.submit(pid_after, 30.0, 1.0)
+    slow = pool.submit(pid_after, 30.0, 2.5)
     quick = [pool.submit(square, value, 10) for value in range(6)]
     assert _results(quick) == [value * value for value in range(6)]
     quick_done = time.monotonic() - started
     with pytest.raises(ItemTimedOut):
         slow.result(30)
     slow_done = time.monotonic() - started
-    assert quick_done < 1.0  # all done on the other worker before the slow item's deadline
-    assert 1.0 <= slow_done < 10.0  # killed at its own 1 s deadline (plus kill and scheduling slack)
+    assert quick_done < 2.5  # all done on the other worker before the slow item's deadline
+    assert 2.5 <= slow_done < 12.0  # killed at its own 2.5 s deadline (plus kill and scheduling slack)
     assert restarts.causes[before:] == ["timeout"]
 
 

@@ -107,6 +107,12 @@ def _verify(server: ServerProcess, item: dict) -> dict:
     return response.json()["results"][0]
 
 
+def _kills(server: ServerProcess) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    lines = [line for line in text.splitlines() if line.startswith("forkrl_verifier_sandbox_kills_total{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
 @pytest.mark.parametrize(
     ("program", "reason"),
     [
@@ -124,8 +130,11 @@ def _verify(server: ServerProcess, item: dict) -> dict:
 def test_attack_through_service(verifier_server: ServerProcess, program: str, reason: Reason) -> None:
     info = httpx.get(f"{verifier_server.url}/v1/info").json()
     pids = {row["pid"] for row in info["workers"]}
+    kills = _kills(verifier_server)
     result = _verify(verifier_server, _item(program, "LEAK" if "LEAK" in program else "KILLED", timeout_s=3.0))
     assert (result["reason"], result["reward"], result["correct"]) == (reason.value, 0.0, False), result
+    # Killed by the parent at the wall-clock or output limit (the memory bomb dies on its own).
+    assert _kills(verifier_server) == kills + (reason in (Reason.timeout, Reason.output_limit))
     if reason == Reason.wrong_answer:
         assert "'CLEAN'" in result["detail"]
     assert {row["pid"] for row in httpx.get(f"{verifier_server.url}/v1/info").json()["workers"]} == pids

@@ -58,7 +58,7 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def test_full_queue_gets_429_with_retry_after(small_server: ServerProcess) -> None:
-    thread, box = _post_in_background(small_server, [_sleeper(f"s{i}", 0.8) for i in range(3)])
+    thread, box = _post_in_background(small_server, [_sleeper(f"s{i}", 1.5) for i in range(3)])
     _wait_pending(small_server, 3)
     refused = httpx.post(f"{small_server.url}/v1/verify", json={"items": [_math("late")]}, timeout=30)
     assert refused.status_code == 429
@@ -81,7 +81,7 @@ def test_oversized_body_is_413(small_server: ServerProcess) -> None:
 
 
 def test_client_rides_out_a_full_queue(small_server: ServerProcess) -> None:
-    thread, box = _post_in_background(small_server, [_sleeper(f"t{i}", 0.8) for i in range(3)])
+    thread, box = _post_in_background(small_server, [_sleeper(f"t{i}", 1.5) for i in range(3)])
     _wait_pending(small_server, 3)
     delays: list[float] = []
 
