@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass
 from forkrl.rollout.verifier.config import SandboxConfig
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+# With the private filesystem view also a private System V IPC / POSIX message-queue namespace, so
+# concurrent programs cannot talk to each other (or to the host) through shared memory or queues.
+PRIVATE_VIEW = CLONE_NEWNS | CLONE_NEWIPC
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
@@ -237,7 +241,7 @@ def _probe_child(config: SandboxConfig, uid: int, write_fd: int) -> None:
             found["errors"].append(f"network namespace: {error}")
     if config.mount_namespace != "off":
         try:
-            unshare(CLONE_NEWNS)
+            unshare(PRIVATE_VIEW)
             mount(None, "/", None, MS_REC | MS_PRIVATE)
             mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k")
             found["mountns"] = True

@@ -1,7 +1,7 @@
 """Runs one untrusted program in a fresh child process with hard limits and classifies how it ended.
 
 Containment (the OS, not Python, enforces it): a new session/process group; an empty network
-namespace; a mount namespace with a private tmpfs home and read-only masks (isolation.py); rlimits on
+namespace; mount and IPC namespaces with a private tmpfs home and read-only masks (isolation.py); rlimits on
 CPU time, address space, file size, processes, open files and core dumps; a dedicated unprivileged uid
 with no_new_privs; a minimal environment; PDEATHSIG so it dies with its worker. The parent enforces
 the wall-clock and output limits, and afterwards SIGKILLs the process group and every process of the
@@ -38,9 +38,9 @@ from forkrl.rollout.verifier import launcher
 from forkrl.rollout.verifier.config import CodeRewardConfig, SandboxConfig
 from forkrl.rollout.verifier.isolation import (
     CLONE_NEWNET,
-    CLONE_NEWNS,
     PR_SET_NO_NEW_PRIVS,
     PR_SET_PDEATHSIG,
+    PRIVATE_VIEW,
     Isolation,
     become_subreaper,
     build_private_home,
@@ -180,7 +180,7 @@ class Sandbox:
             if iso.network_namespace:
                 unshare(CLONE_NEWNET)
             if iso.mount_namespace:
-                unshare(CLONE_NEWNS)
+                unshare(PRIVATE_VIEW)
                 workdir = build_private_home(files, iso.uid, iso.gid, limits.disk_bytes, self.config)
             else:
                 workdir = host_dir or "/"

@@ -10,7 +10,7 @@ from forkrl.rollout.verifier.code_reward import stdout_matches, values_match
 from forkrl.rollout.verifier.config import VerifierConfig
 from forkrl.rollout.verifier.extract import extract_program
 from forkrl.rollout.verifier.isolation import derive_uid_base
-from forkrl.rollout.verifier.sandbox import Sandbox
+from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits
 from forkrl.rollout.verifier.schemas import CodeItem, Reason, RewardValues
 from forkrl.rollout.verifier.scoring import verify_item
 
@@ -163,3 +163,17 @@ def test_program_memory_must_fit_in_the_worker() -> None:
     with pytest.raises(ValueError, match=r"code\.memory_mb"):
         VerifierConfig(workers=1, worker_memory_mb=512, code={"memory_mb": 1024})
     assert VerifierConfig(workers=1, worker_memory_mb=None, code={"memory_mb": 8192}).code.memory_mb == 8192
+
+
+def test_program_sees_an_isolated_world(sandbox: Sandbox) -> None:
+    probe = (
+        "import os\n"
+        "print(*(os.readlink(f'/proc/self/ns/{ns}') for ns in ('net', 'mnt', 'ipc')))\n"
+        "print(os.getuid(), os.getgid(), os.getgroups(), os.getcwd(), sorted(os.environ))\n"
+    )
+    run = sandbox.run(probe, mode="stdio", stdin=b"", limits=SandboxLimits.for_code(CONFIG.code, 3.0))
+    namespaces, identity = run.stdout.decode().splitlines()
+    host = [os.readlink(f"/proc/self/ns/{ns}") for ns in ("net", "mnt", "ipc")]
+    assert all(mine != theirs for mine, theirs in zip(namespaces.split(), host, strict=True))
+    uid = sandbox.isolation.uid
+    assert identity == f"{uid} {uid} [] /tmp/sandbox ['HOME', 'LANG', 'PATH', 'TMPDIR']"
