@@ -53,6 +53,7 @@ class CodeRewardConfig(_Strict):
     float_tolerance: float = Field(
         0.0, ge=0, le=1, description="Absolute tolerance for numeric stdout tokens (0 = numerically equal)."
     )
+    strip_thinking: bool = Field(True, description="Look for the program only after the last `</think>`.")
 
 
 class SandboxConfig(_Strict):

@@ -91,7 +91,7 @@ def verify_item(item: MathItem | CodeItem, config: VerifierConfig, sandbox: Sand
         )
         return ItemOutcome(result)
     total = len(item.tests.cases)
-    program = extract_program(item.response, item.extraction, strip_think=config.math.strip_thinking)
+    program = extract_program(item.response, item.extraction, strip_think=config.code.strip_thinking)
     if program is None:
         result = VerifyResult(
             id=item.id,

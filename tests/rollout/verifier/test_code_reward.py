@@ -77,6 +77,9 @@ def test_program_extraction() -> None:
     assert extract_program("no code here", "fenced") is None
     assert extract_program("```python\nprint(3)", "fenced") is None  # unclosed: truncated response
     assert extract_program("print(4)", "raw") == "print(4)"
+    drafted = "<think>```python\nprint(5)\n```</think> final: none"
+    assert extract_program(drafted, "fenced") is None  # a draft inside the thinking is not the answer
+    assert extract_program(drafted, "fenced", strip_think=False) == "print(5)\n"
 
 
 def test_stdio_all_pass(sandbox: Sandbox) -> None:
