@@ -9,6 +9,9 @@ optimizer, dist-checkpointing) is device-agnostic once these are redirected in-p
    A `torch.overrides.TorchFunctionMode` rewrites such devices to CPU. The same mode answers the
    no-argument ``t.type()`` of a CPU float tensor with its CUDA name, because the distributed
    optimizer dispatches fp32 vs bf16 parameters on the string ``"torch.cuda.FloatTensor"``.
+   A mode is switched off while its own handler runs, so the nested ``torch.autograd.backward``
+   of megatron's activation recompute (whose backward code allocates "cuda" buffers) is run by
+   the handler with the mode switched back on.
 2. ``torch.cuda.current_device`` / ``synchronize``: answer 0 / do nothing.
 3. megatron's CUDA RNG state helpers (`megatron.core.tensor_parallel.random`): the "CUDA" RNG
    state that the tracker forks for dropout/initialisation becomes the CPU default generator's
@@ -55,6 +58,8 @@ class CudaToCpuMode(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.autograd.backward and not kwargs.get("create_graph") and kwargs.get("inputs") is None:
+            return self._backward(*args, **kwargs)
         if func is torch.Tensor.type and len(args) == 1 and "dtype" not in kwargs:
             name = func(*args, **kwargs)
             return _CUDA_TYPE_NAMES.get(name, name)
@@ -63,6 +68,18 @@ class CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) >= 2 and _is_gpu_device(args[1]):
             args = (args[0], _CPU, *args[2:])
         return func(*args, **kwargs)
+
+    def _backward(self, tensors: Any, grad_tensors: Any = None, retain_graph: bool | None = None, **_: Any) -> None:
+        """`torch.autograd.backward(tensors, grad_tensors)` with this mode active in the backward code."""
+        from torch.autograd import _make_grads, _tensor_or_tensors_to_tuple
+        from torch.autograd.graph import _engine_run_backward
+
+        tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+        grads = _make_grads(tensors, _tensor_or_tensors_to_tuple(grad_tensors, len(tensors)), is_grads_batched=False)
+        with self:
+            _engine_run_backward(
+                tensors, grads, bool(retain_graph), False, (), allow_unreachable=True, accumulate_grad=True
+            )
 
 
 class CpuRNGStatesTracker:

@@ -71,10 +71,7 @@ LAYER_TABLES: dict[str, tuple[Rule, ...]] = {
 
 
 def layer_rules(arch: ModelArch) -> tuple[Rule, ...]:
-    rules = LAYER_TABLES[arch.family]
-    if arch.family == "llama" and arch.qkv_bias:
-        rules = (*rules, _QKV_BIAS)
-    return rules
+    return LAYER_TABLES[arch.family]
 
 
 def top_rules(arch: ModelArch) -> dict[str, Rule]:

@@ -25,7 +25,7 @@ from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, train_forward_step
 from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
 from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
-from forkrl.trainer.learner.parallel import ParallelLayout, has_gpu, initialize_parallel
+from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, has_gpu, initialize_parallel
 from forkrl.trainer.learner.weights import export_hf_weights, import_hf_weights
 from forkrl.trainer.objectives import ForkingConfig, LossContext, ObjectiveConfig, mini_batch_context
 
@@ -36,6 +36,10 @@ class TokenStats:
 
     logp: torch.Tensor
     entropy: torch.Tensor
+
+
+def _main_grad(param: torch.nn.Parameter) -> torch.Tensor:
+    return param.main_grad.to(param.dtype)
 
 
 class Learner:
@@ -198,6 +202,19 @@ class Learner:
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         """One optimizer step on the global mini-batch `batch` (forward + backward + Adam)."""
         start = time.perf_counter()
+        metrics = self.forward_backward(batch)
+        metrics.update(self.optimizer_step())
+        metrics["step_seconds"] = time.perf_counter() - start
+        metrics["tokens_per_second"] = float(batch.seq_lens.sum()) / metrics["step_seconds"]
+        self._last_metrics = metrics
+        return metrics
+
+    def forward_backward(self, batch: LearnerBatch) -> dict[str, float]:
+        """Gradients of the mini-batch loss, reduced over DP, without an optimizer step.
+
+        The loss of every micro-batch is already normalised by global counts, so the reduced
+        gradient is exactly that of the whole mini-batch's loss (`metrics['loss']`).
+        """
         if self.objective.needs_reference and batch.ref_logp is None:
             batch = dataclasses.replace(batch, ref_logp=self.compute_logprobs(batch, "reference").logp)
         mbs = self._micro_batches(batch)
@@ -218,21 +235,21 @@ class Learner:
         self.optimizer.zero_grad()
         forward_step = train_forward_step(self.objective, ctx, self._stats_config(self.objective.entropy_coef > 0))
         reports = self._schedule(self.model, forward_step, mbs, forward_only=False)
+        self.consumed_sequences += batch.num_sequences
+        return self._reduce_reports(reports)
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip, step Adam and the LR schedule on the accumulated gradients."""
+        lr = float(self.optimizer.param_groups[0]["lr"])
         updated, grad_norm, _ = self.optimizer.step()
         if updated:
             self.scheduler.step(increment=1)
             self.weight_version += 1
-        self.consumed_sequences += batch.num_sequences
-        metrics = self._reduce_reports(reports)
-        metrics.update(
-            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-            lr=float(self.optimizer.param_groups[0]["lr"]),
-            step_seconds=time.perf_counter() - start,
-            weight_version=float(self.weight_version),
-        )
-        metrics["tokens_per_second"] = float(batch.seq_lens.sum()) / metrics["step_seconds"]
-        self._last_metrics = metrics
-        return metrics
+        return {
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": lr,
+            "weight_version": float(self.weight_version),
+        }
 
     def _reduce_reports(self, reports: list[dict]) -> dict[str, float]:
         """Sum losses and token counts over micro-batches and DP; average the objective metrics."""
@@ -264,6 +281,13 @@ class Learner:
         """Hugging Face (name, tensor) pairs, streamed one tensor at a time (collective; see weights.py)."""
         return export_hf_weights(self.chunks, self.arch, self.layout, gather_to_rank0, dtype)
 
+    def export_grads(self, gather_to_rank0: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """The reduced gradients of `forward_backward` under Hugging Face names (non-distributed optimizer
+        only: the distributed one keeps just this rank's reduce-scattered slice)."""
+        if self.spec.optimizer.distributed and self.layout.dp > 1:
+            raise ValueError("export_grads needs optimizer.distributed=False when data_parallel > 1")
+        return export_hf_weights(self.chunks, self.arch, self.layout, gather_to_rank0, values=_main_grad)
+
     def save(self, path: str | Path, data_state: Mapping[str, Any] | None = None) -> None:
         """Checkpoint model, optimizer, scheduler, RNG and the data cursor (collective)."""
         ckpt.save(self, Path(path), dict(data_state or {}))
@@ -271,6 +295,10 @@ class Learner:
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint saved under any TP/PP layout; returns the saved data cursor (collective)."""
         return ckpt.load(self, Path(path))
+
+    def close(self) -> None:
+        """Release megatron's process groups so another layout can be initialised in this process."""
+        destroy_parallel()
 
     def metrics(self) -> dict[str, float]:
         """Last step's metrics plus counters and this rank's peak memory."""

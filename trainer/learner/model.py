@@ -19,7 +19,8 @@ from megatron.core import parallel_state
 from megatron.core.enums import ModelType
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.gpt import GPTModel
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
@@ -83,7 +84,10 @@ class ModelArch:
             raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported (silu)")
         family = _FAMILIES[model_type]
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        qkv_bias = True if family == "qwen2" else bool(getattr(cfg, "attention_bias", False))
+        if family != "qwen2" and getattr(cfg, "attention_bias", False):
+            # Llama/Qwen3 attention_bias also biases o_proj, which megatron only has with MLP biases too.
+            raise ValueError(f"attention_bias=True is not supported for model_type={model_type!r}")
+        qkv_bias = family == "qwen2"
         if getattr(cfg, "mlp_bias", False):
             raise ValueError("mlp_bias=True is not supported")
         return cls(
@@ -186,6 +190,10 @@ def transformer_config(arch: ModelArch, spec: LearnerSpec, has_gpu: bool) -> Tra
         # Loss normalisation is done by the objective library against global counts.
         calculate_per_token_loss=True,
         deallocate_pipeline_outputs=True,
+        # With PP = 2 a stage's previous and next rank coincide; batched isend/irecv then posts sends
+        # in both directions to one peer on one gloo channel and they can pair with the wrong receive.
+        # Unbatched p2p puts the two directions on different groups.
+        batch_p2p_comm=has_gpu,
         **recompute,
     )
 
@@ -259,8 +267,27 @@ def build_model_chunks(
             use_cpu_initialization=True,
         )
         model.model_type = ModelType.encoder_or_decoder
+        if not perform_init:
+            mark_tensor_parallel_params(model)
         chunks.append(model)
     return chunks
+
+
+def mark_tensor_parallel_params(model: torch.nn.Module) -> None:
+    """Tag TP-sharded weights as megatron's initialisers would have.
+
+    megatron sets `tensor_model_parallel` / `partition_dim` only while initialising weights; with
+    `perform_initialization=False` (weights about to be imported) the tags are missing and the
+    gradient norm would count every sharded weight as a replica present on TP-rank 0 only.
+    """
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter) or hasattr(weight, "tensor_model_parallel"):
+            continue
+        if isinstance(module, ColumnParallelLinear | VocabParallelEmbedding):
+            set_tensor_model_parallel_attributes(weight, is_parallel=True, dim=0, stride=1)
+        elif isinstance(module, RowParallelLinear):
+            set_tensor_model_parallel_attributes(weight, is_parallel=True, dim=1, stride=1)
 
 
 def global_layer_index(layer: torch.nn.Module) -> int:

@@ -9,7 +9,7 @@ rank 0, so no rank ever holds more than one layer's parameter of the full model.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -162,12 +162,14 @@ def export_hf_weights(
     layout: ParallelLayout,
     gather_to_rank0: bool = True,
     dtype: torch.dtype | None = None,
+    values: Callable[[torch.nn.Parameter], torch.Tensor] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, full tensor) in layer order. Collective: iterate it to the end on every rank.
 
     gather_to_rank0=True: everything is yielded on global rank 0 (one tensor in flight at a time);
     other ranks yield nothing. False: each stage's TP-rank-0 (of DP replica 0) yields its own layers.
     dtype: cast the yielded tensors (e.g. bfloat16 for the rollout engine); default = parameter dtype.
+    values: what to export per parameter (default its data; e.g. its gradient), same shape and dtype.
     """
     if layout.dp_rank != 0:
         return
@@ -182,7 +184,8 @@ def export_hf_weights(
         rule = _rule_for(name, layer, arch)
         names = _hf_names(rule, layer)
         if stage == layout.pp_rank:
-            param = dict(chunks[chunk_index].named_parameters())[name].detach()
+            param = dict(chunks[chunk_index].named_parameters())[name]
+            param = values(param).detach() if values is not None else param.detach()
             shards = [param]
             if is_tp_sharded(rule.layout) and layout.tp > 1:
                 shards = [torch.empty_like(param) for _ in range(layout.tp)]

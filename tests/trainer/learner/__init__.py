@@ -1,0 +1,1 @@
+"""Tests of the Megatron learner (forkrl.trainer.learner)."""
