@@ -19,9 +19,10 @@ fi
 STAMP="$VENV/.forkrl-stamp"
 WANT="$(cat pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16) $ROOT"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  echo "[setup] installing forkrl (editable) with dev extras; the first run downloads torch (a few GB)"
+  # The `gpu` extra (vLLM) installs on CPU machines too, so its adapter is tested against the real classes.
+  echo "[setup] installing forkrl (editable) with the dev and gpu extras; the first run downloads torch and vLLM"
   set +e
-  "$VENV/bin/pip" install --progress-bar off -e ".[dev]" 2>&1 | grep -v -E "^(Requirement already satisfied|  Using cached)"
+  "$VENV/bin/pip" install --progress-bar off -e ".[dev,gpu]" 2>&1 | grep -v -E "^(Requirement already satisfied|  Using cached)"
   rc=${PIPESTATUS[0]}
   set -e
   [ "$rc" -eq 0 ] || { echo "[setup] pip install failed (exit $rc)" >&2; exit "$rc"; }

@@ -117,10 +117,16 @@ class RLVRController:
                    for mb in mini_batches(batch, min(sequences, batch.num_sequences))]
         update_seconds = time.perf_counter() - start
         metrics: dict[str, float] = {}
-        for key in {k for r in reports for k in r}:
+        keys = {k for r in reports for k in r}
+        for key in keys:
             values = [r[key] for r in reports if isinstance(r.get(key), int | float)]
-            if values:
-                metrics[_LEARNER_RENAMES.get(key, key)] = sum(values) / len(values)
+            if not values:
+                continue
+            name = _LEARNER_RENAMES.get(key, key)
+            # The objective library's metrics arrive as `objective/<name>`; chart them under their own names.
+            if name.startswith("objective/") and name.removeprefix("objective/") not in keys:
+                name = name.removeprefix("objective/")
+            metrics[name] = sum(values) / len(values)
         return metrics, {"time/logprobs": logprob_seconds, "time/update": update_seconds}
 
     async def sync_weights(self) -> float:

@@ -47,6 +47,12 @@ class Progress:
         elif self.mode == "lines":
             print(step_summary(step, self.total, values), file=self.stream, flush=True)
 
+    def advance_to(self, step: int) -> None:
+        """Resume: the bar starts at `step`."""
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.refresh()
+
     def log(self, text: str) -> None:
         """An event line (evaluation results, checkpoints); shown in every mode but quiet keeps it short."""
         if self._bar is not None:

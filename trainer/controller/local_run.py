@@ -1,0 +1,104 @@
+"""The embedded local mode's processes: verifier and rollout replicas (subprocesses on 127.0.0.1), the
+learner ranks (Ray actors), and the controller that drives them. `LocalRun` starts and stops them all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forkrl.trainer.controller.loop import RLVRController
+from forkrl.trainer.controller.services import LocalProcess, ReplicaPool, start_rollout_replica, start_verifier
+from forkrl.trainer.data.schema import PromptRow
+from forkrl.trainer.data.stream import PromptStream
+from forkrl.trainer.spec import RLVRJobSpec
+
+
+@dataclass
+class LocalRun:
+    """Everything a local run owns; tests reach in through it to inject faults (kill a replica, ...)."""
+
+    spec: RLVRJobSpec
+    policy_path: str
+    tokenizer: Any
+    train_rows: list[PromptRow]
+    log: Any
+    verifier_process: LocalProcess | None = None
+    replica_processes: list[LocalProcess] = field(default_factory=list)
+    replicas: ReplicaPool | None = None
+    verifier: Any = None
+    learners: Any = None
+    controller: RLVRController | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.spec.run_dir() / "logs"
+
+    def add_replica(self, port: int | None = None) -> LocalProcess:
+        """Start one more local rollout replica and add it to the pool (it gets weights before serving)."""
+        spec = self.spec
+        process = start_rollout_replica(
+            self.policy_path, self.log_dir, len(self.replica_processes), spec.rollout.engine,
+            spec.resources.torch_threads or 1, spec.rollout.max_batch_size, spec.seed, spec.rollout.in_flight_on_sync,
+            port=port,
+        )
+        self.replica_processes.append(process)
+        if self.replicas is not None:
+            self.replicas.set_urls([*self.replicas.urls, process.url])
+        return process
+
+    def remove_replica(self, process: LocalProcess) -> None:
+        """Take a replica out of the pool, then stop it (the operator scaling down)."""
+        if self.replicas is not None:
+            self.replicas.set_urls([u for u in self.replicas.urls if u != process.url])
+        process.stop()
+
+    async def start(self) -> RLVRController:
+        import ray
+
+        from forkrl.rollout.verifier.client import VerifierClient
+        from forkrl.trainer.controller.learner_group import LearnerGroup
+
+        spec = self.spec
+        threads = spec.resources.torch_threads or 1
+        ray.init(num_cpus=max(os.cpu_count() or 1, spec.resources.learner_ranks * spec.resources.cpus_per_learner),
+                 include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+        if spec.verifier.endpoint is None:
+            config = {"run": spec.name, "math": spec.verifier.math.model_dump(),
+                      "code": spec.verifier.code.model_dump()}
+            self.verifier_process = start_verifier(config, self.log_dir, spec.verifier.workers)
+            verifier_url = self.verifier_process.url
+        else:
+            verifier_url = spec.verifier.endpoint
+        self.verifier = VerifierClient(verifier_url, timeout_s=spec.verifier.request_timeout_s,
+                                       max_retries=spec.verifier.max_retries)
+        self.replicas = ReplicaPool(list(spec.rollout.endpoints))
+        for _ in range(spec.rollout.replicas):
+            self.add_replica()
+        learner_spec = spec.learner
+        if learner_spec.max_sequence_length is None:
+            learner_spec = learner_spec.model_copy(update={
+                "max_sequence_length": spec.model.max_prompt_tokens + spec.model.max_response_tokens})
+        self.learners = LearnerGroup(learner_spec, spec.objective, self.policy_path, spec.resources.learner_ranks,
+                                     spec.resources.cpus_per_learner, spec.resources.gpus_per_learner, threads)
+        stream = PromptStream(self.train_rows, spec.seed, spec.data.shuffle)
+        self.controller = RLVRController(spec, self.tokenizer, self.learners, self.replicas, self.verifier, stream,
+                                         self.log)
+        return self.controller
+
+    async def stop(self) -> None:
+        import ray
+
+        if self.learners is not None:
+            self.learners.shutdown()
+        if self.replicas is not None:
+            await self.replicas.aclose()
+        if self.verifier is not None:
+            await self.verifier.aclose()
+        for process in [*self.replica_processes, *([self.verifier_process] if self.verifier_process else [])]:
+            process.stop()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
