@@ -68,7 +68,7 @@ def _materialise_optimizer_state(optimizer: Any) -> None:
 
 
 def _load_optimizer(optimizer: Any, state: Any) -> None:
-    """`optimizer.load_state_dict`, working around megatron 0.16 + torch Adam (no apex/TE).
+    """`optimizer.load_state_dict`, working around two megatron 0.16 + torch Adam (no apex/TE) bugs.
 
     With torch Adam, megatron's `load_state_dict` first inserts a `step` entry in every parameter's
     state and then copies the checkpoint's model-space state over *all* keys of that state, failing
@@ -92,6 +92,17 @@ def _load_optimizer(optimizer: Any, state: Any) -> None:
         for param, step in steps.items():
             sub.optimizer.state[param]["step"] = step
         sub_state["param_state"], sub_state["param_state_sharding_type"] = param_state, sharding
+    _unshare_adam_steps(optimizer)
+
+
+def _unshare_adam_steps(optimizer: Any) -> None:
+    """megatron's torch-Adam load puts *one* `step` tensor in every parameter's state; Adam increments
+    it in place per parameter, so each parameter needs its own copy."""
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        for state in getattr(inner, "state", {}).values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
 
 
 def _layout_key(learner: Learner) -> dict[str, int | None]:

@@ -165,3 +165,10 @@ def resume_runs(model_dir: str, batches: list[LearnerBatch], ckpt_root: str, tot
             "resharded_params": resharded_params,
         }
     )
+
+
+def objectives_and_reference(model_dir: str, batch: LearnerBatch, objectives: list[dict], run: dict[str, Any]) -> Any:
+    """`objective_losses` and `reference_model` in one world."""
+    losses = objective_losses(model_dir, batch, objectives, run)
+    reference = reference_model(model_dir, batch, run)
+    return _rank0({"losses": losses, "reference": reference})

@@ -1,0 +1,128 @@
+"""The learner's loss for every objective equals the objective library's single-process loss.
+
+A 2-rank world (DP = 2, two micro-batches per rank) computes the mini-batch loss of each objective;
+here the same loss is computed in one process from the transformers model's log-probs/entropies:
+per micro-batch with the library's global normaliser, and for the global forking scope also in one
+call on the concatenated batch with a top-rho mask taken over all of its tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from forkrl.trainer.learner.batch import LearnerBatch
+from forkrl.trainer.learner.launch import run_world
+from forkrl.trainer.objectives import LossInputs, compute_policy_loss, mini_batch_context, parse_objective
+from forkrl.trainer.selection import num_selected, topk_token_mask
+from tests.trainer.learner import workers
+from tests.trainer.learner.tiny import hf_token_stats, make_batch, save_tiny_model, with_old_logp
+
+RUN = {"tp": 1, "pp": 1, "mbs": 2}  # world 2 -> DP = 2; 4 sequences per rank -> 2 micro-batches each
+DP, MBS = 2, 2
+OBJECTIVES = [
+    {"name": "forking", "rho": 0.2, "scope": "micro_batch"},
+    {"name": "forking", "rho": 0.2, "scope": "mini_batch_global"},
+    {"name": "forking", "rho": 0.2, "scope": "mini_batch_global", "entropy_source": "old"},
+    {"name": "forking", "rho": 0.8, "select": "bottom", "scope": "mini_batch_global", "tie_rule": "geq_tau"},
+    {"name": "dapo", "token_mean_scope": "micro_batch"},
+    {"name": "dapo"},
+    {"name": "archer"},
+    {"name": "gspo"},
+    {"name": "cispo"},
+    {"name": "kl_cov", "kl_cov_ratio": 0.1},
+    {
+        "name": "clip_cov",
+        "clip_ratio": 0.2,
+        "cov_lower": -5.0,
+        "cov_upper": 5.0,
+        "clip_eps_low": 0.2,
+        "clip_eps_high": 0.28,
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("learner_objectives")
+    model = save_tiny_model(root / "qwen3", "qwen3", seed=1)
+    batch = make_batch(seed=11)
+    logp, entropy = hf_token_stats(model, batch)
+    batch = with_old_logp(batch, logp, seed=12, noise=0.2)
+    batch = LearnerBatch(**{**batch.__dict__, "old_entropy": entropy.float()})
+    result = run_world(workers.objectives_and_reference, 2, str(root / "qwen3"), batch, OBJECTIVES, RUN)[0]
+    return {"batch": batch, "logp": logp, "entropy": entropy, **result}
+
+
+def _inputs(setup: dict[str, Any], rows: slice, selection: torch.Tensor | None = None) -> LossInputs:
+    batch = setup["batch"]
+    return LossInputs(
+        logp=setup["logp"][rows],
+        old_logp=batch.old_logp[rows].double(),
+        advantages=batch.advantages[rows].double(),
+        response_mask=batch.response_mask[rows].bool(),
+        entropy=setup["entropy"][rows],
+        ref_logp=setup["logp"][rows],  # the reference model is the initial policy
+        selection_mask=selection,
+    )
+
+
+def _micro_batch_rows(batch: LearnerBatch) -> list[slice]:
+    """The learner's split: DP rank r gets rows [r B/DP, (r+1) B/DP), cut into MBS-row micro-batches."""
+    return [slice(start, start + MBS) for start in range(0, batch.num_sequences, MBS)]
+
+
+def _single_process_loss(setup: dict[str, Any], objective: dict) -> float:
+    cfg = parse_objective(objective)
+    batch = setup["batch"]
+    rows = _micro_batch_rows(batch)
+    masks = [batch.response_mask[r].bool() for r in rows]
+    selections = None
+    if objective["name"] == "forking" and objective.get("scope") == "mini_batch_global":
+        mask, _ = topk_token_mask(setup["entropy"], batch.response_mask.bool(), cfg.rho, cfg.select, cfg.tie_rule)
+        selections = [mask[r] for r in rows]
+    max_response = int(batch.response_mask.sum(dim=1).max())
+    ctx = mini_batch_context(cfg, masks, selections, group=None, max_response_len=max_response)
+    total = 0.0
+    for index, r in enumerate(rows):
+        selection = None if selections is None else selections[index]
+        total += float(compute_policy_loss(cfg, _inputs(setup, r, selection), ctx).loss)
+    return total
+
+
+@pytest.mark.parametrize("index", range(len(OBJECTIVES)), ids=[str(o) for o in OBJECTIVES])
+def test_learner_loss_equals_single_process_library_loss(setup: dict[str, Any], index: int) -> None:
+    objective = OBJECTIVES[index]
+    got = setup["losses"][index]
+    assert got["objective"] == objective
+    assert got["loss"] == pytest.approx(_single_process_loss(setup, objective), abs=1e-5)
+    assert got["loss"] != 0.0
+
+
+@pytest.mark.parametrize("index", [1, 2])
+def test_global_forking_equals_one_call_on_the_concatenated_batch(setup: dict[str, Any], index: int) -> None:
+    """Paper Eq. 6 over the whole mini-batch: one top-rho selection over all DP ranks' tokens."""
+    batch = setup["batch"]
+    per_micro_batch = {**OBJECTIVES[index], "scope": "micro_batch"}
+    per_micro_batch.pop("entropy_source", None)
+    whole = compute_policy_loss(parse_objective(per_micro_batch), _inputs(setup, slice(None)))
+    assert setup["losses"][index]["loss"] == pytest.approx(float(whole.loss), abs=1e-5)
+    tokens = int(batch.response_mask.sum())
+    assert setup["losses"][index]["metrics"]["selected_tokens"] == num_selected(tokens, 0.2)
+
+
+def test_forking_scopes_differ(setup: dict[str, Any]) -> None:
+    """Spec D1: the per-micro-batch and the global threshold select different tokens."""
+    assert abs(setup["losses"][0]["loss"] - setup["losses"][1]["loss"]) > 1e-3
+
+
+def test_reference_model_is_frozen_initial_policy(setup: dict[str, Any]) -> None:
+    ref = setup["reference"]
+    mask = setup["batch"].response_mask.bool()
+    torch.testing.assert_close(ref["before_ref"].double(), setup["logp"], atol=1e-4, rtol=0)
+    assert torch.equal(ref["before_ref"], ref["before_policy"])
+    assert torch.equal(ref["after_ref"], ref["before_ref"])  # frozen through the optimizer step
+    assert float((ref["after_policy"] - ref["before_policy"])[mask].abs().max()) > 1e-4  # the policy moved
+    assert ref["metrics"]["objective/kl"] == pytest.approx(0.0, abs=1e-7)  # ref == policy before the step
