@@ -60,6 +60,8 @@ class RLVRController:
     version: int = 0
     step: int = 0
     eval_history: list[dict[str, Any]] = field(default_factory=list)
+    repushed_total: int = 0
+    """Replicas found serving a stale version and re-pushed (restarts, new replicas)."""
     entropy_sample: list[float] = field(default_factory=list)
     """Response-token entropies of the latest batch (the report's histogram)."""
 
@@ -150,6 +152,7 @@ class RLVRController:
             self.log(f"replicas {stale} serve version {[versions[u] for u in stale]}, expected {self.version}: "
                      "re-pushing weights")
             await asyncio.to_thread(self.learners.push_weights, stale, self.version)
+            self.repushed_total += len(stale)
         return stale
 
     # ------------------------------------------------------------------------ the step
@@ -170,6 +173,8 @@ class RLVRController:
             "response_length/max": float(lengths.max()),
             "finish/length_frac": sum(r == "length" for r in scored.rollout.finish_reasons) / len(lengths),
             "weight_version": float(self.version),
+            "replicas": float(len(self.replicas.urls)),
+            "replicas/repushed_total": float(self.repushed_total),
             "weight_version_lag/max": float(lag.max()),
             "weight_version_lag/mean": float(lag.double().mean()),
             "time/rollout": collected.times.rollout,

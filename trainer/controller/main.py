@@ -97,6 +97,7 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
     progress = Progress(spec.schedule.steps, 0, mode)
     log = progress.log
     store = CheckpointStore(spec.checkpoint_dir(), spec.checkpoint.keep_last)
+    preflight_checkpoint_dir(store.root, 0)  # writable at all: fail before any work
     train_rows, eval_sets = load_datasets(spec, log)
     policy_path, tokenizer, info = prepare_policy(spec, run_dir, log)
     preflight_checkpoint_dir(store.root, estimated_checkpoint_bytes(count_parameters(policy_path)))

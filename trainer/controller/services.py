@@ -66,6 +66,11 @@ class LocalProcess:
         raise TimeoutError(f"{self.name} did not become healthy within {timeout_s:.0f}s; log {self.log_path}:\n"
                            f"{self._log_tail()}")
 
+    def restart(self, timeout_s: float = 180.0) -> LocalProcess:
+        """Kill and start again on the same port (a crashed pod coming back)."""
+        self.kill()
+        return self.start(timeout_s)
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
