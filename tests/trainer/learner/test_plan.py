@@ -1,0 +1,157 @@
+"""`forkrl plan`: parameter counts (closed form vs transformers vs a meta-device megatron build), memory
+arithmetic, the 32B recommendation and the shipped configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import transformers
+
+from forkrl.trainer.learner.model import ModelArch
+from forkrl.trainer.learner.plan import (
+    GIB,
+    Cluster,
+    Workload,
+    activation_bytes_per_layer,
+    estimate,
+    main,
+    plan,
+    stage_param_counts,
+)
+from forkrl.trainer.learner.presets import preset
+from forkrl.trainer.spec import load_spec
+from tests.trainer.learner.tiny import tiny_config
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "learner"
+H100 = {"gpus_per_node": 8, "gpu_memory_gib": 80.0}
+
+
+@pytest.mark.parametrize(("family", "tie"), [("qwen2", False), ("qwen3", False), ("llama", True)])
+def test_closed_form_count_matches_transformers(family: str, tie: bool) -> None:
+    config = tiny_config(family, layers=3, tie=tie)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    expected = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    arch = ModelArch.from_hf(config)
+    assert arch.num_parameters() == expected
+    assert sum(stage_param_counts(arch, tp=1, pp=1)) == expected
+
+
+def test_stage_counts_split_the_model() -> None:
+    arch = ModelArch.from_hf(preset("qwen2.5-7b"))
+    per_stage = stage_param_counts(arch, tp=1, pp=4)
+    assert sum(per_stage) == arch.num_parameters()
+    h = arch.hidden_size
+    embedding = arch.vocab_size * h
+    assert per_stage[0] - per_stage[1] == embedding
+    assert per_stage[3] - per_stage[1] == embedding + h  # output layer + final norm
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [
+        ("qwen2.5-32b", 32.5e9, 33.0e9),
+        ("qwen2.5-7b", 7.5e9, 7.7e9),
+        ("qwen3-8b", 8.1e9, 8.3e9),
+        ("qwen2.5-0.5b", 0.48e9, 0.50e9),
+    ],
+)
+def test_preset_sizes_match_published_sizes(name: str, low: float, high: float) -> None:
+    assert low < ModelArch.from_hf(preset(name)).num_parameters() < high
+
+
+def test_meta_device_build_of_32b_matches_closed_form() -> None:
+    """One TP rank of each stage of the real Qwen2.5-32B at TP=8, PP=2, built on the meta device."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forkrl.trainer.learner.plan",
+            "--model",
+            "qwen2.5-32b",
+            "--nodes",
+            "4",
+            "--tokens",
+            "22528",
+            "--json",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in H100.items()],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=240,
+    )
+    result = json.loads(out.stdout)
+    rec = result["recommended"]
+    assert (rec["tp"], rec["pp"], rec["dp"], rec["recompute"]) == (8, 2, 2, "selective")
+    check = result["meta_check"]
+    assert check["meta_build"] == check["closed_form"]
+    # Hand count for stage 0: 32 layers of TP-sharded weights / 8 + replicated norms, + embedding / 8.
+    h, f, d = 5120, 27648, 128
+    sharded = (40 + 16) * d * h + 40 * d * h + 3 * f * h + (40 + 16) * d
+    assert check["meta_build"][0] == 32 * (sharded // 8 + 2 * h) + 152064 * h // 8
+
+
+def test_memory_terms_by_hand() -> None:
+    arch = ModelArch.from_hf(preset("qwen2.5-7b"))
+    cluster = Cluster(nodes=1, **H100)
+    work = Workload(tokens=4096, micro_batch_size=1, micro_batches=8, sequence_parallel=True)
+    dp2 = estimate(arch, 4, 1, 2, "none", cluster, work)
+    dp1 = estimate(arch, 4, 1, 1, "none", cluster, work)
+    count = stage_param_counts(arch, 4, 1)[0]
+    assert dp2.params_per_rank == count
+    assert dp2.param_gib == pytest.approx(count * 2 / GIB)
+    assert dp2.grad_gib == pytest.approx(count * 4 / GIB)
+    assert dp2.optimizer_gib == pytest.approx(count * 12 / 2 / GIB)
+    assert dp1.optimizer_gib == pytest.approx(2 * dp2.optimizer_gib)
+    # The unfused attention keeps bf16 softmax probabilities [heads / TP, s, s] per layer.
+    none = activation_bytes_per_layer(arch, 4, work, "none")
+    selective = activation_bytes_per_layer(arch, 4, work, "selective")
+    assert none - selective == pytest.approx(2 * 1 * (28 / 4) * 4096**2)
+    assert activation_bytes_per_layer(arch, 4, work, "full") == 2 * 4096 * 3584 / 4
+    assert dp2.logits_gib == pytest.approx(4096 * 152064 / 4 * 6 / GIB)
+
+
+def test_recommendation_fits_and_is_fastest_fitting() -> None:
+    arch = ModelArch.from_hf(preset("qwen2.5-32b"))
+    rows, best = plan(arch, Cluster(nodes=4, **H100), Workload(tokens=22528))
+    assert best is not None and best.fits
+    assert all(best.relative_step_time <= r.relative_step_time for r in rows if r.fits)
+    assert not estimate(arch, 8, 1, 4, "selective", Cluster(nodes=4, **H100), Workload(tokens=22528)).fits
+
+
+@pytest.mark.parametrize(
+    ("file", "model", "nodes"),
+    [
+        ("qwen2.5-32b-forking.yaml", "qwen2.5-32b", 4),
+        ("qwen2.5-7b-forking.yaml", "qwen2.5-7b", 1),
+        ("qwen3-8b-forking.yaml", "qwen3-8b", 1),
+    ],
+)
+def test_shipped_configs_use_the_planned_layout(file: str, model: str, nodes: int) -> None:
+    spec = load_spec(EXAMPLES / file)
+    learner = spec.learner
+    arch = ModelArch.from_hf(preset(model))
+    learner.parallel.validate_for(arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.vocab_size)
+    dp = learner.parallel.data_parallel_size(spec.resources.learner_ranks)
+    assert spec.resources.learner_ranks == nodes * H100["gpus_per_node"]
+    tokens = spec.model.max_prompt_tokens + spec.model.max_response_tokens
+    assert learner.micro_batch.max_tokens == tokens
+    _, best = plan(arch, Cluster(nodes=nodes, **H100), Workload(tokens=tokens))
+    assert best is not None
+    assert (learner.parallel.tensor_parallel, learner.parallel.pipeline_parallel, dp) == (best.tp, best.pp, best.dp)
+    assert learner.activation_recompute == best.recompute
+
+
+def test_main_prints_recommendation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model", "qwen2.5-7b", "--nodes", "1", "--no-meta-check"]) == 0
+    out = capsys.readouterr().out
+    assert "recommended: tensor_parallel=" in out
+
+
+def test_main_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model", "gpt-17", "--no-meta-check"]) == 2
+    assert "unknown model 'gpt-17'" in capsys.readouterr().err
