@@ -132,6 +132,9 @@ class LearnerSpec(_Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer and LR schedule.")
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec, description="Frozen reference model.")
     micro_batch: MicroBatchSpec = Field(default_factory=MicroBatchSpec, description="Micro-batching.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the learner runs; auto = cuda when a GPU is visible (cpu uses the CPU shim)."
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Parameter/compute dtype; auto = float32 on CPU, bfloat16 on GPU."
     )
@@ -149,6 +152,14 @@ class LearnerSpec(_Strict):
     max_sequence_length: int | None = Field(
         None, ge=8, description="Rotary table length; default: the HF config's max_position_embeddings."
     )
+
+    def uses_gpu(self) -> bool:
+        """Whether this learner runs on CUDA (resolves device='auto')."""
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA device is visible")
+        return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
 
     def resolved_dtype(self, has_gpu: bool) -> Literal["float32", "bfloat16"]:
         if self.dtype == "auto":

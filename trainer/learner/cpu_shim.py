@@ -17,7 +17,8 @@ optimizer, dist-checkpointing) is device-agnostic once these are redirected in-p
    state that the tracker forks for dropout/initialisation becomes the CPU default generator's
    state, which is the generator CPU kernels actually draw from.
 
-`install()` is idempotent and only acts when no CUDA device is present; call it once per process
+`install()` is idempotent; the learner calls it once per process when it runs on CPU (also on a
+machine with a GPU when `LearnerSpec.device='cpu'`); call it
 before building megatron objects. Nothing here changes numerics.
 """
 
@@ -147,13 +148,11 @@ def _set_cpu_rng_state(new_state: torch.Tensor, device: int = -1, graph_safe: bo
     torch.set_rng_state(new_state)
 
 
-def install() -> bool:
-    """Install the redirections for this process when no GPU is present. Returns whether it did."""
+def install() -> None:
+    """Install the redirections for this process (for CPU learner ranks only)."""
     global _INSTALLED
     if _INSTALLED:
-        return True
-    if torch.cuda.is_available():
-        return False
+        return
     from megatron.core.tensor_parallel import random as mcore_random
 
     torch.cuda.current_device = functools.wraps(torch.cuda.current_device)(lambda: 0)
@@ -165,7 +164,6 @@ def install() -> bool:
     # Entered for the life of the process: learner ranks are dedicated processes.
     CudaToCpuMode().__enter__()
     _INSTALLED = True
-    return True
 
 
 def installed() -> bool:

@@ -1,6 +1,6 @@
-"""Start N CPU learner ranks over gloo in local processes (tests, benchmarks, the local placement).
+"""Start N learner ranks in local processes (tests, benchmarks): gloo on CPU, NCCL with one GPU each.
 
-`run_world(fn, world_size, *args)` runs `fn(*args)` on every rank after `init_process_group("gloo")`
+`run_world(fn, world_size, *args)` runs `fn(*args)` on every rank after `init_process_group`
 and returns the per-rank results (anything `torch.save` can write). Ranks come from a forkserver
 that has already imported torch and megatron-core, so a world costs one import, not one per rank.
 `fn` must be importable by name (a module-level function).
@@ -47,6 +47,7 @@ def _rank_main(
     out_dir: str,
     threads: int,
     timeout_s: float,
+    backend: str,
     args: Sequence[Any],
 ) -> None:
     torch.set_num_threads(threads)
@@ -57,8 +58,10 @@ def _rank_main(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(
-        "gloo",
+        backend,
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
@@ -76,13 +79,19 @@ def _rank_main(
 
 
 def run_world(
-    fn: Callable[..., Any], world_size: int, *args: Any, threads: int | None = None, timeout_s: float = 300.0
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    threads: int | None = None,
+    timeout_s: float = 300.0,
+    backend: str = "gloo",
 ) -> list[Any]:
-    """Run `fn(*args)` on `world_size` gloo ranks; returns [result of rank 0, rank 1, ...].
+    """Run `fn(*args)` on `world_size` ranks; returns [result of rank 0, rank 1, ...].
 
     A failure on any rank raises in the caller with that rank's traceback.
     threads: intra-op threads per rank (default: the cores divided among the ranks, at least 1).
-    timeout_s: gloo collective timeout, so a mismatched collective fails instead of hanging.
+    timeout_s: collective timeout, so a mismatched collective fails instead of hanging.
+    backend: "gloo" (CPU learner ranks) or "nccl" (one GPU per rank).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -93,7 +102,7 @@ def run_world(
     with tempfile.TemporaryDirectory(prefix="forkrl-world-") as out_dir:
         torch_mp.start_processes(
             _rank_main,
-            args=(fn, world_size, free_port(), out_dir, threads, timeout_s, tuple(args)),
+            args=(fn, world_size, free_port(), out_dir, threads, timeout_s, backend, tuple(args)),
             nprocs=world_size,
             join=True,
             start_method="forkserver",

@@ -25,7 +25,7 @@ from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, train_forward_step
 from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
 from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
-from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, has_gpu, initialize_parallel
+from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, initialize_parallel
 from forkrl.trainer.learner.weights import export_hf_weights, import_hf_weights
 from forkrl.trainer.objectives import ForkingConfig, LossContext, ObjectiveConfig, mini_batch_context
 
@@ -58,10 +58,11 @@ class Learner:
             raise ValueError("Learner needs model_path (HF checkpoint) or hf_config (architecture)")
         self.spec = spec
         self.objective = objective
-        self.layout: ParallelLayout = initialize_parallel(spec.parallel, spec.seed)
+        self.use_gpu = spec.uses_gpu()
+        self.layout: ParallelLayout = initialize_parallel(spec.parallel, spec.seed, self.use_gpu)
         self.arch = ModelArch.from_hf(hf_config if hf_config is not None else model_path)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if has_gpu() else torch.device("cpu")
-        self.config = transformer_config(self.arch, spec, has_gpu())
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
+        self.config = transformer_config(self.arch, spec, self.use_gpu)
         self.dtype = self.config.params_dtype
         max_len = spec.max_sequence_length or self.arch.max_position_embeddings
         self.chunks = build_model_chunks(self.arch, self.config, max_len, perform_init=model_path is None)
@@ -304,7 +305,7 @@ class Learner:
         """Last step's metrics plus counters and this rank's peak memory."""
         peak = (
             torch.cuda.max_memory_allocated() / 2**20
-            if has_gpu()
+            if self.use_gpu
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         )
         return {

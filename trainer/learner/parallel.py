@@ -7,6 +7,7 @@ and groups the learner code needs, so nothing else reads `parallel_state` direct
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 import torch.distributed as dist
@@ -63,11 +64,7 @@ class ParallelLayout:
         return {"tp": self.tp, "pp": self.pp, "dp": self.dp, "vpp": self.vpp}
 
 
-def has_gpu() -> bool:
-    return torch.cuda.is_available()
-
-
-def initialize_parallel(parallel: ParallelConfig, seed: int) -> ParallelLayout:
+def initialize_parallel(parallel: ParallelConfig, seed: int, use_gpu: bool) -> ParallelLayout:
     """Build megatron's TP/PP/DP groups on the already-initialised default process group and seed RNGs.
 
     Idempotent per process only through `destroy_parallel()`: call that before re-initialising with
@@ -75,7 +72,9 @@ def initialize_parallel(parallel: ParallelConfig, seed: int) -> ParallelLayout:
     """
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed must be initialised before the learner (see learner.launch)")
-    if not has_gpu():
+    if use_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", dist.get_rank() % torch.cuda.device_count())))
+    else:
         cpu_shim.install()
     world = dist.get_world_size()
     dp = parallel.data_parallel_size(world)
@@ -84,7 +83,7 @@ def initialize_parallel(parallel: ParallelConfig, seed: int) -> ParallelLayout:
         pipeline_model_parallel_size=parallel.pipeline_parallel,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline,
     )
-    seed_everything(seed)
+    seed_everything(seed, use_gpu)
     return ParallelLayout(
         tp=parallel.tensor_parallel,
         pp=parallel.pipeline_parallel,
@@ -98,11 +97,11 @@ def initialize_parallel(parallel: ParallelConfig, seed: int) -> ParallelLayout:
     )
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, use_gpu: bool) -> None:
     """Default generator = seed (same on every rank); megatron's tracker adds the TP-distinct states."""
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
-    if not has_gpu():
+    if not use_gpu:
         # megatron seeded the (absent) CUDA generator with `seed`; on CPU the default one plays that role.
         torch.manual_seed(seed)
 

@@ -42,7 +42,8 @@ def make_spec(run: dict[str, Any]) -> LearnerSpec:
             mode=run.get("mode", "padded"), micro_batch_size=run.get("mbs", 1), max_tokens=run.get("max_tokens")
         ),
         activation_recompute=run.get("recompute", "none"),
-        dtype="float32",
+        device=run.get("device", "cpu"),
+        dtype=run.get("dtype", "float32"),
     )
 
 
