@@ -173,3 +173,18 @@ def objectives_and_reference(model_dir: str, batch: LearnerBatch, objectives: li
     losses = objective_losses(model_dir, batch, objectives, run)
     reference = reference_model(model_dir, batch, run)
     return _rank0({"losses": losses, "reference": reference})
+
+
+def gpu_checks(model_dir: str, batch: LearnerBatch, dtype: str, tp: int) -> Any:
+    """One layout on CUDA: token stats, a training step, and an export round trip."""
+    learner = Learner(
+        make_spec({"tp": tp, "device": "cuda", "dtype": dtype, "distributed": True, "mbs": 2}),
+        parse_objective({"name": "forking", "rho": 0.5, "scope": "mini_batch_global"}),
+        model_dir,
+    )
+    stats = learner.compute_logprobs(batch)
+    before = {k: v.float().cpu() for k, v in learner.export_weights()}
+    metrics = learner.train_step(batch)
+    after = {k: v.float().cpu() for k, v in learner.export_weights()}
+    learner.close()
+    return _rank0({"logp": stats.logp, "entropy": stats.entropy, "metrics": metrics, "before": before, "after": after})
