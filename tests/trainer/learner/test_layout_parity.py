@@ -26,6 +26,7 @@ RUNS = [
     {"tp": 1, "pp": 2, "distributed": False},  # DP = 2
     {"tp": 2, "pp": 2, "distributed": False, "export": True},  # DP = 1
     {"tp": 1, "pp": 1, "distributed": True},  # DP = 4, optimizer state sharded over 4
+    {"tp": 2, "pp": 1, "sp": True, "recompute": "selective", "mbs": 2},  # DP = 2, padded rows split by SP
     {"tp": 2, "pp": 2, "vpp": 2, "sp": True, "recompute": "full", "mode": "packed", "max_tokens": 48},
 ]
 
