@@ -86,7 +86,7 @@ def _radix_select(
     below = 0
     for shift in range(_KEY_BITS - RADIX_BITS, -1, -RADIX_BITS):
         digits = (candidates >> shift) & (_NUM_BINS - 1)
-        hist = torch.zeros(_NUM_BINS + 1, dtype=torch.int64)
+        hist = torch.zeros(_NUM_BINS + 1, dtype=torch.int64, device=keys.device)
         hist[:_NUM_BINS] = torch.bincount(digits, minlength=_NUM_BINS)
         if shift == _KEY_BITS - RADIX_BITS:
             hist[_NUM_BINS] = num_invalid
@@ -102,7 +102,7 @@ def _radix_select(
                 return 0, total, -1, 0
             k_left = k
         cumulative = hist[:_NUM_BINS].cumsum(0)
-        digit = int(torch.searchsorted(cumulative, torch.tensor([k_left])).item())
+        digit = int(torch.searchsorted(cumulative, torch.tensor([k_left], device=keys.device)).item())
         before = int(cumulative[digit - 1]) if digit > 0 else 0
         below += before
         k_left -= before
@@ -177,7 +177,8 @@ def global_forking_masks(
     valid = [mask.reshape(-1).bool() for mask in response_masks]
     local_values = torch.cat(
         [e.detach().reshape(-1)[v].to(torch.float32) for e, v in zip(entropies, valid, strict=True)]
-        + [torch.empty(0, dtype=torch.float32)]
+        # Keeps the device of the inputs (CUDA under NCCL) even when there are no micro-batches here.
+        + [torch.empty(0, dtype=torch.float32, device=entropies[0].device if entropies else "cpu")]
     )
     keys, num_invalid = _selection_keys(local_values, largest)
     k, _, tau_key, beyond = _radix_select(keys, lambda total: num_selected(total, rho), group, num_invalid)
@@ -205,7 +206,7 @@ def _take_first_ties(ties: Tensor, needed: int, group: dist.ProcessGroup | None)
     """ties: [n] bool, this rank's tokens equal to tau in local order. Keeps the first `needed` ties
     over all ranks in rank order: one all-gather of a scalar tie count, no tokens exchanged."""
     rank, world = _rank_and_size(group)
-    local = torch.tensor([int(ties.sum())], dtype=torch.int64)
+    local = torch.tensor([int(ties.sum())], dtype=torch.int64, device=ties.device)
     if world > 1:
         counts = [torch.zeros_like(local) for _ in range(world)]
         dist.all_gather(counts, local, group=group)

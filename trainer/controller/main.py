@@ -90,6 +90,11 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
     from forkrl.trainer.controller.summary import finish_run
 
     run_dir = spec.run_dir()
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        # A fresh run never appends to an old one: keep the old directory under a new name.
+        previous = run_dir.with_name(f"{run_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(previous)
+        print(f"forkrl train: moved the previous run to {previous} (use --resume to continue it)", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     mode = "quiet" if quiet else spec.observability.progress
     if mode == "bar" and not sys.stderr.isatty():

@@ -46,6 +46,7 @@ def finish_run(spec: RLVRJobSpec, run_dir: Path, eval_history: list[dict[str, An
     for dataset, c in comparison.items():
         flat.update({f"{dataset} before": c["before"], f"{dataset} after": c["after"],
                      f"{dataset} difference": c["difference"]})
-    report = write_report(run_dir, spec.name, train_records, table, entropy_sample, flat)
-    log(f"report: {report}")
+    if spec.observability.report:
+        report = write_report(run_dir, spec.name, train_records, table, entropy_sample, flat)
+        log(f"report: {report}")
     return summary

@@ -18,7 +18,8 @@ from forkrl.trainer.selection import num_selected
 
 def _all_reduce_sum(values: list[float], group: dist.ProcessGroup | None, device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+    # group=None means no data parallelism (as in global_selection), never "the default world group".
+    if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor.tolist()
 
@@ -33,7 +34,8 @@ def mini_batch_context(
     """The LossContext shared by all micro-batches of one mini-batch on this rank.
 
     response_masks: one [batch, resp_len] mask per local micro-batch; selection_masks: the precomputed
-    global forking masks (scope `mini_batch_global`), if any; group: the data-parallel group (None = no DP).
+    global forking masks (scope `mini_batch_global`), if any; group: the data-parallel group (None = no DP,
+    no communication).
     `token_mean_scope='micro_batch'` reproduces verl-legacy scaling: each micro-batch is normalised by its
     own counts and weighted 1 / (micro-batches over all ranks).
     """

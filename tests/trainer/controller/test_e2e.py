@@ -1,0 +1,162 @@
+"""A few steps of the real loop with every component a real process (verifier and rollout servers on
+127.0.0.1, learner ranks as Ray actors over gloo), plus the fault tests: verifier killed, rollout replica
+killed and restarted, replicas joining and leaving, SIGTERM then --resume, unwritable checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from forkrl.trainer.controller.recorder import read_records
+from forkrl.trainer.controller.setup import PreflightError, preflight_checkpoint_dir
+from forkrl.trainer.spec import load_spec
+
+SMOKE = Path(__file__).parent / "smoke.yaml"
+STEPS = 3
+
+
+def write_spec(directory: Path, **changes: dict) -> Path:
+    data = yaml.safe_load(SMOKE.read_text())
+    data["schedule"]["steps"] = STEPS
+    for key, value in changes.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def forkrl_train(spec: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "forkrl.trainer.cli", "train", str(spec), "--quiet", *extra],
+                            cwd=spec.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 3-step run; returns its run directory."""
+    spec = write_spec(tmp_path_factory.mktemp("reference"))
+    process = forkrl_train(spec)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return spec.parent / "runs" / "smoke"
+
+
+def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None:
+    records = read_records(reference_run / "metrics.jsonl", "train")
+    assert [int(r["step"]) for r in records] == [1, 2, 3]
+    for r in records:
+        assert r["samples"] == 16  # 4 prompts x 4 samples, no dynamic sampling
+        assert r["weight_version"] == r["step"] and r["weight_version_lag/max"] == 0
+        # The learner's log-probs of the sampled tokens equal the rollout engine's: same weights, same math.
+        assert abs(r["mismatch/kl_k1"]) < 1e-4 and r["mismatch/kl_k3"] < 1e-6
+        # Rewards are {1, 0}: their mean is the accuracy; shaping only lowers it.
+        assert r["reward/correctness_mean"] == pytest.approx(r["accuracy"])
+        assert r["reward/mean"] <= r["reward/correctness_mean"] + 1e-12
+        # rho = 0.5 per micro-batch: k = ceil(0.5 N) of N tokens -> just above one half.
+        assert 0.5 <= r["forking/selected_frac"] <= 0.5 + 1 / 8
+        assert r["entropy/p10"] <= r["entropy/p50"] <= r["forking/threshold"] + 1e-6 <= r["entropy/p99"] + 2e-6
+        assert r["response_length/max"] <= 12
+        assert r["time/step"] >= r["time/rollout"] + r["time/update"]
+    evals = read_records(reference_run / "metrics.jsonl", "eval")
+    assert len(evals) == 2 and all("eval/heldout/avg" in e for e in evals)
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert set(summary["comparison"]["heldout"]) >= {"before", "after", "difference", "ci95_low", "ci95_high"}
+    report = (reference_run / "report.html").read_text()
+    for png in ("reward.png", "threshold.png", "entropy_hist.png"):
+        assert png in report and (reference_run / png).stat().st_size > 1000
+    assert json.loads(json.dumps(load_spec(reference_run.parent.parent / "spec.yaml").model_dump()))
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted((run_dir / "final_model").glob("*.safetensors")):
+        weights.update(load_file(file))
+    return weights
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(reference_run: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    metrics = tmp_path / "runs" / "smoke" / "metrics.jsonl"
+    process = forkrl_train(spec)
+    deadline = time.monotonic() + 600
+    while not read_records(metrics, "train") and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "received SIGTERM" in output and "--resume" in output
+    stopped_at = json.loads((tmp_path / "runs/smoke/checkpoints" / (tmp_path / "runs/smoke/checkpoints/latest")
+                             .read_text() / "controller.json").read_text())["step"]
+    assert 1 <= stopped_at < STEPS
+    assert not (tmp_path / "runs/smoke/final_model").exists()
+
+    resumed = forkrl_train(spec, "--resume")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output
+    steps = [int(r["step"]) for r in read_records(metrics, "train")]
+    assert steps == list(range(1, STEPS + 1))
+    expected, got = _final_weights(reference_run), _final_weights(tmp_path / "runs" / "smoke")
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_faults_verifier_kill_replica_restart_and_membership(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from forkrl.trainer.controller.main import run
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(write_spec(tmp_path, schedule={"steps": 4}))
+    seen: dict[str, object] = {}
+
+    async def after_step(local, step: int) -> None:
+        if step == 1:  # verifier crashes; it comes back 2 s later while the controller retries
+            local.verifier_process.kill()
+            threading.Timer(2.0, local.verifier_process.start).start()
+        elif step == 2:  # the rollout replica crashes and restarts with no weights (version 0)
+            local.replica_processes[0].restart()
+            seen["restarted_version"] = (await local.replicas.versions())[local.replica_processes[0].url]
+        elif step == 3:  # scale: a new replica joins, the first one leaves
+            seen["new"] = local.add_replica()
+            local.remove_replica(local.replica_processes[0])
+        else:
+            seen["final_versions"] = await local.replicas.versions()
+            seen["verifier_alive"] = local.verifier_process.alive()
+
+    assert asyncio.run(run(spec, quiet=True, after_step=after_step)) == 0
+    records = read_records(Path("runs/smoke/metrics.jsonl"), "train")
+    assert [int(r["step"]) for r in records] == [1, 2, 3, 4]
+    assert all(r["samples"] == 16 for r in records)  # nothing lost, nothing scored twice
+    assert seen["restarted_version"] == 0
+    assert records[2]["replicas/repushed_total"] == 1  # the restarted replica was detected and re-pushed
+    assert records[3]["replicas/repushed_total"] == 2  # the new replica got weights before serving
+    assert seen["final_versions"] == {seen["new"].url: 4}
+    assert seen["verifier_alive"] is True
+
+
+def test_unwritable_checkpoint_dir_fails_before_training(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    spec = write_spec(tmp_path, checkpoint={"dir": str(blocker / "ckpt")})
+    result = subprocess.run([sys.executable, "-m", "forkrl.trainer.cli", "train", str(spec), "--quiet"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "is not writable" in result.stderr
+    assert not (tmp_path / "runs/smoke/cold_start_model").exists()  # nothing ran
+
+
+def test_full_disk_is_reported_with_sizes(tmp_path: Path) -> None:
+    with pytest.raises(PreflightError, match=r"MiB free but one checkpoint needs about"):
+        preflight_checkpoint_dir(tmp_path, needed_bytes=2**62)
