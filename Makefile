@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) bench/objectives.py
+	$(VENV)/bin/forkrl train examples/local-arith.yaml
 
 test: setup
 	bash scripts/run-tests.sh
@@ -18,3 +18,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/objectives.py
+	$(PY) bench/verifier.py
+	$(PY) bench/rollout.py
+	$(PY) bench/learner.py
+	$(PY) bench/e2e.py
