@@ -4,6 +4,7 @@
     forkrl config schema            # JSON schema of RLVRJobSpec
     forkrl config validate FILE     # check a spec, naming every bad field
     forkrl plan --model qwen2.5-32b --gpus-per-node 8 --gpu-memory-gib 80 --nodes 4
+    forkrl crd [--write | --check]  # the RLVRJob CRD generated from the spec models
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def _plan(args: argparse.Namespace) -> int:
     return plan_main(args.plan_args)
 
 
+def _crd(args: argparse.Namespace) -> int:
+    from forkrl.operator.crd import crd_command
+
+    return crd_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forkrl",
@@ -74,10 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
                                add_help=False)
     plan.add_argument("plan_args", nargs=argparse.REMAINDER, help="arguments of the planner (see forkrl plan -h)")
     plan.set_defaults(handler=_plan)
+
+    crd = commands.add_parser("crd", help="print, write or check the RLVRJob CRD and the generated chart files")
+    crd.add_argument("--write", action="store_true", help="write the generated chart files into the repository")
+    crd.add_argument("--check", action="store_true", help="exit 1 if a generated file in the repository is stale")
+    crd.add_argument("--root", default=None, help="repository root (default: this checkout)")
+    crd.set_defaults(handler=_crd)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"]:  # argparse.REMAINDER does not capture leading options such as --model
+        from forkrl.trainer.learner.plan import main as plan_main
+
+        return plan_main(argv[1:])
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -1,0 +1,3 @@
+{{- define "rlvrjob.name" -}}
+{{- .Values.name | default .Release.Name -}}
+{{- end -}}

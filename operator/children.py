@@ -1,0 +1,183 @@
+"""Pure builders: an RLVRJob (its effective spec, uid and attempt) -> the manifests of its children.
+
+Every child carries owner reference, `app.kubernetes.io/*` labels, `forkrl.dev/job` and the hash of
+its own manifest (`forkrl.dev/desired-hash`), so the reconciler can tell whether a live object is
+already what it would apply. Nothing here talks to the API server.
+
+| child | name | purpose |
+|---|---|---|
+| ServiceAccount, Role, RoleBinding | `<job>-controller` | the controller may get/patch only `<job>-status` |
+| ConfigMap | `<job>-config` | `spec.yaml` for `forkrl train`, `verifier.yaml` for the verifier |
+| ConfigMap | `<job>-status` | written by the controller (progress); created empty here |
+| PersistentVolumeClaim | `<job>-checkpoints` | only with `cluster.storage.create_claim` |
+| Service + Deployment | `<job>-rollout` | rollout replicas (headless Service: one DNS record per replica) |
+| Service + Deployment | `<job>-verifier` | reward verifier (absent with `spec.verifier.endpoint`) |
+| RayJob | `<job>` / `<job>-r<n>` | controller (head) + learner workers, one per attempt |
+| PodMonitor | `<job>` | only with `cluster.monitoring.pod_monitor` |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+from forkrl.operator import workloads
+from forkrl.operator.context import JobContext, controller_spec
+from forkrl.operator.names import (
+    HASH_ANNOTATION,
+    SERVICE_PORT,
+    SPEC_FILE,
+    VERIFIER_FILE,
+    metadata,
+    selector,
+)
+
+Manifest = dict[str, Any]
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
+
+
+def config_map(ctx: JobContext) -> Manifest:
+    verifier = {
+        "run": ctx.names.job,
+        "math": ctx.spec.verifier.math.model_dump(mode="json"),
+        "code": ctx.spec.verifier.code.model_dump(mode="json"),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ctx.names, ctx.names.config, ctx.uid, "config"),
+        "data": {
+            SPEC_FILE: dump_yaml(controller_spec(ctx).model_dump(mode="json")),
+            VERIFIER_FILE: dump_yaml(verifier),
+        },
+    }
+
+
+def status_config_map(ctx: JobContext) -> Manifest:
+    """Created without data: the operator owns only its metadata, the controller patches `data`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(
+            ctx.names,
+            ctx.names.status,
+            ctx.uid,
+            "status",
+            annotations={"forkrl.dev/written-by": "controller (forkrl train)"},
+        ),
+    }
+
+
+def controller_rbac(ctx: JobContext) -> list[Manifest]:
+    names = ctx.names
+    meta = metadata(names, names.controller, ctx.uid, "controller")
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [names.status],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.controller},
+            "subjects": [{"kind": "ServiceAccount", "name": names.controller, "namespace": names.namespace}],
+        },
+    ]
+
+
+def claim(ctx: JobContext) -> Manifest | None:
+    created = ctx.cluster.storage.create_claim
+    if created is None:
+        return None
+    spec: dict[str, Any] = {"accessModes": [created.access_mode], "resources": {"requests": {"storage": created.size}}}
+    if created.storage_class_name is not None:
+        spec["storageClassName"] = created.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(ctx.names, ctx.names.claim, ctx.uid, "storage"),
+        "spec": spec,
+    }
+
+
+def service(ctx: JobContext, component: str, name: str, headless: bool) -> Manifest:
+    spec: dict[str, Any] = {
+        "selector": selector(ctx.names.job, component),
+        "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+    }
+    if headless:
+        # The controller resolves one address per replica and pushes weights to each, also to replicas
+        # that are not ready yet (a replica without weights is never ready).
+        spec.update({"clusterIP": "None", "publishNotReadyAddresses": True})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ctx.names, name, ctx.uid, component),
+        "spec": spec,
+    }
+
+
+def pod_monitor(ctx: JobContext) -> Manifest | None:
+    if not ctx.cluster.monitoring.pod_monitor:
+        return None
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": metadata(ctx.names, ctx.names.pod_monitor, ctx.uid, "monitoring"),
+        "spec": {
+            "selector": {"matchLabels": {"forkrl.dev/job": ctx.names.job}},
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics"}, {"port": "metrics", "path": "/metrics"}],
+        },
+    }
+
+
+def manifest_hash(manifest: Manifest) -> str:
+    """sha256 of the manifest without its own hash annotation (canonical JSON)."""
+    meta = dict(manifest.get("metadata", {}))
+    annotations = {k: v for k, v in dict(meta.get("annotations") or {}).items() if k != HASH_ANNOTATION}
+    meta.pop("annotations", None)
+    if annotations:
+        meta["annotations"] = annotations
+    text = json.dumps({**manifest, "metadata": meta}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def with_hash(manifest: Manifest) -> Manifest:
+    digest = manifest_hash(manifest)
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**dict(meta.get("annotations") or {}), HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": meta}
+
+
+def build_children(ctx: JobContext) -> list[Manifest]:
+    """Every child of the job, in the order they are applied (RBAC and config before the pods using them)."""
+    names = ctx.names
+    manifests: list[Manifest | None] = [
+        *controller_rbac(ctx),
+        config_map(ctx),
+        status_config_map(ctx),
+        claim(ctx),
+        service(ctx, "rollout", names.rollout, headless=True),
+        workloads.rollout_deployment(ctx),
+    ]
+    if ctx.has_verifier:
+        manifests += [service(ctx, "verifier", names.verifier, headless=False), workloads.verifier_deployment(ctx)]
+    manifests += [workloads.ray_job(ctx), pod_monitor(ctx)]
+    return [with_hash(m) for m in manifests if m is not None]

@@ -1,0 +1,205 @@
+"""`ClusterSpec`: where and how an RLVRJob runs on Kubernetes (images, pod sizes, placement, storage,
+scheduling, retries). It sits next to the experiment (`RLVRJobSpec`) in the RLVRJob's `spec.cluster`.
+
+Fields are snake_case like the rest of the spec; the builders in `children.py` translate them into the
+camelCase Kubernetes objects. Quantities are Kubernetes resource quantities ("500m", "16Gi").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# The image built from this repository (`forkrl` CLI, Ray, vLLM, the verifier).
+DEFAULT_IMAGE = "ghcr.io/forkrl/forkrl:0.1.0"
+# Ray inside DEFAULT_IMAGE; KubeRay reads it from the RayCluster to pick version-specific behaviour.
+DEFAULT_RAY_VERSION = "2.60.0"
+# Kubernetes' resource.Quantity grammar (apimachinery/pkg/api/resource), anchored.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# A DNS-1123 subdomain (names of claims, secrets, priority classes, queues).
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Label keys and values are restricted further by the API server; this catches the obvious typos.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Toleration(_Spec):
+    """A pod toleration (Kubernetes `core/v1 Toleration`, snake_case)."""
+
+    key: str | None = Field(None, max_length=317, description="Taint key; empty with operator Exists = every taint.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists matches any value; Equal needs value.")
+    value: str | None = Field(None, max_length=63, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to tolerate; empty = all effects."
+    )
+    toleration_seconds: int | None = Field(
+        None, ge=0, le=31_536_000, description="How long a NoExecute taint is tolerated before eviction."
+    )
+
+
+class Placement(_Spec):
+    """Node selection shared by every component."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Pod tolerations.")
+
+
+class ControllerPod(Placement):
+    """The Ray head pod: runs the forkrl controller (`forkrl train`) as the Ray job's driver."""
+
+    image: str | None = Field(None, min_length=1, max_length=512, description="Image; default cluster.image.")
+    cpu: str = Field("4", pattern=QUANTITY_PATTERN, description="CPU request and limit of the head pod.")
+    memory: str = Field("16Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit of the head pod.")
+
+
+class LearnerPods(Placement):
+    """Ray worker pods hosting the learner ranks (Megatron TP x PP x DP).
+
+    Pods = learner_ranks / ranks_per_pod (one pod when learner_ranks <= ranks_per_pod). Each pod gets
+    ranks x resources.gpus_per_learner GPUs (rounded up), ranks x resources.cpus_per_learner CPUs
+    (rounded up) and ranks x memory_per_rank memory.
+    """
+
+    image: str | None = Field(None, min_length=1, max_length=512, description="Image; default cluster.image.")
+    ranks_per_pod: int = Field(8, ge=1, le=64, description="Learner ranks per worker pod (GPUs of one node).")
+    memory_per_rank: str = Field("64Gi", pattern=QUANTITY_PATTERN, description="Memory per learner rank.")
+    shared_memory: str = Field(
+        "16Gi", pattern=QUANTITY_PATTERN, description="Size of the /dev/shm tmpfs (NCCL and dataloaders)."
+    )
+
+
+class RolloutPods(Placement):
+    """The rollout Deployment: one vLLM (or HF) server per replica; replicas = spec.rollout.replicas."""
+
+    image: str | None = Field(None, min_length=1, max_length=512, description="Image; default cluster.image.")
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per replica (vLLM tensor-parallel size); 0 = CPU.")
+    cpu: str = Field("8", pattern=QUANTITY_PATTERN, description="CPU request and limit per replica.")
+    memory: str = Field("64Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit per replica.")
+
+
+class VerifierPods(Placement):
+    """The reward-verifier Deployment (CPU only); not created when spec.verifier.endpoint is set."""
+
+    image: str | None = Field(None, min_length=1, max_length=512, description="Image; default cluster.image.")
+    replicas: int = Field(1, ge=0, le=1024, description="Verifier replicas behind one Service.")
+    cpu: str = Field("4", pattern=QUANTITY_PATTERN, description="CPU request and limit per replica.")
+    memory: str = Field("8Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit per replica.")
+
+
+class CreatedClaim(_Spec):
+    """A checkpoint PersistentVolumeClaim the operator creates (named `<job>-checkpoints`, deleted with the job)."""
+
+    size: str = Field("100Gi", pattern=QUANTITY_PATTERN, description="Requested storage.")
+    storage_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="StorageClass; default class if unset."
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = Field(
+        "ReadWriteMany", description="The head and every learner pod mount it, so usually ReadWriteMany."
+    )
+
+
+class StorageSpec(_Spec):
+    """Where checkpoints and run outputs live: an existing PVC, a PVC the operator creates, or an object store.
+
+    Relative `checkpoint.dir` / `observability.run_dir` of the spec are placed under `mount_path`. Without a
+    claim or URI an emptyDir is used: a retried or resumed job then starts from scratch.
+    """
+
+    claim_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Existing PersistentVolumeClaim to mount."
+    )
+    create_claim: CreatedClaim | None = Field(None, description="Create a PersistentVolumeClaim for this job.")
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^[a-z][a-z0-9+.-]*://\S+$",
+        description="Object-store URI (s3://bucket/prefix, gs://...); checkpoints go to <uri>/<job>/checkpoints.",
+    )
+    mount_path: str = Field(
+        "/var/lib/forkrl", pattern=r"^/[^\s]*$", max_length=256, description="Where the volume is mounted."
+    )
+
+
+class SchedulingSpec(_Spec):
+    """Gang scheduling of the learner through KubeRay's batch-scheduler integration, priority."""
+
+    batch_scheduler: Literal["none", "volcano", "kueue"] = Field(
+        "none",
+        description="volcano: KubeRay creates a PodGroup for the RayJob (KubeRay runs with "
+        "--batch-scheduler=volcano). kueue: the RayJob is created suspended and Kueue admits it whole.",
+    )
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+        description="Volcano queue or Kueue LocalQueue (label volcano.sh/queue-name or kueue.x-k8s.io/queue-name).",
+    )
+    priority_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="PriorityClass of every pod."
+    )
+
+
+class MonitoringSpec(_Spec):
+    """Prometheus scraping of the controller, rollout and verifier pods."""
+
+    pod_monitor: bool = Field(
+        False, description="Create a prometheus-operator PodMonitor (needs its CRD); pods are annotated either way."
+    )
+    controller_metrics_port: int = Field(
+        9090, ge=1024, le=65535, description="Port of the controller's /metrics when the spec asks for any free port."
+    )
+
+
+class ClusterSpec(_Spec):
+    """How the experiment maps onto Kubernetes."""
+
+    image: str = Field(DEFAULT_IMAGE, min_length=1, max_length=512, description="Default image of every pod.")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field("IfNotPresent", description="Pull policy.")
+    image_pull_secrets: list[str] = Field(default_factory=list, max_length=16, description="Secrets for the registry.")
+    ray_version: str = Field(
+        DEFAULT_RAY_VERSION, pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray version inside the images."
+    )
+    gpu_resource: str = Field(
+        "nvidia.com/gpu", min_length=1, max_length=253, description="Extended resource name of a GPU."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of every container.")
+    controller: ControllerPod = Field(default_factory=ControllerPod, description="Ray head pod (the controller).")
+    learner: LearnerPods = Field(default_factory=LearnerPods, description="Ray worker pods (learner ranks).")
+    rollout: RolloutPods = Field(default_factory=RolloutPods, description="Rollout Deployment pods.")
+    verifier: VerifierPods = Field(default_factory=VerifierPods, description="Verifier Deployment pods.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Checkpoint and run-output storage.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Gang scheduling and priority.")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
+    max_retries: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Learner failures forkrl retries (a new RayJob resuming from the last "
+        "checkpoint) before the RLVRJob fails; KubeRay's own backoffLimit stays 0.",
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, le=31_536_000, description="Wall-clock limit of one RayJob attempt (reason DeadlineExceeded)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        storage = self.storage
+        chosen = [name for name in ("claim_name", "create_claim", "uri") if getattr(storage, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"cluster.storage: set at most one of claim_name, create_claim, uri (got {chosen})")
+        if self.scheduling.batch_scheduler == "kueue" and self.scheduling.queue_name is None:
+            raise ValueError("cluster.scheduling.queue_name is required with batch_scheduler kueue")
+        return self
+
+    def image_of(self, component: Literal["controller", "learner", "rollout", "verifier"]) -> str:
+        return getattr(self, component).image or self.image
+
+    @property
+    def has_shared_storage(self) -> bool:
+        return self.storage.claim_name is not None or self.storage.create_claim is not None

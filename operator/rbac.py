@@ -1,0 +1,50 @@
+"""The operator's ClusterRole: exactly the verbs and resources it uses (chart `forkrl` renders these rules
+from helm/forkrl/files/clusterrole-rules.yaml, written by `forkrl crd --write`).
+
+Why each rule exists:
+- rlvrjobs: watch (kopf), get (fresh read per reconcile), patch (kopf's finalizer and annotations);
+  rlvrjobs/status: the operator's status; rlvrjobs/finalizers: `blockOwnerDeletion` owner references
+  need `update` there when the OwnerReferencesPermissionEnforcement admission plugin is on.
+- children (RayJobs, Deployments, Services, ConfigMaps, ServiceAccounts, Roles, RoleBindings, PVCs,
+  PodMonitors): list/watch (kopf indices), create+patch (server-side apply: a create the first time),
+  delete (retries replace the RayJob; the finalizer sweeps). ConfigMaps also `get` (none watched by name).
+- pods: list/watch only, to notice failed learner pods.
+- events: create (kopf posts one per transition).
+- clusterkopfpeerings: kopf's peering between replicas (list/watch/patch); CRDs: list/watch for kopf's
+  resource scanning.
+The per-job Role the operator grants the controller (get/patch of `<job>-status`) is a subset of these,
+so creating it needs no `escalate`/`bind`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+CHILD_VERBS = ["list", "watch", "create", "patch", "delete"]
+
+RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["forkrl.dev"], "resources": ["rlvrjobs"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["forkrl.dev"], "resources": ["rlvrjobs/status"], "verbs": ["patch"]},
+    {"apiGroups": ["forkrl.dev"], "resources": ["rlvrjobs/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": CHILD_VERBS},
+    {"apiGroups": [""], "resources": ["services", "serviceaccounts", "persistentvolumeclaims"], "verbs": CHILD_VERBS},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", *CHILD_VERBS]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": CHILD_VERBS},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+]
+
+
+def cluster_role_rules_yaml() -> str:
+    return yaml.safe_dump(RULES, sort_keys=False, width=120)
+
+
+def allowed(group: str, resource: str, verb: str) -> bool:
+    """Whether RULES grant `verb` on `group`/`resource` (subresources as `rlvrjobs/status`)."""
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in RULES)
