@@ -114,12 +114,13 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
         log(f"received {signal.Signals(signum).name}: finishing the current step, then checkpointing")
         stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, request_stop, signum)
     recorder = Recorder(spec.name, run_dir, spec.observability.metrics_port, spec.observability.tensorboard)
     local = LocalRun(spec, policy_path, tokenizer, train_rows, log)
     try:
         controller = await local.start()
+        # After ray.init, which installs its own SIGTERM handler (it would abort the driver).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, request_stop, signum)
         state = store.latest() if resume else None
         if resume and state is None:
             log(f"--resume: no checkpoint under {store.root}; starting from the beginning")
@@ -166,6 +167,8 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
                    controller.entropy_sample, log)
         return 0
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         progress.close()
         recorder.close()
         await local.stop()
