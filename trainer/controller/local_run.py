@@ -63,9 +63,13 @@ class LocalRun:
 
         spec = self.spec
         threads = spec.resources.torch_threads or 1
-        ray.init(num_cpus=max(os.cpu_count() or 1, spec.resources.learner_ranks * spec.resources.cpus_per_learner),
-                 include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+        env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+        if os.environ.get("RAY_ADDRESS"):  # inside a RayJob (KubeRay): join the job's cluster
+            ray.init(address="auto", log_to_driver=False, configure_logging=False, runtime_env=env)
+        else:  # embedded mode: a private local Ray
+            cpus = max(os.cpu_count() or 1, spec.resources.learner_ranks * spec.resources.cpus_per_learner)
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env=env)
         if spec.verifier.endpoint is None:
             config = {"run": spec.name, "math": spec.verifier.math.model_dump(),
                       "code": spec.verifier.code.model_dump()}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from forkrl.trainer.controller.checkpoints import CheckpointStore
+from forkrl.trainer.controller.cluster_status import StatusReporter
 from forkrl.trainer.controller.local_run import LocalRun
 from forkrl.trainer.controller.progress import Progress
 from forkrl.trainer.controller.recorder import Recorder, read_records
@@ -115,6 +116,7 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
         stop.set()
 
     recorder = Recorder(spec.name, run_dir, spec.observability.metrics_port, spec.observability.tensorboard)
+    reporter = StatusReporter.from_env(log)
     local = LocalRun(spec, policy_path, tokenizer, train_rows, log)
     try:
         controller = await local.start()
@@ -151,6 +153,10 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
                 await evaluate(controller, eval_sets, f"step_{controller.step}", recorder, log)
             if controller.step % spec.checkpoint.interval == 0 or last or stop.is_set():
                 await checkpoint(controller, store, info, log)
+            if reporter is not None:
+                latest = store.latest()
+                reporter.report(controller.step, controller.version, record.get("reward/mean"), record.get("accuracy"),
+                                str(latest.path) if latest else None)
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(BaseException):
