@@ -331,8 +331,7 @@ def derive(prev: dict[str, Any], obs: Observation) -> Decision:
         status["startTime"] = obs.now
     if phase in TERMINAL_PHASES and not prev.get("completionTime"):
         status["completionTime"] = obs.now
-    if phase != prev.get("phase") or reason != prev.get("reason"):
-        kind = "Warning" if phase == "Failed" or reason in ("Retrying",) else "Normal"
-        if not (retry and phase == prev.get("phase")):
-            events.append((kind, phase if phase != "Pending" else reason, message))
+    if not retry and (phase != prev.get("phase") or reason != prev.get("reason")):
+        kind = "Warning" if phase == "Failed" else "Normal"
+        events.append((kind, phase if phase != "Pending" else reason, message))
     return Decision(status=status, events=events, retry=retry)

@@ -1,0 +1,226 @@
+"""The pure child builders: exactly which objects an RLVRJob gets and what is in them (values derived by
+hand from the spec), and the spec the controller runs with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from forkrl.operator.children import build_children, manifest_hash
+from forkrl.operator.context import JobContext, controller_spec
+from forkrl.operator.names import HASH_ANNOTATION, JobNames
+from forkrl.operator.resource import RLVRJobResourceSpec
+from forkrl.trainer.spec import RLVRJobSpec
+from tests.operator.conftest import BASE_SPEC, deep_merge
+
+UID = "0c1d2e3f-0000-4000-8000-000000000001"
+
+
+def context(overrides: dict[str, Any] | None = None, attempt: int = 0, live_suspend: bool | None = None,
+            name: str = "exp", namespace: str = "team", objective: dict[str, Any] | None = None) -> JobContext:
+    data = {**deep_merge(BASE_SPEC, overrides or {}), "name": name}
+    if objective is not None:
+        data["objective"] = objective
+    spec = RLVRJobResourceSpec.model_validate(data)
+    return JobContext(JobNames(name, namespace), UID, spec, attempt, live_suspend)
+
+
+def by_kind(ctx: JobContext) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in build_children(ctx)}
+
+
+def container(pod_template: dict[str, Any]) -> dict[str, Any]:
+    return pod_template["spec"]["containers"][0]
+
+
+def test_a_job_gets_exactly_these_children_all_owned_and_labelled() -> None:
+    manifests = by_kind(context())
+    assert set(manifests) == {
+        ("ServiceAccount", "exp-controller"), ("Role", "exp-controller"), ("RoleBinding", "exp-controller"),
+        ("ConfigMap", "exp-config"), ("ConfigMap", "exp-status"), ("Service", "exp-rollout"),
+        ("Deployment", "exp-rollout"), ("Service", "exp-verifier"), ("Deployment", "exp-verifier"),
+        ("RayJob", "exp"),
+    }
+    for manifest in manifests.values():
+        meta = manifest["metadata"]
+        assert meta["namespace"] == "team"
+        assert meta["ownerReferences"] == [{"apiVersion": "forkrl.dev/v1alpha1", "kind": "RLVRJob", "name": "exp",
+                                            "uid": UID, "controller": True, "blockOwnerDeletion": True}]
+        assert meta["labels"]["forkrl.dev/job"] == "exp"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "exp"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "forkrl-operator"
+        assert meta["annotations"][HASH_ANNOTATION] == manifest_hash(manifest)
+
+
+def test_external_verifier_and_pod_monitor_change_the_set() -> None:
+    manifests = by_kind(context({"verifier": {"endpoint": "http://verifier.shared:8000"},
+                                 "cluster": {"monitoring": {"pod_monitor": True},
+                                             "storage": {"create_claim": {"size": "50Gi"}}}}))
+    assert ("Deployment", "exp-verifier") not in manifests and ("Service", "exp-verifier") not in manifests
+    monitor = manifests[("PodMonitor", "exp")]
+    assert monitor["spec"]["selector"] == {"matchLabels": {"forkrl.dev/job": "exp"}}
+    claim = manifests[("PersistentVolumeClaim", "exp-checkpoints")]
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}}}
+
+
+def test_ray_job_targets_kuberay_http_mode_without_kuberay_retries() -> None:
+    ray_job = by_kind(context())[("RayJob", "exp")]
+    spec = ray_job["spec"]
+    assert spec["submissionMode"] == "HTTPMode"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["backoffLimit"] == 0 and spec["suspend"] is False
+    assert spec["entrypoint"] == "forkrl train /etc/forkrl/spec.yaml --resume --quiet"
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert head["spec"]["serviceAccountName"] == "exp-controller"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container(head)["env"]}
+    assert env["FORKRL_STATUS_CONFIGMAP"] == "exp-status"
+    assert env["FORKRL_ROLLOUT_SERVICE"] == "exp-rollout.team.svc"
+    assert env["FORKRL_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert container(head)["image"] == "registry.test/forkrl:t1"
+    assert container(head)["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    mounts = {m["mountPath"]: m["name"] for m in container(head)["volumeMounts"]}
+    assert mounts == {"/etc/forkrl": "config", "/var/lib/forkrl": "storage", "/dev/shm": "dshm"}
+
+
+def test_learner_pods_follow_ranks_per_pod_and_per_rank_resources() -> None:
+    # 24 ranks, 8 per pod -> 3 pods of 8 GPUs, 8 x 1.5 = 12 CPUs, 8 x 8Gi = 64Gi each.
+    ctx = context({"resources": {"learner_ranks": 24, "cpus_per_learner": 1.5},
+                   "schedule": {"samples_per_prompt": 12}})
+    group = by_kind(ctx)[("RayJob", "exp")]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (3, 3, 3)
+    worker = container(group["template"])
+    assert worker["resources"]["limits"] == {"cpu": "12", "memory": "64Gi", "nvidia.com/gpu": "8"}
+    assert worker["resources"]["requests"] == worker["resources"]["limits"]
+    assert group["template"]["metadata"]["labels"]["forkrl.dev/ray-job"] == "exp"
+    # Fewer ranks than a pod holds: one pod with exactly those ranks.
+    small = by_kind(context({"resources": {"learner_ranks": 4, "gpus_per_learner": 0.5}}))
+    group = small[("RayJob", "exp")]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == 1
+    assert container(group["template"])["resources"]["limits"] == {"cpu": "4", "memory": "32Gi",
+                                                                   "nvidia.com/gpu": "2"}
+
+
+def test_retry_attempts_get_their_own_ray_job_name() -> None:
+    manifests = by_kind(context(attempt=2))
+    ray_job = manifests[("RayJob", "exp-r2")]
+    head = ray_job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert head["metadata"]["labels"]["forkrl.dev/ray-job"] == "exp-r2"
+    assert {"name": "FORKRL_ATTEMPT", "value": "2"} in container(head)["env"]
+
+
+def test_rollout_deployment_runs_the_rollout_cli_with_the_spec_values() -> None:
+    deployment = by_kind(context({"seed": 7, "rollout": {"max_batch_size": 96, "gpu_memory_utilization": 0.7},
+                                  "model": {"max_prompt_tokens": 100, "max_response_tokens": 300},
+                                  "cluster": {"rollout": {"gpus": 2, "image": "registry.test/vllm:x"}}}))[
+        ("Deployment", "exp-rollout")]
+    assert deployment["spec"]["replicas"] == 2
+    rollout = container(deployment["spec"]["template"])
+    assert rollout["image"] == "registry.test/vllm:x"
+    assert rollout["command"] == ["python", "-m", "forkrl.rollout"]
+    args = rollout["args"]
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert pairs == {"--engine": "vllm", "--model": "/models/qwen2.5-math-1.5b", "--host": "0.0.0.0",
+                     "--port": "8000", "--run": "exp", "--replica": "$(POD_NAME)", "--seed": "7",
+                     "--max-context": "400", "--in-flight-policy": "finish", "--tensor-parallel-size": "2",
+                     "--max-num-seqs": "96", "--gpu-memory-utilization": "0.7"}
+    assert rollout["resources"]["limits"] == {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "2"}
+    assert deployment["spec"]["selector"]["matchLabels"] == {"forkrl.dev/job": "exp",
+                                                             "app.kubernetes.io/component": "rollout"}
+
+
+def test_verifier_deployment_gets_its_config_and_a_worker_per_cpu() -> None:
+    manifests = by_kind(context({"cluster": {"verifier": {"cpu": "3500m", "replicas": 3}}}))
+    deployment = manifests[("Deployment", "exp-verifier")]
+    assert deployment["spec"]["replicas"] == 3
+    verifier = container(deployment["spec"]["template"])
+    assert verifier["args"][verifier["args"].index("--workers") + 1] == "3"  # floor(3.5 CPUs)
+    config = yaml.safe_load(manifests[("ConfigMap", "exp-config")]["data"]["verifier.yaml"])
+    assert config["run"] == "exp" and config["math"]["rewards_boxed"] == {"correct": 1.0, "incorrect": 0.0}
+    service = manifests[("Service", "exp-verifier")]["spec"]
+    assert "clusterIP" not in service and service["ports"][0]["port"] == 8000
+    rollout_service = manifests[("Service", "exp-rollout")]["spec"]
+    assert rollout_service["clusterIP"] == "None" and rollout_service["publishNotReadyAddresses"] is True
+
+
+def test_placement_scheduling_and_priority_reach_the_pods_and_the_ray_job() -> None:
+    ctx = context({"cluster": {
+        "learner": {"node_selector": {"pool": "h100"},
+                    "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        "scheduling": {"batch_scheduler": "volcano", "queue_name": "rl", "priority_class_name": "high"}}})
+    ray_job = by_kind(ctx)[("RayJob", "exp")]
+    assert ray_job["metadata"]["labels"]["ray.io/scheduler-name"] == "volcano"
+    assert ray_job["metadata"]["labels"]["volcano.sh/queue-name"] == "rl"
+    assert ray_job["metadata"]["labels"]["ray.io/priority-class-name"] == "high"
+    worker = ray_job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["nodeSelector"] == {"pool": "h100"}
+    assert worker["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert worker["priorityClassName"] == "high"
+
+
+def test_kueue_creates_the_ray_job_suspended_and_then_leaves_suspend_to_kueue() -> None:
+    kueue = {"cluster": {"scheduling": {"batch_scheduler": "kueue", "queue_name": "team-queue"}}}
+    first = by_kind(context(kueue))[("RayJob", "exp")]
+    assert first["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+    assert first["spec"]["suspend"] is True
+    admitted = by_kind(context(kueue, live_suspend=False))[("RayJob", "exp")]
+    assert admitted["spec"]["suspend"] is False  # Kueue admitted it: keep
+    suspended = by_kind(context({**kueue, "suspend": True}, live_suspend=False))[("RayJob", "exp")]
+    assert suspended["spec"]["suspend"] is True
+    with pytest.raises(ValidationError, match="queue_name is required"):
+        context({"cluster": {"scheduling": {"batch_scheduler": "kueue"}}})
+
+
+def test_suspend_scales_services_to_zero_and_suspends_the_ray_job() -> None:
+    manifests = by_kind(context({"suspend": True}))
+    assert manifests[("Deployment", "exp-rollout")]["spec"]["replicas"] == 0
+    assert manifests[("Deployment", "exp-verifier")]["spec"]["replicas"] == 0
+    assert manifests[("RayJob", "exp")]["spec"]["suspend"] is True
+
+
+def test_controller_spec_uses_the_services_and_the_job_volume() -> None:
+    ctx = context({"rollout": {"endpoints": ["http://extra:8000"]}, "checkpoint": {"dir": "/abs/ckpt"},
+                   "observability": {"run_dir": "runs/{name}"},
+                   "cluster": {"storage": {"claim_name": "shared", "mount_path": "/mnt/x"}}})
+    spec = controller_spec(ctx)
+    assert spec.name == "exp"
+    assert spec.rollout.replicas == 0
+    assert spec.rollout.endpoints == ["http://extra:8000", "http://exp-rollout.team.svc:8000"]
+    assert spec.verifier.endpoint == "http://exp-verifier.team.svc:8000"
+    assert spec.checkpoint.dir == "/abs/ckpt"  # absolute: kept
+    assert spec.observability.run_dir == "/mnt/x/runs/{name}"
+    assert spec.observability.metrics_port == 9090 and spec.observability.progress == "lines"
+    # The ConfigMap holds exactly this spec, and `forkrl train` reads it back unchanged.
+    text = by_kind(ctx)[("ConfigMap", "exp-config")]["data"]["spec.yaml"]
+    assert RLVRJobSpec.model_validate(yaml.safe_load(text)) == spec
+    uri = controller_spec(context({"cluster": {"storage": {"uri": "s3://bucket/rl/"}}}))
+    assert uri.checkpoint.dir == "s3://bucket/rl/{name}/checkpoints"
+
+
+def test_a_null_that_disables_survives_into_the_controller_spec() -> None:
+    ctx = context({"observability": {"metrics_port": None}}, objective={"name": "dapo", "dual_clip_c": None})
+    spec = controller_spec(ctx)
+    assert spec.objective.dual_clip_c is None
+    assert spec.observability.metrics_port is None
+    head = by_kind(ctx)[("RayJob", "exp")]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert "annotations" not in head["metadata"]  # nothing to scrape
+
+
+def test_hash_is_stable_and_follows_the_spec() -> None:
+    first, again = by_kind(context()), by_kind(context())
+    assert first == again
+    scaled = by_kind(context({"rollout": {"replicas": 3}}))
+    key = ("Deployment", "exp-rollout")
+    assert scaled[key]["metadata"]["annotations"][HASH_ANNOTATION] != first[key]["metadata"]["annotations"][
+        HASH_ANNOTATION]
+    assert scaled[("RayJob", "exp")] == first[("RayJob", "exp")]  # replicas do not touch the learner
+
+
+def test_cluster_rules_of_the_resource_spec() -> None:
+    with pytest.raises(ValidationError, match="ranks_per_pod"):
+        context({"resources": {"learner_ranks": 12}, "schedule": {"samples_per_prompt": 12}})
+    with pytest.raises(ValidationError, match="model.tiny on a cluster"):
+        context({"model": {"path": None, "tiny": {}}})
+    with pytest.raises(ValidationError, match="at most one of"):
+        context({"cluster": {"storage": {"claim_name": "a", "uri": "s3://b/c"}}})
