@@ -58,18 +58,31 @@ BASE_SPEC: dict[str, Any] = {
 
 
 def rlvrjob(name: str, namespace: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"apiVersion": "forkrl.dev/v1alpha1", "kind": "RLVRJob",
-            "metadata": {"name": name, "namespace": namespace}, "spec": deep_merge(BASE_SPEC, spec or {})}
+    return {
+        "apiVersion": "forkrl.dev/v1alpha1",
+        "kind": "RLVRJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": deep_merge(BASE_SPEC, spec or {}),
+    }
 
 
 class OperatorProcess:
     """`python -m forkrl.operator` as a subprocess (its own process group), with its metrics endpoint."""
 
-    def __init__(self, cluster: ControlPlane, kubeconfig: Path, name: str, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cluster: ControlPlane, kubeconfig: Path, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.metrics_port, self.liveness_port = free_ports(2)
-        argv = [sys.executable, "-m", "forkrl.operator", f"--kubeconfig={kubeconfig}", "--bind=127.0.0.1",
-                f"--metrics-port={self.metrics_port}", f"--liveness-port={self.liveness_port}", *args]
+        argv = [
+            sys.executable,
+            "-m",
+            "forkrl.operator",
+            f"--kubeconfig={kubeconfig}",
+            "--bind=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            f"--liveness-port={self.liveness_port}",
+            *args,
+        ]
         process_env = {**cluster.env, **(env or {})}
         self.process = ManagedProcess(name, argv, cluster.log_dir / f"{name}.log", env=process_env, cwd=REPO)
 
@@ -141,11 +154,29 @@ def forkrl_cluster(workload_cluster: ControlPlane) -> ControlPlane:
     cluster.install_kuberay_crds()
     if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
         cluster.create_namespace(OPERATOR_NAMESPACE)
-    cluster.helm("upgrade", "--install", "forkrl", str(CHART), "-n", OPERATOR_NAMESPACE,
-                 "--set", "operator.replicas=0", "--set", "peering.enabled=true", "--set", "peering.lifetime=8",
-                 "--wait", "--timeout=120s")
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rlvrjobs.forkrl.dev",
-                    "crd/clusterkopfpeerings.kopf.dev")
+    cluster.helm(
+        "upgrade",
+        "--install",
+        "forkrl",
+        str(CHART),
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--set",
+        "operator.replicas=0",
+        "--set",
+        "peering.enabled=true",
+        "--set",
+        "peering.lifetime=8",
+        "--wait",
+        "--timeout=120s",
+    )
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/rlvrjobs.forkrl.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+    )
     return cluster
 
 
@@ -193,8 +224,9 @@ def get_job(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
     return cluster.kubectl_json("get", "rlvrjob", name, "-n", namespace)
 
 
-def wait_phase(cluster: ControlPlane, namespace: str, name: str, phase: str, timeout: float = 60.0,
-               reason: str | None = None) -> dict[str, Any]:
+def wait_phase(
+    cluster: ControlPlane, namespace: str, name: str, phase: str, timeout: float = 60.0, reason: str | None = None
+) -> dict[str, Any]:
     def reached() -> bool:
         status = get_job(cluster, namespace, name).get("status") or {}
         return status.get("phase") == phase and (reason is None or status.get("reason") == reason)
@@ -210,8 +242,17 @@ def wait_phase(cluster: ControlPlane, namespace: str, name: str, phase: str, tim
 
 def patch_ray_job_status(cluster: ControlPlane, namespace: str, name: str, **status: str) -> None:
     """Advance a RayJob as KubeRay would (no Ray dashboard answers here), through the status subresource."""
-    cluster.kubectl("patch", "rayjob", name, "-n", namespace, "--subresource=status", "--type=merge",
-                    "-p", json.dumps({"status": status}))
+    cluster.kubectl(
+        "patch",
+        "rayjob",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
 
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Known, documented differences are checked as such, not skipped:
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,7 @@ Case = tuple[str, dict[str, Any]]
 
 def set_path(spec: dict[str, Any], path: list[str | int], value: Any) -> None:
     node: Any = spec
-    for part, following in zip(path[:-1], path[1:], strict=True):
+    for part, following in itertools.pairwise(path):
         if isinstance(part, int):
             node = node[part]
             continue
@@ -79,7 +80,7 @@ def edge_values(field: dict[str, Any]) -> list[Any]:
     kind = field.get("type")
     values: list[Any] = []
     if "enum" in field or "const" in field:
-        values += list(field.get("enum", [field.get("const")])) + ["not-a-choice"]
+        values += [*list(field.get("enum", [field.get("const")])), "not-a-choice"]
     elif kind in ("integer", "number"):
         step = 1 if kind == "integer" else 1e-6
         for key, inside, outside in (("minimum", 0, -step), ("maximum", 0, step)):
@@ -101,8 +102,9 @@ def edge_values(field: dict[str, Any]) -> list[Any]:
     return values
 
 
-def field_cases(schema: dict[str, Any], defs: dict[str, Any], path: list[str | int],
-                base: dict[str, Any]) -> Iterator[Case]:
+def field_cases(
+    schema: dict[str, Any], defs: dict[str, Any], path: list[str | int], base: dict[str, Any]
+) -> Iterator[Case]:
     schema = resolve(schema, defs)
     if "oneOf" in schema:  # the objective union: every variant's own fields
         for ref in schema["oneOf"]:
@@ -135,10 +137,20 @@ CROSS_FIELD: list[tuple[str, dict[str, Any]]] = [
     ("tp x pp = 8 divides 8", {"learner": {"parallel": {"tensor_parallel": 4, "pipeline_parallel": 2}}}),
     ("tp x pp = 6 does not divide 8", {"learner": {"parallel": {"tensor_parallel": 3, "pipeline_parallel": 2}}}),
     ("mini 3 does not divide train 8", {"schedule": {"mini_batch_size": 3}}),
-    ("dp 8 does not divide 4 x 3", {"learner": {"parallel": {"tensor_parallel": 1, "pipeline_parallel": 1}},
-                                   "schedule": {"samples_per_prompt": 3}}),
-    ("dp 8 divides 4 x 2", {"learner": {"parallel": {"tensor_parallel": 1, "pipeline_parallel": 1}},
-                           "schedule": {"samples_per_prompt": 2}}),
+    (
+        "dp 8 does not divide 4 x 3",
+        {
+            "learner": {"parallel": {"tensor_parallel": 1, "pipeline_parallel": 1}},
+            "schedule": {"samples_per_prompt": 3},
+        },
+    ),
+    (
+        "dp 8 divides 4 x 2",
+        {
+            "learner": {"parallel": {"tensor_parallel": 1, "pipeline_parallel": 1}},
+            "schedule": {"samples_per_prompt": 2},
+        },
+    ),
     ("cache 300 > 256 tokens", {"overlong": {"cache_tokens": 300}}),
     ("cache 256 = 256 tokens", {"overlong": {"cache_tokens": 256}}),
     ("cache 300, overlong off", {"overlong": {"cache_tokens": 300, "enabled": False}}),
@@ -146,28 +158,41 @@ CROSS_FIELD: list[tuple[str, dict[str, Any]]] = [
     ("pass@0", {"eval": {"pass_k": [0]}}),
     ("cold start without data", {"cold_start": {"enabled": True, "dataset": None}}),
     ("cosine without decay_steps", {"learner": {"optimizer": {"decay_style": "cosine"}}}),
-    ("decay_steps = warmup", {"learner": {"optimizer": {"decay_style": "linear", "decay_steps": 5,
-                                                          "warmup_steps": 5}}}),
+    (
+        "decay_steps = warmup",
+        {"learner": {"optimizer": {"decay_style": "linear", "decay_steps": 5, "warmup_steps": 5}}},
+    ),
     ("min_lr > lr", {"learner": {"optimizer": {"lr": 1e-6, "min_lr": 2e-6}}}),
-    ("virtual pipeline with pp 1", {"learner": {"parallel": {"pipeline_parallel": 1, "tensor_parallel": 2,
-                                                               "virtual_pipeline": 2}}}),
+    (
+        "virtual pipeline with pp 1",
+        {"learner": {"parallel": {"pipeline_parallel": 1, "tensor_parallel": 2, "virtual_pipeline": 2}}},
+    ),
     ("sequence parallel with tp 1", {"learner": {"parallel": {"tensor_parallel": 1, "sequence_parallel": True}}}),
     ("no rollout replicas, no endpoints", {"rollout": {"replicas": 0}}),
     ("no rollout replicas, an endpoint", {"rollout": {"replicas": 0, "endpoints": ["http://r:8000"]}}),
     ("dual temperature and temperature", {"rollout": {"sampling": {"temperature": 1.0, "dual_temperature": {}}}}),
     ("clip_cov bounds crossed", {"objective": {"name": "clip_cov", "cov_lower": 5.0, "cov_upper": 1.0}}),
     ("clip_cov lower above default upper", {"objective": {"name": "clip_cov", "cov_lower": 6.0}}),
-    ("arithmetic min > max ops", {"cold_start": {"dataset": {"name": "w", "count": 3,
-                                                             "arithmetic": {"min_ops": 3, "max_ops": 2}}}}),
-    ("dataset with path and arithmetic", {"data": {"train": [{"name": "x", "path": "/p", "arithmetic": {},
-                                                              "count": 3}]}}),
+    (
+        "arithmetic min > max ops",
+        {"cold_start": {"dataset": {"name": "w", "count": 3, "arithmetic": {"min_ops": 3, "max_ops": 2}}}},
+    ),
+    (
+        "dataset with path and arithmetic",
+        {"data": {"train": [{"name": "x", "path": "/p", "arithmetic": {}, "count": 3}]}},
+    ),
     ("dataset arithmetic without count", {"data": {"train": [{"name": "x", "arithmetic": {}}]}}),
     ("model with path and tiny", {"model": {"path": "/m", "tiny": {}}}),
     ("model with neither", {"model": {"max_prompt_tokens": 10}}),
     ("tiny model without shared storage", {"model": {"tiny": {}}}),
-    ("12 ranks, 8 per pod", {"resources": {"learner_ranks": 12}, "learner": {"parallel": {"tensor_parallel": 1,
-                                                                                            "pipeline_parallel": 1}},
-                             "schedule": {"samples_per_prompt": 12}}),
+    (
+        "12 ranks, 8 per pod",
+        {
+            "resources": {"learner_ranks": 12},
+            "learner": {"parallel": {"tensor_parallel": 1, "pipeline_parallel": 1}},
+            "schedule": {"samples_per_prompt": 12},
+        },
+    ),
     ("kueue without queue", {"cluster": {"scheduling": {"batch_scheduler": "kueue"}}}),
     ("claim and uri", {"cluster": {"storage": {"claim_name": "a", "uri": "s3://b/c"}}}),
 ]
@@ -175,8 +200,11 @@ CROSS_FIELD: list[tuple[str, dict[str, Any]]] = [
 
 def cases() -> list[Case]:
     schema = RLVRJobResourceSpec.model_json_schema()
-    generated = [case for case in field_cases(schema, schema["$defs"], [], BASE)
-                 if not case[0].startswith(("name=", "learner.reference.enabled"))]
+    generated = [
+        case
+        for case in field_cases(schema, schema["$defs"], [], BASE)
+        if not case[0].startswith(("name=", "learner.reference.enabled"))
+    ]
     rng = random.Random(7)
     combined = []
     for index in range(120):  # pairs of edits: rules that only fail together
@@ -214,11 +242,16 @@ def pydantic_accepts(spec: dict[str, Any]) -> bool:
 
 
 def server_accepts(kube: Kube, namespace: str, spec: dict[str, Any]) -> tuple[bool, str]:
-    body = {"apiVersion": "forkrl.dev/v1alpha1", "kind": "RLVRJob",
-            "metadata": {"name": "parity", "namespace": namespace}, "spec": spec}
+    body = {
+        "apiVersion": "forkrl.dev/v1alpha1",
+        "kind": "RLVRJob",
+        "metadata": {"name": "parity", "namespace": namespace},
+        "spec": spec,
+    }
     try:
-        kube.request("POST", object_path("RLVRJob", namespace), body,
-                     [("dryRun", "All"), ("fieldValidation", "Strict")])
+        kube.request(
+            "POST", object_path("RLVRJob", namespace), body, [("dryRun", "All"), ("fieldValidation", "Strict")]
+        )
     except KubeError as err:
         if err.status not in (400, 422):
             raise
@@ -241,8 +274,10 @@ def test_api_server_and_pydantic_agree_on_every_edge(forkrl_cluster: ControlPlan
         model = pydantic_accepts(spec)
         accepted += model
         if model != server:
-            disagreements.append(f"{label}: pydantic {'accepts' if model else 'rejects'}, API server "
-                                 f"{'accepts' if server else 'rejects: ' + message[:300]}")
+            disagreements.append(
+                f"{label}: pydantic {'accepts' if model else 'rejects'}, API server "
+                f"{'accepts' if server else 'rejects: ' + message[:300]}"
+            )
     assert not disagreements, "\n".join(disagreements[:30])
     # Both verdicts occur often: the cases sit on the edges, not all on one side.
     assert 0.25 < accepted / len(all_cases) < 0.75

@@ -15,21 +15,36 @@ from forkrl.operator.drift import is_subset, merge_diff, needs_apply, summarize
 from forkrl.operator.quantity import QuantityError, format_bytes, format_cpu, parse_quantity, quantities_equal
 from forkrl.operator.spec_changes import changed_paths, rollable, settle
 
-DESIRED = with_hash({
-    "apiVersion": "apps/v1", "kind": "Deployment",
-    "metadata": {"name": "exp-rollout", "namespace": "t", "labels": {"forkrl.dev/job": "exp"}},
-    "spec": {"replicas": 2, "template": {"spec": {
-        "containers": [{"name": "rollout", "resources": {"limits": {"cpu": "1.5", "memory": "1024Mi"}},
-                        "ports": [{"name": "http", "containerPort": 8000}]}],
-        "volumes": [{"name": "storage", "emptyDir": {}}]}}},
-})
+DESIRED = with_hash(
+    {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "exp-rollout", "namespace": "t", "labels": {"forkrl.dev/job": "exp"}},
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "rollout",
+                            "resources": {"limits": {"cpu": "1.5", "memory": "1024Mi"}},
+                            "ports": [{"name": "http", "containerPort": 8000}],
+                        }
+                    ],
+                    "volumes": [{"name": "storage", "emptyDir": {}}],
+                }
+            },
+        },
+    }
+)
 
 
 def live_copy() -> dict[str, Any]:
     """What the API server returns for DESIRED: server defaults added, quantities canonical."""
     live = copy.deepcopy(DESIRED)
-    live["metadata"].update({"uid": "u", "resourceVersion": "7", "generation": 1,
-                             "managedFields": [{"manager": "forkrl-operator"}]})
+    live["metadata"].update(
+        {"uid": "u", "resourceVersion": "7", "generation": 1, "managedFields": [{"manager": "forkrl-operator"}]}
+    )
     live["spec"]["strategy"] = {"type": "RollingUpdate"}
     container = live["spec"]["template"]["spec"]["containers"][0]
     container["resources"]["limits"] = {"cpu": "1500m", "memory": "1Gi"}
@@ -101,8 +116,12 @@ def test_merge_diff_turns_old_into_new(old: dict[str, Any], new: dict[str, Any])
 
 
 def test_settle_takes_rollable_changes_and_refuses_the_others() -> None:
-    accepted = {"rollout": {"replicas": 2, "engine": "vllm"}, "learner": {"parallel": {"tensor_parallel": 2}},
-                "cluster": {"verifier": {"replicas": 1}, "learner": {"ranks_per_pod": 8}}, "suspend": False}
+    accepted = {
+        "rollout": {"replicas": 2, "engine": "vllm"},
+        "learner": {"parallel": {"tensor_parallel": 2}},
+        "cluster": {"verifier": {"replicas": 1}, "learner": {"ranks_per_pod": 8}},
+        "suspend": False,
+    }
     current = copy.deepcopy(accepted)
     current["rollout"]["replicas"] = 4
     current["cluster"]["verifier"]["replicas"] = 3
@@ -119,10 +138,19 @@ def test_settle_takes_rollable_changes_and_refuses_the_others() -> None:
     assert rollable("cluster.rollout.gpus") and not rollable("rollout.engine") and not rollable("cluster.env.X")
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("500m", Decimal("0.5")), ("2", Decimal(2)), ("1.5", Decimal("1.5")), ("16Gi", Decimal(16 * 2**30)),
-    ("1536Mi", Decimal(1536 * 2**20)), ("1e3", Decimal(1000)), ("2k", Decimal(2000)), ("100M", Decimal(10**8)),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", Decimal("0.5")),
+        ("2", Decimal(2)),
+        ("1.5", Decimal("1.5")),
+        ("16Gi", Decimal(16 * 2**30)),
+        ("1536Mi", Decimal(1536 * 2**20)),
+        ("1e3", Decimal(1000)),
+        ("2k", Decimal(2000)),
+        ("100M", Decimal(10**8)),
+    ],
+)
 def test_quantities(text: str, value: Decimal) -> None:
     assert parse_quantity(text) == value
 

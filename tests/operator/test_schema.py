@@ -71,21 +71,31 @@ def test_optional_fields_are_nullable_only_when_null_differs_from_absent() -> No
     # default None: a null is pruned by the API server, i.e. absent - the same as None.
     assert props["maybe"] == {"type": "integer", "minimum": 0, "description": "Optional, default None."}
     # default 10: an explicit null (disable) must survive, so the field is nullable and keeps its default.
-    assert props["clip"] == {"type": "number", "minimum": 1.0, "exclusiveMinimum": True, "nullable": True,
-                             "description": "Optional with a default.", "default": 10.0}
+    assert props["clip"] == {
+        "type": "number",
+        "minimum": 1.0,
+        "exclusiveMinimum": True,
+        "nullable": True,
+        "description": "Optional with a default.",
+        "default": 10.0,
+    }
 
 
 def test_scalar_type_union_keeps_any_value_and_says_so() -> None:
     flag = convert()["properties"]["flag"]
     assert flag["x-kubernetes-preserve-unknown-fields"] is True
     assert "type" not in flag and flag["default"] == "auto"
-    assert "Must be a boolean or \"auto\"" in flag["description"]
+    assert 'Must be a boolean or "auto"' in flag["description"]
 
 
 def test_maps_and_lists_are_structural() -> None:
     props = convert()["properties"]
-    assert props["tags"] == {"type": "object", "additionalProperties": {"type": "string"},
-                             "description": "Free labels.", "default": {}}
+    assert props["tags"] == {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "description": "Free labels.",
+        "default": {},
+    }
     assert props["items"]["type"] == "array" and props["items"]["maxItems"] == 4
     assert props["items"]["items"]["properties"]["x"]["maximum"] == 5
 
@@ -152,7 +162,12 @@ def test_crd_has_status_subresource_printer_columns_and_root_rules() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["rlvr"] and crd["spec"]["scope"] == "Namespaced"
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]][:5] == [
-        "Phase", "Step", "Reward", "Accuracy", "Objective"]
+        "Phase",
+        "Step",
+        "Reward",
+        "Accuracy",
+        "Objective",
+    ]
     root = version["schema"]["openAPIV3Schema"]
     assert any("self.metadata.name" in r["rule"] for r in root["x-kubernetes-validations"])
     status = root["properties"]["status"]["properties"]

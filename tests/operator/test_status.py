@@ -19,9 +19,14 @@ RUNNING = RayJobObservation("exp", "Running", "RUNNING", ray_cluster_name="exp-x
 
 
 def observe(t: int = 0, **fields: Any) -> Observation:
-    base: dict[str, Any] = {"generation": 1, "now": f"2026-01-01T00:00:{t:02d}Z", "ray_job_name": "exp",
-                            "ray_job": RayJobObservation("exp", "Initializing"), "rollout": READY,
-                            "verifier": READY}
+    base: dict[str, Any] = {
+        "generation": 1,
+        "now": f"2026-01-01T00:00:{t:02d}Z",
+        "ray_job_name": "exp",
+        "ray_job": RayJobObservation("exp", "Initializing"),
+        "rollout": READY,
+        "verifier": READY,
+    }
     base.update(fields)
     return Observation(**base)
 
@@ -78,11 +83,18 @@ def test_a_failed_ray_job_fails_the_job_with_its_reason_and_message() -> None:
     failed = RayJobObservation("exp", "Failed", "FAILED", reason="AppFailed", message="Job entrypoint command failed")
     _, decision = run(observe(0, ray_job=RUNNING), observe(1, ray_job=failed))
     status = decision.status
-    assert (status["phase"], status["reason"], status["message"]) == ("Failed", "AppFailed",
-                                                                      "Job entrypoint command failed")
+    assert (status["phase"], status["reason"], status["message"]) == (
+        "Failed",
+        "AppFailed",
+        "Job entrypoint command failed",
+    )
     assert conditions(decision)["Failed"] == ("True", "AppFailed")
-    assert status["lastFailure"] == {"reason": "AppFailed", "message": "Job entrypoint command failed",
-                                     "rayJob": "exp", "time": "2026-01-01T00:00:01Z"}
+    assert status["lastFailure"] == {
+        "reason": "AppFailed",
+        "message": "Job entrypoint command failed",
+        "rayJob": "exp",
+        "time": "2026-01-01T00:00:01Z",
+    }
     assert ("Warning", "Failed", "Job entrypoint command failed") in decision.events
     deadline = RayJobObservation("exp", "Failed", "", reason="DeadlineExceeded", message="deadline")
     assert derive({}, observe(ray_job=deadline)).status["reason"] == "DeadlineExceeded"
@@ -112,8 +124,13 @@ def test_a_failed_learner_pod_fails_the_attempt() -> None:
 def test_suspend_reports_suspending_until_the_children_are_down() -> None:
     suspending, suspended = run(
         observe(0, suspend=True, ray_job=RayJobObservation("exp", "Suspending", "RUNNING", suspend=True)),
-        observe(1, suspend=True, ray_job=RayJobObservation("exp", "Suspended", "", suspend=True),
-                rollout=DeploymentObservation(0), verifier=DeploymentObservation(0)),
+        observe(
+            1,
+            suspend=True,
+            ray_job=RayJobObservation("exp", "Suspended", "", suspend=True),
+            rollout=DeploymentObservation(0),
+            verifier=DeploymentObservation(0),
+        ),
     )
     assert (suspending.status["phase"], suspending.status["reason"]) == ("Suspended", "Suspending")
     assert (suspended.status["phase"], suspended.status["reason"]) == ("Suspended", "Suspended")
@@ -143,10 +160,25 @@ def test_derive_is_idempotent_and_keeps_transition_times() -> None:
 
 
 def test_progress_from_the_status_config_map() -> None:
-    good = {"step": "12", "reward": "0.375", "accuracy": "0.5", "weightVersion": "12",
-            "checkpoint": "/ckpt/step_10", "updatedAt": "2026-01-01T00:00:00Z"}
-    assert parse_progress(good) == ({"step": 12, "reward": 0.375, "accuracy": 0.5, "weightVersion": 12,
-                                     "checkpoint": "/ckpt/step_10", "progressTime": "2026-01-01T00:00:00Z"}, ())
+    good = {
+        "step": "12",
+        "reward": "0.375",
+        "accuracy": "0.5",
+        "weightVersion": "12",
+        "checkpoint": "/ckpt/step_10",
+        "updatedAt": "2026-01-01T00:00:00Z",
+    }
+    assert parse_progress(good) == (
+        {
+            "step": 12,
+            "reward": 0.375,
+            "accuracy": 0.5,
+            "weightVersion": 12,
+            "checkpoint": "/ckpt/step_10",
+            "progressTime": "2026-01-01T00:00:00Z",
+        },
+        (),
+    )
     values, errors = parse_progress({"step": "-1", "reward": "nan", "accuracy": "high", "weightVersion": "3"})
     assert values == {"weightVersion": 3}
     assert errors == ("step='-1'", "reward='nan'", "accuracy='high'")
