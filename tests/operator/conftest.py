@@ -216,7 +216,9 @@ def module_operator(request: pytest.FixtureRequest) -> Iterator[OperatorProcess]
 
 def children(cluster: ControlPlane, namespace: str, job: str) -> dict[tuple[str, str], dict[str, Any]]:
     """(kind, name) -> object of everything labelled forkrl.dev/job=<job> in the namespace."""
-    items = cluster.kubectl_json("get", ",".join(CHILD_KINDS), "-n", namespace, "-l", f"forkrl.dev/job={job}")["items"]
+    items = cluster.kubectl_json(
+        "get", ",".join(CHILD_KINDS), "-n", namespace, "-l", f"forkrl.dev/job={job}", "--show-managed-fields"
+    )["items"]
     return {(item["kind"], item["metadata"]["name"]): item for item in items}
 
 
