@@ -23,6 +23,10 @@ class ArithmeticSpec(BaseModel):
     max_ops: int = Field(3, ge=1, le=16, description="Most operators in a problem.")
     max_operand: int = Field(9, ge=1, le=10_000, description="Operands are drawn from [0, max_operand].")
     ops: str = Field("+-*", pattern=r"^[+*-]+$", description="Operator characters used (from + - *).")
+    boxed_fraction: float = Field(
+        1.0, ge=0.0, le=1.0, description="Fraction of worked solutions ending in \\boxed{answer}; the rest end "
+        "with `Answer: answer`, a style the boxed verifier does not reward (a cold start with mixed habits)."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ArithmeticSpec:
@@ -50,13 +54,15 @@ def worked_solution(tokens: list[str]) -> tuple[list[str], int]:
 
 
 def make_problem(rng: random.Random, spec: ArithmeticSpec) -> tuple[str, str, int]:
-    """One random problem: (expression, worked solution text ending in \\boxed{answer}, answer)."""
+    """One random problem: (expression, worked solution ending in \\boxed{answer} or, for a
+    1 - boxed_fraction share, in `Answer: answer`, answer)."""
     num_ops = rng.randint(spec.min_ops, spec.max_ops)
     tokens = [str(rng.randint(0, spec.max_operand))]
     for _ in range(num_ops):
         tokens += [rng.choice(spec.ops), str(rng.randint(0, spec.max_operand))]
     steps, answer = worked_solution(tokens)
-    return "".join(tokens), ",".join(steps) + f".\\boxed{{{answer}}}", answer
+    ending = f".\\boxed{{{answer}}}" if rng.random() < spec.boxed_fraction else f". Answer: {answer}"
+    return "".join(tokens), ",".join(steps) + ending, answer
 
 
 def arithmetic_rows(count: int, seed: int, spec: ArithmeticSpec | None = None,

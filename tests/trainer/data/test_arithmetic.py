@@ -35,3 +35,13 @@ def test_sets_are_reproducible_distinct_and_disjoint() -> None:
 def test_impossible_request_fails_clearly() -> None:
     with pytest.raises(ValueError, match="distinct problems"):
         arithmetic_rows(1000, seed=0, spec=ArithmeticSpec(min_ops=1, max_ops=1, max_operand=2, ops="+"))
+
+
+def test_boxed_fraction_mixes_answer_styles() -> None:
+    rows = arithmetic_rows(400, seed=4, spec=ArithmeticSpec(boxed_fraction=0.5))
+    boxed = [r for r in rows if r.metadata["solution"].endswith(f"\\boxed{{{r.answer}}}")]
+    plain = [r for r in rows if r.metadata["solution"].endswith(f". Answer: {r.answer}")]
+    assert len(boxed) + len(plain) == 400
+    assert 150 < len(boxed) < 250  # about half, from a seeded coin
+    assert all(r.metadata["solution"].endswith("\\boxed{" + r.answer + "}")
+               for r in arithmetic_rows(50, seed=4, spec=ArithmeticSpec(boxed_fraction=1.0)))
