@@ -33,7 +33,7 @@ def _run(model: dict[str, Any], dtype: str, tp: int) -> dict[str, Any]:
     return run_world(workers.gpu_checks, tp, model["dir"], model["batch"], dtype, tp, backend="nccl")[0]
 
 
-def _check(model: dict[str, Any], result: dict[str, Any], atol: float) -> None:
+def check_against_hf(model: dict[str, Any], result: dict[str, Any], atol: float) -> None:
     mask = model["batch"].response_mask.bool()
     logp_err = (result["logp"].double() - model["logp"])[mask].abs()
     entropy_err = (result["entropy"].double() - model["entropy"])[mask].abs()
@@ -46,7 +46,7 @@ def _check(model: dict[str, Any], result: dict[str, Any], atol: float) -> None:
 
 def test_single_gpu_fp32_matches_hf(model: dict[str, Any]) -> None:
     result = _run(model, "float32", 1)
-    _check(model, result, atol=1e-3)  # TF32 matmuls may be enabled on the device
+    check_against_hf(model, result, atol=1e-3)  # TF32 matmuls may be enabled on the device
     on_disk = load_file(str(Path(model["dir"]) / "model.safetensors"))
     for name, tensor in on_disk.items():
         assert torch.equal(result["before"][name], tensor), name
@@ -54,9 +54,9 @@ def test_single_gpu_fp32_matches_hf(model: dict[str, Any]) -> None:
 
 def test_single_gpu_bf16_close_to_hf(model: dict[str, Any]) -> None:
     result = _run(model, "bfloat16", 1)
-    _check(model, result, atol=0.25)  # bf16 weights and activations vs the fp32/fp64 reference
+    check_against_hf(model, result, atol=0.25)  # bf16 weights and activations vs the fp32/fp64 reference
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_two_gpu_tensor_parallel_bf16(model: dict[str, Any]) -> None:
-    _check(model, _run(model, "bfloat16", 2), atol=0.25)
+    check_against_hf(model, _run(model, "bfloat16", 2), atol=0.25)
