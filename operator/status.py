@@ -165,10 +165,12 @@ def _learner_condition(obs: Observation) -> dict[str, Any]:
     if ray.running:
         return _condition("LearnerReady", True, "RayJobRunning", f"RayJob {ray.name} is running")
     state = ray.job_deployment_status or "New"
+    # Deployed but the Ray application not running yet: KubeRay is submitting it.
+    reason = "RayJobStarting" if state == "Running" else f"RayJob{state}"
     return _condition(
         "LearnerReady",
         False,
-        f"RayJob{state}",
+        reason,
         f"RayJob {ray.name}: jobDeploymentStatus={state}, jobStatus={ray.job_status or '-'}",
     )
 

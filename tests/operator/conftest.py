@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 # A job that fits the kwok nodes (two with 8 GPUs, one CPU node; 32 CPUs and 256Gi each): one learner
-# pod with 8 ranks on one GPU node, two 1-GPU rollout replicas on the other.
+# pod with 8 ranks on one GPU node, two 1-GPU rollout replicas on the other (node selectors: left to the
+# scheduler, the rollout replicas would take a GPU of each node and the 8-GPU learner pod would not fit).
 BASE_SPEC: dict[str, Any] = {
     "model": {"path": "/models/qwen2.5-math-1.5b"},
     "data": {"train": [{"name": "dapo", "path": "/data/dapo-math-17k.parquet"}]},
@@ -50,9 +52,18 @@ BASE_SPEC: dict[str, Any] = {
     "cluster": {
         "image": "registry.test/forkrl:t1",
         "controller": {"cpu": "2", "memory": "4Gi"},
-        "learner": {"memory_per_rank": "8Gi", "shared_memory": "1Gi"},
-        "rollout": {"gpus": 1, "cpu": "2", "memory": "8Gi"},
-        "verifier": {"replicas": 1, "cpu": "2", "memory": "2Gi"},
+        "learner": {
+            "memory_per_rank": "8Gi",
+            "shared_memory": "1Gi",
+            "node_selector": {"kubernetes.io/hostname": "kwok-gpu-0"},
+        },
+        "rollout": {"gpus": 1, "cpu": "2", "memory": "8Gi", "node_selector": {"kubernetes.io/hostname": "kwok-gpu-1"}},
+        "verifier": {
+            "replicas": 1,
+            "cpu": "2",
+            "memory": "2Gi",
+            "node_selector": {"kubernetes.io/hostname": "kwok-cpu-0"},
+        },
     },
 }
 
@@ -147,11 +158,49 @@ class OperatorProcess:
         return self.process.log_tail(lines)
 
 
+# prometheus-operator's PodMonitor and ServiceMonitor, reduced to what the API server needs to serve them
+# (the operator creates PodMonitors, the chart a ServiceMonitor/PodMonitor when asked).
+MONITORING_CRDS = [
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": plural[:-1], "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    for kind, plural in (("PodMonitor", "podmonitors"), ("ServiceMonitor", "servicemonitors"))
+]
+
+
 @pytest.fixture(scope="session")
 def forkrl_cluster(workload_cluster: ControlPlane) -> ControlPlane:
-    """The workload cluster with KubeRay's CRDs and the `forkrl` chart (no operator pod: replicas 0)."""
+    """The workload cluster with KubeRay's CRDs, monitoring CRDs and the `forkrl` chart (no operator pod)."""
     cluster = workload_cluster
     cluster.install_kuberay_crds()
+    cluster.apply(MONITORING_CRDS)
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/podmonitors.monitoring.coreos.com",
+        "crd/servicemonitors.monitoring.coreos.com",
+    )
     if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
         cluster.create_namespace(OPERATOR_NAMESPACE)
     cluster.helm(
@@ -243,7 +292,10 @@ def wait_phase(
 
 
 def patch_ray_job_status(cluster: ControlPlane, namespace: str, name: str, **status: str) -> None:
-    """Advance a RayJob as KubeRay would (no Ray dashboard answers here), through the status subresource."""
+    """Advance a RayJob as KubeRay would (no Ray dashboard answers here), through the status subresource.
+    A finished job gets its endTime, which KubeRay's shutdown-after-finish reads."""
+    if status.get("jobDeploymentStatus") in ("Complete", "Failed"):
+        status.setdefault("endTime", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     cluster.kubectl(
         "patch",
         "rayjob",

@@ -350,13 +350,15 @@ def test_deleting_the_job_leaves_no_child_behind(
     forkrl_cluster: ControlPlane, k8s_namespace: str, module_operator: OperatorProcess
 ) -> None:
     cluster, ns = forkrl_cluster, k8s_namespace
-    apply(cluster, rlvrjob("exp", ns, {"cluster": {"storage": {"create_claim": {"size": "1Gi"}}}}))
-    want = expected("exp") | {("PersistentVolumeClaim", "exp-checkpoints")}
+    monitored = {"storage": {"create_claim": {"size": "1Gi"}}, "monitoring": {"pod_monitor": True}}
+    apply(cluster, rlvrjob("exp", ns, {"cluster": monitored}))
+    want = expected("exp") | {("PersistentVolumeClaim", "exp-checkpoints"), ("PodMonitor", "exp")}
 
     def all_children() -> set[tuple[str, str]]:
         items = cluster.kubectl_json(
             "get",
-            "rayjob,deployment,replicaset,pod,service,configmap,serviceaccount,role,rolebinding,persistentvolumeclaim",
+            "rayjob,deployment,replicaset,pod,service,configmap,serviceaccount,role,rolebinding,persistentvolumeclaim,"
+            "podmonitor",
             "-n",
             ns,
         )["items"]
