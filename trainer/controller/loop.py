@@ -161,6 +161,9 @@ class RLVRController:
         scored = collected.scored
         lengths = scored.rollout.response_lengths.double()
         lag = self.version - 1 - scored.rollout.weight_version
+        if int(lag.max()) > self.spec.schedule.max_staleness:
+            raise RuntimeError(f"samples lag {int(lag.max())} weight versions behind the learner, more than "
+                               f"schedule.max_staleness={self.spec.schedule.max_staleness}")
         record = {
             **learner_metrics,
             **collected.stats,
@@ -177,6 +180,7 @@ class RLVRController:
             "replicas/repushed_total": float(self.repushed_total),
             "weight_version_lag/max": float(lag.max()),
             "weight_version_lag/mean": float(lag.double().mean()),
+            "weight_version_lag/per_sample": lag.tolist(),
             "time/rollout": collected.times.rollout,
             "time/verify": collected.times.verify,
             "time/step": step_seconds,

@@ -63,6 +63,9 @@ class ScheduleSpec(_Spec):
 
     @model_validator(mode="after")
     def _mini_batches_divide(self) -> ScheduleSpec:
+        if self.mode == "one_step_off_policy" and self.max_staleness < 1:
+            raise ValueError("schedule.max_staleness must be >= 1 with mode one_step_off_policy (samples lag one "
+                             "weight version)")
         if self.train_batch_size % self.mini_batch_size:
             raise ValueError(
                 f"schedule.mini_batch_size={self.mini_batch_size} must divide "

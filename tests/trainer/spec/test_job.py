@@ -51,6 +51,7 @@ def test_minimal_spec_gets_documented_defaults() -> None:
         ({"model": {"tiny": {}, "path": "/models/x"}}, "model"),
         ({"overlong__cache_tokens": 1000}, "overlong.cache_tokens"),
         ({"eval__pass_k": [4], "eval__samples_per_problem": 2}, "eval.pass_k"),
+        ({"schedule__mode": "one_step_off_policy", "schedule__max_staleness": 0}, "schedule.max_staleness"),
     ],
 )
 def test_bad_specs_name_the_field(changes: dict, field: str) -> None:
