@@ -86,6 +86,9 @@ def register(registry: kopf.OperatorRegistry, config: HandlerConfig) -> None:
         settings.watching.connect_timeout = 30
         settings.networking.request_timeout = 60
         settings.peering.lifetime = config.peering_lifetime
+        # A deleted job waits for its resync timer to stop before the finalizer goes; poll that often
+        # (kopf's default is 60 s when a tick is running at the moment of deletion).
+        settings.background.cancellation_polling = 1.0
         for kind in CHILD_KINDS:
             group, version, plural = KINDS[kind]
             settings.watching.label_selectors[group, version, plural] = JOB_LABEL

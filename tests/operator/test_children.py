@@ -14,7 +14,7 @@ from forkrl.operator.context import JobContext, controller_spec
 from forkrl.operator.names import HASH_ANNOTATION, JobNames
 from forkrl.operator.resource import RLVRJobResourceSpec
 from forkrl.trainer.spec import RLVRJobSpec
-from tests.operator.conftest import BASE_SPEC, deep_merge
+from tests.operator.harness import BASE_SPEC, deep_merge
 
 UID = "0c1d2e3f-0000-4000-8000-000000000001"
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.cluster.controlplane import ControlPlane, KubectlError
-from tests.operator.conftest import rlvrjob
+from tests.operator.harness import rlvrjob
 
 
 def apply(cluster: ControlPlane, obj: dict[str, Any], *args: str) -> str:

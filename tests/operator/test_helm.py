@@ -12,7 +12,7 @@ import yaml
 
 from forkrl.trainer.controller.recorder import GAUGES, LABELLED
 from tests.cluster.controlplane import ControlPlane, KubectlError
-from tests.operator.conftest import CHART, OPERATOR_NAMESPACE, REPO, get_job
+from tests.operator.harness import CHART, OPERATOR_NAMESPACE, REPO, get_job
 
 JOB_CHART = REPO / "helm" / "rlvrjob"
 

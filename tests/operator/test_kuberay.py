@@ -13,7 +13,7 @@ import yaml
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.fixtures import KWOK_NODES
-from tests.operator.conftest import OperatorProcess, condition, get_job, patch_ray_job_status, rlvrjob, wait_phase
+from tests.operator.harness import OperatorProcess, condition, get_job, patch_ray_job_status, rlvrjob, wait_phase
 
 GPU_NODES = {name for name, gpus in KWOK_NODES if gpus}
 

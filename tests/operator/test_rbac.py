@@ -9,7 +9,7 @@ import yaml
 
 from forkrl.operator.rbac import RULES, allowed
 from tests.cluster.controlplane import ControlPlane
-from tests.operator.conftest import CHART, OPERATOR_NAMESPACE, OPERATOR_SA
+from tests.operator.harness import CHART, OPERATOR_NAMESPACE, OPERATOR_SA
 
 SUBJECT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
 

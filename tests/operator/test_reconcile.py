@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.controlplane import ControlPlane
-from tests.operator.conftest import (
+from tests.operator.harness import (
     OperatorProcess,
     children,
     condition,

@@ -14,7 +14,7 @@ from forkrl.operator.names import HASH_ANNOTATION, JobNames
 from forkrl.operator.reconcile import CRASH_ENV
 from forkrl.operator.resource import RLVRJobResourceSpec
 from tests.cluster.controlplane import ControlPlane
-from tests.operator.conftest import OperatorProcess, children, get_job, rlvrjob, wait_phase
+from tests.operator.harness import OperatorProcess, children, get_job, rlvrjob, wait_phase
 from tests.operator.test_reconcile import expected, wait_children
 
 
