@@ -173,7 +173,12 @@ def model_rules() -> dict[str, list[dict[str, str]]]:
                 "self.train_batch_size % self.mini_batch_size == 0",
                 "schedule.mini_batch_size must divide schedule.train_batch_size",
                 ".mini_batch_size",
-            )
+            ),
+            rule(
+                "self.mode != 'one_step_off_policy' || self.max_staleness >= 1",
+                "schedule.max_staleness must be >= 1 with mode one_step_off_policy",
+                ".max_staleness",
+            ),
         ],
         # Guarded by `self.name == 'clip_cov'` where the objective union is built.
         "ClipCovConfig": [

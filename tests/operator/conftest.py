@@ -88,5 +88,3 @@ def module_operator(request: pytest.FixtureRequest) -> Iterator[OperatorProcess]
     operator = OperatorProcess(cluster, kubeconfig, name, "--standalone", "--resync-seconds=2").start()
     yield operator
     operator.stop()
-
-

@@ -256,14 +256,14 @@ def count_children(cluster: ControlPlane, namespace: str) -> int:
     return len(out.split())
 
 
-def create_and_wait(cluster: ControlPlane, namespace: str, count: int, timeout: float,
-                    prefix: str = "load") -> float:
+def create_and_wait(cluster: ControlPlane, namespace: str, count: int, timeout: float, prefix: str = "load") -> float:
     """Seconds from `kubectl apply` of `count` jobs (one request stream) to all their children existing."""
     text = "\n---\n".join(json.dumps(job) for job in small_jobs(namespace, count, prefix))
     start = time.monotonic()
     cluster.kubectl("apply", "-f", "-", input=text, timeout=timeout)
-    cluster.wait_for(lambda: count_children(cluster, namespace) >= count * CHILDREN_PER_JOB,
-                     f"children of {count} jobs", timeout)
+    cluster.wait_for(
+        lambda: count_children(cluster, namespace) >= count * CHILDREN_PER_JOB, f"children of {count} jobs", timeout
+    )
     return time.monotonic() - start
 
 
@@ -271,6 +271,12 @@ def delete_and_wait(cluster: ControlPlane, namespace: str, timeout: float) -> fl
     """Seconds from deleting every RLVRJob of the namespace to no child being left."""
     start = time.monotonic()
     cluster.kubectl("delete", "rlvrjobs", "--all", "-n", namespace, "--wait=false", timeout=timeout)
-    cluster.wait_for(lambda: count_children(cluster, namespace) == 0 and not cluster.kubectl(
-        "get", "rlvrjobs", "-n", namespace, "-o", "name").stdout.strip(), "every job and child to be gone", timeout)
+    cluster.wait_for(
+        lambda: (
+            count_children(cluster, namespace) == 0
+            and not cluster.kubectl("get", "rlvrjobs", "-n", namespace, "-o", "name").stdout.strip()
+        ),
+        "every job and child to be gone",
+        timeout,
+    )
     return time.monotonic() - start

@@ -202,7 +202,7 @@ def test_placement_scheduling_and_priority_reach_the_pods_and_the_ray_job() -> N
     assert ray_job["metadata"]["labels"]["volcano.sh/queue-name"] == "rl"
     assert ray_job["metadata"]["labels"]["ray.io/priority-class-name"] == "high"
     worker = ray_job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
-    assert worker["nodeSelector"] == {"pool": "h100"}
+    assert worker["nodeSelector"] == {"kubernetes.io/hostname": "kwok-gpu-0", "pool": "h100"}  # merged with BASE_SPEC
     assert worker["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert worker["priorityClassName"] == "high"
 

@@ -37,6 +37,7 @@ BASE: dict[str, Any] = {
     "schedule": {"train_batch_size": 8, "mini_batch_size": 4, "samples_per_prompt": 8},
 }
 Case = tuple[str, dict[str, Any]]
+Edit = tuple[str, list[str | int], Any, dict[str, Any]]  # label, path, value, the edited spec
 
 
 def set_path(spec: dict[str, Any], path: list[str | int], value: Any) -> None:
@@ -92,6 +93,8 @@ def edge_values(field: dict[str, Any]) -> list[Any]:
             values += [field["exclusiveMaximum"], field["exclusiveMaximum"] - step]
         if kind == "integer":
             values = [int(v) for v in values if float(v).is_integer()]
+    elif kind == "boolean":
+        values += [True, False]
     elif kind == "string":
         if "pattern" in field:
             values += ["Not Valid!", "a"]
@@ -102,9 +105,10 @@ def edge_values(field: dict[str, Any]) -> list[Any]:
     return values
 
 
-def field_cases(
+def field_edits(
     schema: dict[str, Any], defs: dict[str, Any], path: list[str | int], base: dict[str, Any]
-) -> Iterator[Case]:
+) -> Iterator[Edit]:
+    """One edit per edge value of every scalar field (objective variants: each with its own fields)."""
     schema = resolve(schema, defs)
     if "oneOf" in schema:  # the objective union: every variant's own fields
         for ref in schema["oneOf"]:
@@ -112,25 +116,48 @@ def field_cases(
             tag = variant["properties"]["name"]["const"]
             start = copy.deepcopy(base)
             set_path(start, path, {"name": tag})
-            yield f"{'.'.join(map(str, path))}={tag}", start
+            yield f"{'.'.join(map(str, path))}={tag}", path, {"name": tag}, start
             for name, prop in variant["properties"].items():
                 if name != "name":
-                    yield from field_cases(prop, defs, [*path, name], start)
+                    yield from field_edits(prop, defs, [*path, name], start)
         return
     if schema.get("type") == "object" and "properties" in schema:
         for name, prop in schema["properties"].items():
-            yield from field_cases(prop, defs, [*path, name], base)
+            yield from field_edits(prop, defs, [*path, name], base)
         return
     if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
         items = resolve(schema["items"], defs)
         if items.get("type") == "object":
-            yield from field_cases(items, defs, [*path, 0], base)
+            yield from field_edits(items, defs, [*path, 0], base)
         return
     for value in edge_values(schema):
         spec = copy.deepcopy(base)
         prepare(spec, path)
         set_path(spec, path, value)
-        yield f"{'.'.join(map(str, path))}={value!r}", spec
+        yield f"{'.'.join(map(str, path))}={value!r}", path, value, spec
+
+
+def sibling_pairs(edits: list[Edit], per_group: int = 48) -> Iterator[Case]:
+    """A switch (an enum or boolean value) together with every edit of a sibling field: what a model's
+    own validators typically compare (e.g. `mode` against `max_staleness`)."""
+    by_parent: dict[tuple[str | int, ...], list[Edit]] = {}
+    for edit in edits:
+        by_parent.setdefault(tuple(edit[1][:-1]), []).append(edit)
+    for group in by_parent.values():
+        # Per sibling field its lowest and highest edge (a validator compares against a bound).
+        per_field: dict[str | int, list[Edit]] = {}
+        for edit in group:
+            per_field.setdefault(edit[1][-1], []).append(edit)
+        partners = [edit for edits in per_field.values() for edit in {id(e): e for e in (edits[0], edits[-1])}.values()]
+        switches = [e for e in group if isinstance(e[2], bool) or (isinstance(e[2], str) and e[2] != "not-a-choice")]
+        combos = [(switch, partner) for switch in switches for partner in partners if partner[1][-1] != switch[1][-1]]
+        if len(combos) > per_group:  # the objective's many enums: a fixed sample
+            combos = random.Random(len(combos)).sample(combos, per_group)
+        for (label, _, _, spec), (other_label, other_path, other_value, _) in combos:
+            merged = copy.deepcopy(spec)
+            prepare(merged, other_path)
+            set_path(merged, other_path, other_value)
+            yield f"{label} & {other_label}", merged
 
 
 CROSS_FIELD: list[tuple[str, dict[str, Any]]] = [
@@ -151,6 +178,7 @@ CROSS_FIELD: list[tuple[str, dict[str, Any]]] = [
             "schedule": {"samples_per_prompt": 2},
         },
     ),
+    ("off-policy without staleness", {"schedule": {"mode": "one_step_off_policy", "max_staleness": 0}}),
     ("cache 300 > 256 tokens", {"overlong": {"cache_tokens": 300}}),
     ("cache 256 = 256 tokens", {"overlong": {"cache_tokens": 256}}),
     ("cache 300, overlong off", {"overlong": {"cache_tokens": 300, "enabled": False}}),
@@ -200,11 +228,13 @@ CROSS_FIELD: list[tuple[str, dict[str, Any]]] = [
 
 def cases() -> list[Case]:
     schema = RLVRJobResourceSpec.model_json_schema()
-    generated = [
-        case
-        for case in field_cases(schema, schema["$defs"], [], BASE)
-        if not case[0].startswith(("name=", "learner.reference.enabled"))
+    edits = [
+        edit
+        for edit in field_edits(schema, schema["$defs"], [], BASE)
+        if not edit[0].startswith(("name=", "learner.reference.enabled"))
     ]
+    generated = [(label, spec) for label, _, _, spec in edits]
+    pairs = list(sibling_pairs(edits))
     rng = random.Random(7)
     combined = []
     for index in range(120):  # pairs of edits: rules that only fail together
@@ -219,7 +249,7 @@ def cases() -> list[Case]:
         for path, value in _leaves(override, {}):
             set_path(spec, path, value)
         cross.append((label, spec))
-    return generated + cross + combined
+    return generated + pairs + cross + combined
 
 
 def _leaves(spec: Any, base: Any, prefix: list[str | int] | None = None) -> Iterator[tuple[list[str | int], Any]]:

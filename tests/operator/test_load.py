@@ -20,7 +20,8 @@ MEMORY_GROWTH_BOUND = 48 * 2**20
 
 @pytest.mark.slow
 def test_fifty_jobs_at_once_reach_their_children_within_the_bound(
-        forkrl_cluster: ControlPlane, k8s_namespace: str, module_operator: OperatorProcess) -> None:
+    forkrl_cluster: ControlPlane, k8s_namespace: str, module_operator: OperatorProcess
+) -> None:
     created = create_and_wait(forkrl_cluster, k8s_namespace, 50, timeout=FIFTY_JOBS_BOUND_S)
     print(f"\n50 jobs: all 500 children after {created:.1f} s")
     assert module_operator.counter("forkrl_operator_reconciles_total", outcome="error") == 0
@@ -30,7 +31,8 @@ def test_fifty_jobs_at_once_reach_their_children_within_the_bound(
 
 @pytest.mark.slow
 def test_operator_memory_stays_flat_over_create_delete_cycles(
-        forkrl_cluster: ControlPlane, k8s_namespace: str, module_operator: OperatorProcess) -> None:
+    forkrl_cluster: ControlPlane, k8s_namespace: str, module_operator: OperatorProcess
+) -> None:
     samples = []
     for cycle in range(5):
         create_and_wait(forkrl_cluster, k8s_namespace, 10, timeout=90, prefix=f"c{cycle}")
