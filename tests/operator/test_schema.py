@@ -3,14 +3,18 @@ is written out by hand, plus the repository's generated files being current."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
+import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forkrl.operator.cel import model_rules
 from forkrl.operator.crd import crd_manifest, stale_files, values_schema
 from forkrl.operator.resource import RLVRJobResourceSpec
 from forkrl.operator.schema import StructuralConverter, cel_literal, constraint_expr, model_json_schema
+from forkrl.trainer.cli import main
 
 
 class Inner(BaseModel):
@@ -185,3 +189,17 @@ def test_values_schema_is_the_spec_plus_metadata() -> None:
 
 def test_generated_files_in_the_repository_are_current() -> None:
     assert stale_files() == [], "run `forkrl crd --write` and commit the result"
+
+
+def test_forkrl_crd_command_prints_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+
+    assert main(["crd"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == crd_manifest()
+    assert main(["crd", "--check"]) == 0
+    assert main(["crd", "--write", "--root", str(tmp_path)]) == 0
+    assert main(["crd", "--check", "--root", str(tmp_path)]) == 0
+    crd = tmp_path / "helm/forkrl/crds/rlvrjobs.forkrl.dev.yaml"
+    crd.write_text(crd.read_text().replace("maximum: 1.0", "maximum: 2.0", 1))
+    capsys.readouterr()
+    assert main(["crd", "--check", "--root", str(tmp_path)]) == 1
+    assert "stale: helm/forkrl/crds/rlvrjobs.forkrl.dev.yaml" in capsys.readouterr().err
