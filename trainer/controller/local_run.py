@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from forkrl.trainer.controller.loop import RLVRController
-from forkrl.trainer.controller.services import LocalProcess, ReplicaPool, start_rollout_replica, start_verifier
+from forkrl.trainer.controller.services import (
+    LocalProcess,
+    ReplicaPool,
+    start_rollout_replica,
+    start_verifier,
+)
 from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.data.stream import PromptStream
 from forkrl.trainer.spec import RLVRJobSpec
@@ -46,13 +51,13 @@ class LocalRun:
         )
         self.replica_processes.append(process)
         if self.replicas is not None:
-            self.replicas.set_urls([*self.replicas.urls, process.url])
+            self.replicas.add(process.url)
         return process
 
     def remove_replica(self, process: LocalProcess) -> None:
         """Take a replica out of the pool, then stop it (the operator scaling down)."""
         if self.replicas is not None:
-            self.replicas.set_urls([u for u in self.replicas.urls if u != process.url])
+            self.replicas.remove(process.url)
         process.stop()
 
     async def start(self) -> RLVRController:
@@ -79,7 +84,7 @@ class LocalRun:
             verifier_url = spec.verifier.endpoint
         self.verifier = VerifierClient(verifier_url, timeout_s=spec.verifier.request_timeout_s,
                                        max_retries=spec.verifier.max_retries)
-        self.replicas = ReplicaPool(list(spec.rollout.endpoints))
+        self.replicas = ReplicaPool([], endpoints=spec.rollout.endpoints)
         for _ in range(spec.rollout.replicas):
             self.add_replica()
         learner_spec = spec.learner

@@ -192,6 +192,7 @@ class RLVRController:
     async def train_step_sync(self) -> dict[str, float]:
         """On-policy: rollout with the current weights, update, sync."""
         start = time.perf_counter()
+        await asyncio.to_thread(self.replicas.refresh)
         await self.ensure_replicas_current()
         collected = await self.collect(self.step)
         metrics, times = await asyncio.to_thread(self.update, collected.scored)
@@ -202,12 +203,14 @@ class RLVRController:
         """One-step off-policy: the rollout of step t+1 overlaps the update of step t."""
         start = time.perf_counter()
         if pending is None:
+            await asyncio.to_thread(self.replicas.refresh)
             await self.ensure_replicas_current()
             pending = asyncio.create_task(self.collect(self.step))
         collected = await pending
         next_rollout = asyncio.create_task(self.collect(self.step + 1))
         metrics, times = await asyncio.to_thread(self.update, collected.scored)
         await asyncio.wait({next_rollout})  # replicas must be idle before new weights are installed
+        await asyncio.to_thread(self.replicas.refresh)  # replicas that joined get the new weights too
         times["time/sync"] = await self.sync_weights()
         return self.step_record(collected, metrics, times, time.perf_counter() - start), next_rollout
 

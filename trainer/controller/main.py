@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -115,7 +116,10 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
         log(f"received {signal.Signals(signum).name}: finishing the current step, then checkpointing")
         stop.set()
 
-    recorder = Recorder(spec.name, run_dir, spec.observability.metrics_port, spec.observability.tensorboard)
+    # In a pod (the operator sets FORKRL_NAMESPACE) Prometheus scrapes from outside: listen on all interfaces.
+    metrics_addr = "0.0.0.0" if os.environ.get("FORKRL_NAMESPACE") else "127.0.0.1"
+    recorder = Recorder(spec.name, run_dir, spec.observability.metrics_port, spec.observability.tensorboard,
+                        metrics_addr)
     reporter = StatusReporter.from_env(log)
     local = LocalRun(spec, policy_path, tokenizer, train_rows, log)
     try:

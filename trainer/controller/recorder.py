@@ -53,7 +53,8 @@ def _label_for(key: str, prefix: str) -> str | None:
 class Recorder:
     """One run's metrics sinks; `record(step, values)` feeds all of them."""
 
-    def __init__(self, run: str, run_dir: Path, metrics_port: int | None, tensorboard: bool) -> None:
+    def __init__(self, run: str, run_dir: Path, metrics_port: int | None, tensorboard: bool,
+                 metrics_addr: str = "127.0.0.1") -> None:
         self.run = run
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ class Recorder:
         self.port: int | None = None
         self._server: Any = None
         if metrics_port is not None:
-            self._server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=self.registry)
+            self._server, _ = start_http_server(metrics_port, addr=metrics_addr, registry=self.registry)
             self.port = int(self._server.server_port)
         self._tb: Any = None
         if tensorboard:

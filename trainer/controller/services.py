@@ -123,14 +123,50 @@ def start_rollout_replica(model_path: str, log_dir: Path, index: int, engine: st
     return LocalProcess(f"rollout-{index}", argv, port, log_dir / f"rollout-{index}.log").start()
 
 
+def expand_endpoints(urls: Sequence[str]) -> list[str]:
+    """One URL per replica: a hostname with several addresses (a Kubernetes headless Service lists one per
+    ready pod) becomes one URL per address; literal IPs and unresolvable names stay as they are."""
+    from urllib.parse import urlsplit
+
+    out: list[str] = []
+    for url in urls:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+        addresses: list[str] = []
+        if host and port:
+            with contextlib.suppress(OSError):
+                infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+                addresses = sorted({info[4][0] for info in infos})
+        if len(addresses) > 1:
+            out += [f"{parts.scheme}://{address}:{port}" for address in addresses]
+        else:
+            out.append(url)
+    return list(dict.fromkeys(out))
+
+
 class ReplicaPool:
     """Spreads generation over the healthy rollout replicas; a request whose replica fails is retried on
     another one. Membership can change between calls (`set_urls`), as when the operator scales."""
 
-    def __init__(self, urls: Sequence[str], timeout_s: float = 600.0) -> None:
+    def __init__(self, urls: Sequence[str], endpoints: Sequence[str] = (), timeout_s: float = 600.0) -> None:
         self.timeout_s = timeout_s
+        self.static = list(urls)
+        self.endpoints = list(endpoints)
         self.clients: dict[str, RolloutClient] = {}
-        self.set_urls(urls)
+        self.refresh()
+
+    def refresh(self) -> list[str]:
+        """Re-resolve the endpoints (a headless Service gains and loses pods as the operator scales)."""
+        self.set_urls(list(dict.fromkeys([*self.static, *expand_endpoints(self.endpoints)])))
+        return self.urls
+
+    def add(self, url: str) -> None:
+        self.static.append(url)
+        self.refresh()
+
+    def remove(self, url: str) -> None:
+        self.static = [u for u in self.static if u != url]
+        self.refresh()
 
     def set_urls(self, urls: Sequence[str]) -> None:
         for url in urls:
