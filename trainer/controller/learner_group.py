@@ -9,7 +9,6 @@ import contextlib
 import datetime
 import json
 import os
-import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from forkrl.trainer.learner.batch import LearnerBatch
 from forkrl.trainer.learner.config import LearnerSpec
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from forkrl.trainer.learner.launch import free_port
 
 
 class LearnerRank:
@@ -122,7 +116,7 @@ class LearnerGroup:
                                                 else {"CPU": cpus_per_rank}] * world_size, strategy="PACK")
         ray.get(self.placement_group.ready(), timeout=timeout_s)
         actor_cls = ray.remote(LearnerRank)
-        port = _free_port()
+        port = free_port()
         self.ranks = [
             actor_cls.options(
                 num_cpus=cpus_per_rank, num_gpus=gpus_per_rank,

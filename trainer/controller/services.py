@@ -24,12 +24,7 @@ import httpx
 
 from forkrl.rollout.client import RolloutClient
 from forkrl.rollout.types import GenerateRequest, GenerateResult
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from forkrl.trainer.learner.launch import free_port
 
 
 class LocalProcess:
