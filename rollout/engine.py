@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from forkrl.rollout.types import GenerateRequest, GenerateResult
+from forkrl.rollout.types import GenerateRequest, GenerateResult, RequestValidationError
 from forkrl.rollout.weight_sync import SyncState, WeightSyncBegin
 
 
@@ -48,6 +48,24 @@ class EngineHealth:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_request_fits(request: GenerateRequest, model_name: str, vocab_size: int, max_context: int) -> None:
+    """The checks every engine makes before accepting a request (4xx naming the field on failure)."""
+    if request.model is not None and request.model != model_name:
+        raise RequestValidationError("model", f"unknown model {request.model!r}", status_code=404)
+    for name, ids in (("prompt_token_ids", request.prompt_token_ids), ("stop_token_ids", request.stop_token_ids)):
+        bad = [i for i in ids if i >= vocab_size]
+        if bad:
+            raise RequestValidationError(name, f"token id {bad[0]} >= vocab size {vocab_size}")
+    prompt = len(request.prompt_token_ids)
+    if prompt >= max_context:
+        raise RequestValidationError("prompt_token_ids", f"prompt has {prompt} tokens; the context holds {max_context}")
+    if prompt + request.max_new_tokens > max_context:
+        raise RequestValidationError(
+            "max_new_tokens",
+            f"{prompt} prompt + {request.max_new_tokens} new tokens exceed the context of {max_context}",
+        )
 
 
 ResultCallback = Callable[[int, GenerateResult], None]

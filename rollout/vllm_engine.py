@@ -25,7 +25,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from forkrl.rollout.dual_temperature import EXTRA_ARGS_KEY, SAMPLE_KEY
-from forkrl.rollout.engine import EngineHealth, EngineUnavailableError, ResultCallback, WeightSyncConflictError
+from forkrl.rollout.engine import (
+    EngineHealth,
+    EngineUnavailableError,
+    ResultCallback,
+    WeightSyncConflictError,
+    check_request_fits,
+)
 from forkrl.rollout.sampling import GenerationDefaults, resolve_sampling, stream_keys
 from forkrl.rollout.types import GenerateRequest, GenerateResult, RequestValidationError, SampleResult
 from forkrl.rollout.weight_sync import WeightSyncBegin
@@ -180,22 +186,7 @@ class VLLMEngine:
         return self._version
 
     def validate_request(self, request: GenerateRequest) -> None:
-        if request.model is not None and request.model != self.model_name:
-            raise RequestValidationError("model", f"unknown model {request.model!r}", status_code=404)
-        for name, ids in (("prompt_token_ids", request.prompt_token_ids), ("stop_token_ids", request.stop_token_ids)):
-            bad = [i for i in ids if i >= self.vocab_size]
-            if bad:
-                raise RequestValidationError(name, f"token id {bad[0]} >= vocab size {self.vocab_size}")
-        prompt = len(request.prompt_token_ids)
-        if prompt >= self.max_context:
-            raise RequestValidationError(
-                "prompt_token_ids", f"prompt has {prompt} tokens; the context holds {self.max_context}"
-            )
-        if prompt + request.max_new_tokens > self.max_context:
-            raise RequestValidationError(
-                "max_new_tokens",
-                f"{prompt} prompt + {request.max_new_tokens} new tokens exceed the context of {self.max_context}",
-            )
+        check_request_fits(request, self.model_name, self.vocab_size, self.max_context)
         if request.sampling.dual_temperature is not None and not self.config.dual_temperature:
             raise RequestValidationError("sampling.dual_temperature", "engine started without the processor")
 
