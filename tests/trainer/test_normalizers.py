@@ -3,6 +3,8 @@ equal the single-process loss and gradient on the concatenated batch."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -17,6 +19,7 @@ from forkrl.trainer.objectives import (
     mini_batch_context,
     parse_objective,
 )
+from forkrl.trainer.objectives.normalizers import token_split_masks
 from forkrl.trainer.selection import topk_token_mask
 from tests.distributed_utils import run_on_ranks
 
@@ -126,3 +129,68 @@ def test_forking_micro_batch_scope_normaliser_counts_k_per_micro_batch() -> None
     ctx = mini_batch_context(cfg, [mb["response_mask"] for mb in mbs])
     # Micro-batches of 12, 8 and 3 tokens keep 4, 3 and 1 tokens.
     assert ctx.token_normalizer == 8.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 8: the forking normaliser counts the tokens the loss actually uses, not k.
+
+
+def _reference_forking_loss(mbs: list[dict[str, torch.Tensor]], selected: list[torch.Tensor]) -> float:
+    """-mean of the dual-clipped surrogate (eps 0.2/0.28, c = 10) over the selected tokens, in float64 Python."""
+    objectives = []
+    for mb, sel in zip(mbs, selected, strict=True):
+        for b, t in sel.nonzero().tolist():
+            ratio = math.exp(float(mb["logp"][b, t]) - float(mb["old_logp"][b, t]))
+            adv = float(mb["advantages"][b, t])
+            value = min(ratio * adv, min(max(ratio, 0.8), 1.28) * adv)
+            objectives.append(max(value, 10.0 * adv) if adv < 0 else value)
+    return -sum(objectives) / len(objectives)
+
+
+def _tied_micro_batches() -> list[dict[str, torch.Tensor]]:
+    """Two micro-batches whose entropies tie at the top-rho threshold (4 equal values, k = 2 under rho = 0.5)."""
+    mbs = [micro_batch([4], seed=81), micro_batch([3, 3], seed=82)]
+    mbs[0]["entropy"] = torch.full_like(mbs[0]["entropy"], 0.7)
+    mbs[1]["entropy"] = torch.tensor([[0.7, 0.7, 0.1] + [0.0] * (RESP_LEN - 3),
+                                      [0.7, 0.3, 0.7] + [0.0] * (RESP_LEN - 3)], dtype=torch.float64)
+    return mbs
+
+
+def test_forking_geq_tau_micro_batch_normaliser_is_refused_without_the_selection() -> None:
+    """Under geq_tau the number of selected tokens depends on the entropies (ties at tau all count), so a
+    normaliser computed from the response masks alone (k per micro-batch) would be wrong: it must not be
+    guessed."""
+    cfg = ForkingConfig(rho=0.5, tie_rule="geq_tau")
+    mbs = _tied_micro_batches()
+    with pytest.raises(ValueError, match="selection_masks"):
+        mini_batch_context(cfg, [mb["response_mask"] for mb in mbs])
+
+
+def test_forking_geq_tau_micro_batch_loss_is_the_mean_over_the_selected_tokens() -> None:
+    cfg = ForkingConfig(rho=0.5, tie_rule="geq_tau")
+    mbs = _tied_micro_batches()
+    masks = [mb["response_mask"] for mb in mbs]
+    selections = token_split_masks(cfg, [mb["entropy"] for mb in mbs], masks)
+    # All 4 tied tokens of the first micro-batch are kept although k = 2 (and 4 of 6 in the second, k = 3).
+    assert [int(s.sum()) for s in selections] == [4, 4]
+    ctx = mini_batch_context(cfg, masks, selections)
+    assert ctx.token_normalizer == 8.0
+    loss = 0.0
+    for mb, selection in zip(mbs, selections, strict=True):
+        loss += float(compute_policy_loss(cfg, LossInputs(**mb, selection_mask=selection), ctx).loss)
+    assert loss == pytest.approx(_reference_forking_loss(mbs, selections), abs=1e-12)
+
+
+@pytest.mark.parametrize("tie_rule", ["exact_k", "geq_tau"])
+@pytest.mark.parametrize("select", ["top", "bottom"])
+def test_forking_micro_batch_normaliser_equals_the_count_of_the_real_masks(tie_rule: str, select: str) -> None:
+    """Every path of the normaliser counts what the loss's own per-micro-batch selection keeps."""
+    cfg = ForkingConfig(rho=0.3, select=select, tie_rule=tie_rule)
+    mbs = all_micro_batches()[1]  # quantised entropies: ties at the threshold
+    masks = [mb["response_mask"] for mb in mbs]
+    real = [compute_policy_loss(cfg, LossInputs(**mb)).token_mask for mb in mbs]
+    expected = float(sum(int(r.sum()) for r in real))
+    selections = token_split_masks(cfg, [mb["entropy"] for mb in mbs], masks)
+    assert mini_batch_context(cfg, masks, selections).token_normalizer == expected
+    if tie_rule == "exact_k":  # known without the entropies: exactly k per micro-batch
+        assert mini_batch_context(cfg, masks).token_normalizer == expected

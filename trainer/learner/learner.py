@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from forkrl.trainer.global_selection import global_forking_masks
 from forkrl.trainer.learner import checkpoint as ckpt
 from forkrl.trainer.learner.batch import LearnerBatch, MicroBatch, dp_shard, packed_micro_batches, padded_micro_batches
 from forkrl.trainer.learner.config import LearnerSpec
@@ -28,6 +27,7 @@ from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
 from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, initialize_parallel
 from forkrl.trainer.learner.weights import export_hf_weights, import_hf_weights
 from forkrl.trainer.objectives import ForkingConfig, LossContext, ObjectiveConfig, mini_batch_context
+from forkrl.trainer.objectives.normalizers import needs_token_split, token_split_masks
 
 
 @dataclasses.dataclass
@@ -179,12 +179,13 @@ class Learner:
                     chunk.to("cpu")
 
     # -------------------------------------------------------------------------------- train
-    def _select_forking_tokens(self, mbs: list[MicroBatch]) -> list[torch.Tensor] | None:
-        """Global (mini-batch, all DP ranks) forking masks, set on the micro-batches of the last stage."""
+    def _select_tokens(self, mbs: list[MicroBatch]) -> list[torch.Tensor] | None:
+        """The objective's token split computed before the loss (see objectives.normalizers.needs_token_split),
+        set on the micro-batches of the last stage so that the normaliser and the loss count the same tokens."""
         cfg = self.objective
-        if not (isinstance(cfg, ForkingConfig) and cfg.scope == "mini_batch_global"):
+        if not needs_token_split(cfg):
             return None
-        if cfg.entropy_source == "old":
+        if isinstance(cfg, ForkingConfig) and cfg.entropy_source == "old":
             if any("old_entropy" not in mb.fields for mb in mbs):
                 raise ValueError("forking entropy_source='old' needs LearnerBatch.old_entropy")
             entropies = [mb.fields["old_entropy"] for mb in mbs]
@@ -193,9 +194,7 @@ class Learner:
             entropies = [r["entropy"] for r in results] if self.layout.is_last_stage else []
         if not self.layout.is_last_stage:
             return None
-        masks, _, _ = global_forking_masks(
-            entropies, [mb.response_mask for mb in mbs], cfg.rho, cfg.select, cfg.tie_rule, group=self._dp_group
-        )
+        masks = token_split_masks(cfg, entropies, [mb.response_mask for mb in mbs], group=self._dp_group)
         for mb, mask in zip(mbs, masks, strict=True):
             mb.selection_mask = mask
         return masks
@@ -219,7 +218,7 @@ class Learner:
         if self.objective.needs_reference and batch.ref_logp is None:
             batch = dataclasses.replace(batch, ref_logp=self.compute_logprobs(batch, "reference").logp)
         mbs = self._micro_batches(batch)
-        selection = self._select_forking_tokens(mbs)
+        selection = self._select_tokens(mbs)
         ctx = LossContext()
         if self.layout.is_last_stage:
             max_response = int(batch.response_mask.sum(dim=1).max())

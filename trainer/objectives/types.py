@@ -19,7 +19,9 @@ class LossInputs:
         entropy-aware objectives and for metrics.
     ref_logp: log pi_ref(o_t) of the frozen reference model (KL terms).
     rollout_logp: sampling log-probs recorded by the rollout engine (TIS, mismatch KL).
-    selection_mask: precomputed forking mask (bool) for `mini_batch_global` scope.
+    selection_mask: precomputed forking mask (bool) from `normalizers.token_split_masks`, the same one given to
+        `mini_batch_context`; required where `normalizers.needs_token_split` (scope `mini_batch_global`, or
+        `geq_tau` under a global token-mean), else None (selected here from `entropy`).
     """
 
     logp: torch.Tensor

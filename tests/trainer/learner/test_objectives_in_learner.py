@@ -16,6 +16,7 @@ import torch
 from forkrl.trainer.learner.batch import LearnerBatch
 from forkrl.trainer.learner.launch import run_world
 from forkrl.trainer.objectives import LossInputs, compute_policy_loss, mini_batch_context, parse_objective
+from forkrl.trainer.objectives.normalizers import needs_token_split, token_split_masks
 from forkrl.trainer.selection import num_selected, topk_token_mask
 from tests.trainer.learner import workers
 from tests.trainer.learner.tiny import hf_token_stats, make_batch, save_tiny_model, with_old_logp
@@ -41,6 +42,7 @@ OBJECTIVES = [
         "clip_eps_low": 0.2,
         "clip_eps_high": 0.28,
     },
+    {"name": "forking", "rho": 0.2, "scope": "micro_batch", "tie_rule": "geq_tau"},
 ]
 
 
@@ -83,6 +85,8 @@ def _single_process_loss(setup: dict[str, Any], objective: dict) -> float:
     if objective["name"] == "forking" and objective.get("scope") == "mini_batch_global":
         mask, _ = topk_token_mask(setup["entropy"], batch.response_mask.bool(), cfg.rho, cfg.select, cfg.tie_rule)
         selections = [mask[r] for r in rows]
+    elif needs_token_split(cfg):
+        selections = token_split_masks(cfg, [setup["entropy"][r] for r in rows], masks)
     max_response = int(batch.response_mask.sum(dim=1).max())
     ctx = mini_batch_context(cfg, masks, selections, group=None, max_response_len=max_response)
     total = 0.0
