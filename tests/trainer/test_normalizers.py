@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,11 +20,13 @@ from forkrl.trainer.objectives import (
     mini_batch_context,
     parse_objective,
 )
-from forkrl.trainer.objectives.normalizers import token_split_masks
+from forkrl.trainer.objectives.normalizers import needs_token_split, token_split_masks
 from forkrl.trainer.selection import topk_token_mask
 from tests.distributed_utils import run_on_ranks
 
 RESP_LEN = 7
+ARCHER_TOKEN_MEAN_PER_TYPE = {"name": "archer", "loss_agg": "token-mean", "kl_norm": "per_type",
+                              "beta_knowledge": 0.05, "beta_reasoning": 0.02}
 # (rank, micro-batch) -> response lengths: unequal token counts per rank and per micro-batch.
 LAYOUT = {0: [[7, 3], [5]], 1: [[2, 6, 4], [1, 7], [3]]}
 CONFIGS = [
@@ -33,6 +36,8 @@ CONFIGS = [
     {"name": "gspo"},
     {"name": "cispo", "loss_agg": "seq-mean-token-sum-norm"},
     {"name": "forking", "rho": 0.3, "scope": "mini_batch_global"},
+    # Issue 9: the per-type KL means of Archer under token-mean need global per-type token counts.
+    ARCHER_TOKEN_MEAN_PER_TYPE,
 ]
 
 
@@ -65,6 +70,8 @@ def losses_and_grads(cfg, micro_batches, group=None) -> tuple[float, list[torch.
             selections = [topk_token_mask(entropies[0], masks[0], cfg.rho)[0]]
         else:
             selections, _, _ = global_forking_masks(entropies, masks, cfg.rho, group=group)
+    elif needs_token_split(cfg):
+        selections = token_split_masks(cfg, [mb["entropy"] for mb in micro_batches], masks, group=group)
     ctx = mini_batch_context(cfg, masks, selections, group=group, max_response_len=RESP_LEN)
     total, grads = 0.0, []
     for i, mb in enumerate(micro_batches):
@@ -106,7 +113,7 @@ def test_d3_two_ranks_equal_single_process(distributed_results, index: int) -> N
 def test_micro_batch_split_in_one_process_equals_whole() -> None:
     mbs = all_micro_batches()[1]
     whole = {key: torch.cat([mb[key] for mb in mbs]) for key in mbs[0]}
-    for cfg in (DapoConfig(), ArcherConfig(), ForkingConfig(rho=1.0)):
+    for cfg in (DapoConfig(), ArcherConfig(), ForkingConfig(rho=1.0), parse_objective(ARCHER_TOKEN_MEAN_PER_TYPE)):
         split_loss, split_grads = losses_and_grads(cfg, mbs)
         whole_loss, (whole_grad,) = losses_and_grads(cfg, [whole])
         assert split_loss == pytest.approx(whole_loss, abs=1e-12)
@@ -194,3 +201,40 @@ def test_forking_micro_batch_normaliser_equals_the_count_of_the_real_masks(tie_r
     assert mini_batch_context(cfg, masks, selections).token_normalizer == expected
     if tie_rule == "exact_k":  # known without the entropies: exactly k per micro-batch
         assert mini_batch_context(cfg, masks).token_normalizer == expected
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 9: Archer token-mean with per-type KL, exact over micro-batches.
+
+
+def _reference_archer_kl(mbs: list[dict[str, torch.Tensor]], beta_knowledge: float, beta_reasoning: float) -> float:
+    """beta_k mean_{knowledge} k3 + beta_r mean_{reasoning} k3 over all tokens of all micro-batches, with the
+    per-response split H > linear 0.8-quantile of the response's entropies (numpy, float64)."""
+    sums = {True: 0.0, False: 0.0}
+    counts = {True: 0, False: 0}
+    for mb in mbs:
+        for row in range(mb["response_mask"].shape[0]):
+            valid = mb["response_mask"][row].numpy()
+            if not valid.any():
+                continue
+            entropy = mb["entropy"][row].numpy()[valid]
+            tau = np.quantile(entropy, 0.8, method="linear")
+            d = (mb["ref_logp"][row] - mb["logp"][row]).numpy()[valid]
+            for h, dt in zip(entropy, d, strict=True):
+                sums[bool(h > tau)] += math.exp(dt) - dt - 1.0
+                counts[bool(h > tau)] += 1
+    return beta_knowledge * sums[False] / counts[False] + beta_reasoning * sums[True] / counts[True]
+
+
+def test_archer_token_mean_per_type_kl_matches_the_whole_mini_batch_type_means() -> None:
+    cfg = parse_objective(ARCHER_TOKEN_MEAN_PER_TYPE)
+    no_kl = parse_objective({**ARCHER_TOKEN_MEAN_PER_TYPE, "beta_knowledge": 0.0, "beta_reasoning": 0.0})
+    mbs = all_micro_batches()[1]
+    kl_term = losses_and_grads(cfg, mbs)[0] - losses_and_grads(no_kl, mbs)[0]
+    assert kl_term == pytest.approx(_reference_archer_kl(mbs, 0.05, 0.02), abs=1e-12)
+
+
+def test_archer_token_mean_per_type_needs_the_token_split() -> None:
+    cfg = parse_objective(ARCHER_TOKEN_MEAN_PER_TYPE)
+    with pytest.raises(ValueError, match="selection_masks"):
+        mini_batch_context(cfg, [mb["response_mask"] for mb in all_micro_batches()[0]])

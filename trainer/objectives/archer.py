@@ -34,19 +34,24 @@ def _above_threshold(entropy: torch.Tensor, tau: torch.Tensor, tie_rule: str) ->
     return h > tau.unsqueeze(-1) if tie_rule == "gt" else h >= tau.unsqueeze(-1)
 
 
-def _type_kl_term(kl: torch.Tensor, type_mask: torch.Tensor, cfg: ArcherConfig, prep: PreparedTokens,
-                  ctx: LossContext) -> torch.Tensor:
+def _type_kl_term(kl: torch.Tensor, type_mask: torch.Tensor, type_normalizer: float | None, cfg: ArcherConfig,
+                  prep: PreparedTokens, ctx: LossContext) -> torch.Tensor:
     """Mean KL over the tokens of one type, within the aggregation unit.
 
-    For token-mean the type mean is local to the micro-batch, weighted by the micro-batch's share of the
-    global token count so the micro-batches still add up (exact with one micro-batch, as in the code).
+    For token-mean the unit is the whole mini-batch: the denominator is the global count of tokens of this
+    type (from mini_batch_context), so the micro-batches and ranks add up exactly. Without a global context
+    (one call, or verl-legacy micro-batch scope) it is this micro-batch's own count.
     """
     if cfg.loss_agg != "token-mean":
         return aggregate(kl, type_mask, cfg.loss_agg, ctx, prep.num_sequences)
-    type_tokens = float(type_mask.sum())
-    local_tokens = float(prep.mask.sum())
-    share = 1.0 if ctx.token_normalizer is None else local_tokens / max(ctx.token_normalizer, 1.0)
-    return (kl * type_mask.to(kl.dtype)).sum() / max(type_tokens, 1.0) * share * ctx.loss_scale
+    if type_normalizer is None:
+        if ctx.token_normalizer is not None:
+            raise ValueError(
+                "archer per-type KL under a global token-mean needs the global per-type token counts: build the "
+                "LossContext with mini_batch_context(..., selection_masks=token_split_masks(...))"
+            )
+        type_normalizer = float(type_mask.sum())
+    return (kl * type_mask.to(kl.dtype)).sum() / max(type_normalizer, 1.0) * ctx.loss_scale
 
 
 def archer_loss(cfg: ArcherConfig, inputs: LossInputs, prep: PreparedTokens, ctx: LossContext) -> ObjectiveTerms:
@@ -54,7 +59,10 @@ def archer_loss(cfg: ArcherConfig, inputs: LossInputs, prep: PreparedTokens, ctx
     if inputs.entropy is None:
         raise ValueError("the archer objective needs LossInputs.entropy (current-policy token entropies)")
     tau = response_entropy_quantile(inputs.entropy, prep.mask, cfg.rho)
-    reasoning = _above_threshold(inputs.entropy, tau, cfg.tie_rule) & prep.mask
+    if inputs.selection_mask is not None:  # the split mini_batch_context counted (token_split_masks)
+        reasoning = inputs.selection_mask.bool() & prep.mask
+    else:
+        reasoning = _above_threshold(inputs.entropy, tau, cfg.tie_rule) & prep.mask
     knowledge = prep.mask & ~reasoning
     dtype = prep.ratio.dtype
     is_reasoning = reasoning.to(dtype)
@@ -70,9 +78,12 @@ def archer_loss(cfg: ArcherConfig, inputs: LossInputs, prep: PreparedTokens, ctx
     if inputs.ref_logp is not None:
         kl = kl_estimate(inputs.logp, inputs.ref_logp, cfg.kl_estimator)
         if cfg.kl_norm == "per_type":
-            kl_loss = cfg.beta_knowledge * _type_kl_term(kl, knowledge, cfg, prep, ctx) + (
-                cfg.beta_reasoning * _type_kl_term(kl, reasoning, cfg, prep, ctx)
-            )
+            kl_loss = kl.new_zeros(())
+            # beta = 0 adds nothing, and with both betas 0 mini_batch_context has no type counts to divide by.
+            for beta, mask, normalizer in ((cfg.beta_knowledge, knowledge, ctx.knowledge_token_normalizer),
+                                           (cfg.beta_reasoning, reasoning, ctx.reasoning_token_normalizer)):
+                if beta > 0:
+                    kl_loss = kl_loss + beta * _type_kl_term(kl, mask, normalizer, cfg, prep, ctx)
         else:
             beta = is_reasoning * cfg.beta_reasoning + (1 - is_reasoning) * cfg.beta_knowledge
             kl_loss = aggregate(beta * kl, prep.mask, cfg.loss_agg, ctx, prep.num_sequences)

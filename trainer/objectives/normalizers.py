@@ -5,9 +5,9 @@ loss of the whole mini-batch computed in one process. (If the gradient reduction
 caller multiplies its loss by the DP world size.)
 
 A normaliser must count the tokens the loss will really use. Where that count depends on the entropies
-(a global forking threshold, ties kept under `geq_tau`), the token split is computed before the loss with
-`token_split_masks` and handed both to `mini_batch_context` and to each micro-batch's
-`LossInputs.selection_mask`, so that the count and the loss see the very same tokens.
+(a global forking threshold, ties kept under `geq_tau`, Archer's per-type KL means), the token split is
+computed before the loss with `token_split_masks` and handed both to `mini_batch_context` and to each
+micro-batch's `LossInputs.selection_mask`, so that the count and the loss see the very same tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from forkrl.trainer.global_selection import global_forking_masks
 from forkrl.trainer.objectives.aggregation import sequence_count
-from forkrl.trainer.objectives.config import ForkingConfig, ObjectiveConfig
+from forkrl.trainer.objectives.archer import reasoning_token_mask
+from forkrl.trainer.objectives.config import ArcherConfig, ForkingConfig, ObjectiveConfig
 from forkrl.trainer.objectives.types import LossContext
 from forkrl.trainer.selection import num_selected, topk_token_mask
 
@@ -36,10 +37,19 @@ def needs_token_split(cfg: ObjectiveConfig) -> bool:
     Forking `mini_batch_global`: the threshold spans all micro-batches and ranks. Forking `geq_tau` under a
     global token-mean: ties at tau are all kept, so the normaliser (the number of selected tokens) is only
     known from the entropies. Forking `exact_k` per micro-batch needs nothing: it keeps exactly k tokens.
+    Archer token-mean with `kl_norm='per_type'` and a KL term: each type's KL mean divides by the number of
+    tokens of that type in the whole mini-batch, which depends on every response's entropy quantile.
     """
     if isinstance(cfg, ForkingConfig):
         return cfg.scope == "mini_batch_global" or (cfg.tie_rule == "geq_tau" and cfg.token_mean_scope == "global")
+    if isinstance(cfg, ArcherConfig):
+        return _archer_type_means_are_global(cfg)
     return False
+
+
+def _archer_type_means_are_global(cfg: ArcherConfig) -> bool:
+    return (cfg.loss_agg == "token-mean" and cfg.kl_norm == "per_type" and cfg.needs_reference
+            and cfg.token_mean_scope == "global")
 
 
 def token_split_masks(
@@ -53,9 +63,14 @@ def token_split_masks(
     entropies, response_masks: one [batch, resp_len] tensor per micro-batch; group: the data-parallel group
     (collective for `mini_batch_global`, None = no DP). Pass the result as `selection_masks` to
     `mini_batch_context` and as `LossInputs.selection_mask` of each micro-batch.
+    Forking: the selected (forking) tokens. Archer: the reasoning (high-entropy) tokens of each response.
     """
     if len(entropies) != len(response_masks):
         raise ValueError(f"entropies ({len(entropies)}) and response_masks ({len(response_masks)}) differ in length")
+    if isinstance(cfg, ArcherConfig):
+        # Per response: no communication, whatever the data-parallel layout.
+        return [reasoning_token_mask(e, m.bool(), cfg.rho, cfg.tie_rule)
+                for e, m in zip(entropies, response_masks, strict=True)]
     if not isinstance(cfg, ForkingConfig):
         raise ValueError(f"objective {cfg.name!r} has no precomputed token split")
     if cfg.scope == "mini_batch_global":
@@ -108,11 +123,28 @@ def mini_batch_context(
     selected = None
     if selection_masks is not None:
         selected = [s.bool() & m.bool() for s, m in zip(selection_masks, response_masks, strict=True)]
-    if isinstance(cfg, ForkingConfig):
-        tokens = _forking_token_count(cfg, response_masks, selected)
-    else:
-        tokens = float(sum(int(m.bool().sum()) for m in response_masks))
+    response_tokens = float(sum(int(m.bool().sum()) for m in response_masks))
+    tokens = _forking_token_count(cfg, response_masks, selected) if isinstance(cfg, ForkingConfig) else response_tokens
+    reasoning = 0.0
+    type_means = isinstance(cfg, ArcherConfig) and _archer_type_means_are_global(cfg)
+    if type_means:
+        if selected is None:
+            raise ValueError(
+                "archer token-mean with kl_norm='per_type': the per-type KL means divide by the global number of "
+                "tokens of each type; pass selection_masks (the reasoning masks) from token_split_masks (and the "
+                "same masks as LossInputs.selection_mask)"
+            )
+        reasoning = float(sum(int(s.sum()) for s in selected))
     sequences = float(sum(sequence_count(m) for m in response_masks))
-    token_total, sequence_total = _all_reduce_sum([tokens, sequences], group, device)
-    return LossContext(token_normalizer=token_total, sequence_normalizer=sequence_total, loss_scale=1.0,
-                       max_response_len=max_response_len)
+    # One all-reduce for every count.
+    token_total, sequence_total, all_tokens, reasoning_total = _all_reduce_sum(
+        [tokens, sequences, response_tokens, reasoning], group, device
+    )
+    return LossContext(
+        token_normalizer=token_total,
+        sequence_normalizer=sequence_total,
+        loss_scale=1.0,
+        max_response_len=max_response_len,
+        knowledge_token_normalizer=all_tokens - reasoning_total if type_means else None,
+        reasoning_token_normalizer=reasoning_total if type_means else None,
+    )

@@ -19,9 +19,9 @@ class LossInputs:
         entropy-aware objectives and for metrics.
     ref_logp: log pi_ref(o_t) of the frozen reference model (KL terms).
     rollout_logp: sampling log-probs recorded by the rollout engine (TIS, mismatch KL).
-    selection_mask: precomputed forking mask (bool) from `normalizers.token_split_masks`, the same one given to
-        `mini_batch_context`; required where `normalizers.needs_token_split` (scope `mini_batch_global`, or
-        `geq_tau` under a global token-mean), else None (selected here from `entropy`).
+    selection_mask: precomputed token split (bool) from `normalizers.token_split_masks`, the same one given to
+        `mini_batch_context`: the forking tokens, or Archer's reasoning tokens. Required where
+        `normalizers.needs_token_split`, else None (the split is taken here from `entropy`).
     """
 
     logp: torch.Tensor
@@ -53,12 +53,16 @@ class LossContext:
     sequence_normalizer: global number of sequences for the seq-mean-* modes; None = this micro-batch's count.
     loss_scale: multiplies the aggregated loss (e.g. 1 / (micro-batches * dp) for micro-batch scope).
     max_response_len: L of seq-mean-token-sum-norm; None = the padded length of this micro-batch.
+    knowledge_token_normalizer / reasoning_token_normalizer: global counts of Archer's knowledge / reasoning
+        tokens, the denominators of its per-type KL means under token-mean; None = this micro-batch's counts.
     """
 
     token_normalizer: float | None = None
     sequence_normalizer: float | None = None
     loss_scale: float = 1.0
     max_response_len: int | None = None
+    knowledge_token_normalizer: float | None = None
+    reasoning_token_normalizer: float | None = None
 
 
 @dataclass

@@ -43,6 +43,8 @@ OBJECTIVES = [
         "clip_eps_high": 0.28,
     },
     {"name": "forking", "rho": 0.2, "scope": "micro_batch", "tie_rule": "geq_tau"},
+    # Per-type KL means over the whole mini-batch: the reasoning split is computed before the loss.
+    {"name": "archer", "loss_agg": "token-mean", "beta_knowledge": 0.05, "beta_reasoning": 0.02},
 ]
 
 
