@@ -89,6 +89,7 @@ async def checkpoint(controller, store: CheckpointStore, info: dict, log) -> Non
 async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, after_step: StepHook | None = None
               ) -> int:
     """The whole local run; returns the process exit code."""
+    from forkrl.trainer.controller.model_export import export_model
     from forkrl.trainer.controller.summary import finish_run
 
     run_dir = spec.run_dir()
@@ -119,7 +120,7 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
     # In a pod (the operator sets FORKRL_NAMESPACE) Prometheus scrapes from outside: listen on all interfaces.
     metrics_addr = "0.0.0.0" if os.environ.get("FORKRL_NAMESPACE") else "127.0.0.1"
     recorder = Recorder(spec.name, run_dir, spec.observability.metrics_port, spec.observability.tensorboard,
-                        metrics_addr)
+                        metrics_addr, log=log)
     reporter = StatusReporter.from_env(log)
     local = LocalRun(spec, policy_path, tokenizer, train_rows, log)
     try:
@@ -138,6 +139,7 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
             info = {**state.info, **info}
             progress.advance_to(controller.step)
             log(f"resumed from {state.path} (step {state.step}, weight version {state.version})")
+            recorder.rewind_to(state.step)
         elif spec.eval.datasets and spec.eval.before_training:
             await evaluate(controller, eval_sets, "before_rl", recorder, log)
         pending = None
@@ -171,10 +173,9 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
         if spec.eval.datasets:
             await evaluate(controller, eval_sets, "after_rl", recorder, log)
         final = run_dir / "final_model"
-        await asyncio.to_thread(local.learners.write_weights, str(final))
-        tokenizer.save_pretrained(final)
+        await asyncio.to_thread(export_model, local.learners.write_weights, policy_path, tokenizer, final)
         finish_run(spec, run_dir, controller.eval_history, read_records(recorder.jsonl_path, "train"), info,
-                   controller.entropy_sample, log)
+                   controller.entropy_sample, log, metrics_url=recorder.url)
         return 0
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):

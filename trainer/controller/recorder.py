@@ -4,11 +4,16 @@ file of step records, and TensorBoard event files."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from forkrl.rollout.network import LOCAL_BIND_HOST
 
 # Step-record key -> (gauge name, help, extra labels). Keys come from the controller's step summary and
 # the objective library's metrics (`entropy/p50`, `clip_frac/high`, ...).
@@ -54,9 +59,11 @@ class Recorder:
     """One run's metrics sinks; `record(step, values)` feeds all of them."""
 
     def __init__(self, run: str, run_dir: Path, metrics_port: int | None, tensorboard: bool,
-                 metrics_addr: str = "127.0.0.1") -> None:
+                 metrics_addr: str = LOCAL_BIND_HOST, log: Callable[[str], None] | None = None) -> None:
+        """metrics_port: 0 = any free port (so the URL is logged and kept in `url`), None = no server."""
         self.run = run
         self.run_dir = run_dir
+        self._log = log
         run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = run_dir / "metrics.jsonl"
         self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
@@ -71,10 +78,15 @@ class Recorder:
         self.step_seconds = Histogram("forkrl_trainer_step_duration_seconds", "Wall time of an RL step", ["run"],
                                       registry=self.registry, buckets=(0.5, 1, 2, 5, 10, 20, 60, 120, 300, 900))
         self.port: int | None = None
+        self.url: str | None = None
         self._server: Any = None
         if metrics_port is not None:
             self._server, _ = start_http_server(metrics_port, addr=metrics_addr, registry=self.registry)
             self.port = int(self._server.server_port)
+            host = f"[{metrics_addr}]" if ":" in metrics_addr else metrics_addr
+            self.url = f"http://{host}:{self.port}/metrics"
+            if log is not None:
+                log(f"metrics: {self.url}")
         self._tb: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -104,6 +116,30 @@ class Recorder:
         if "time/step" in values:
             self.step_seconds.labels(run=self.run).observe(values["time/step"])
 
+    def rewind_to(self, step: int) -> Path | None:
+        """Forget what was recorded past `step`, the checkpoint a run resumes from.
+
+        After a crash (unlike a clean stop, which checkpoints its last step) the file holds steps that
+        will be trained again; appending their new records would count them twice in the summary and
+        report. Returns where the old file was kept, or None when nothing was past `step`.
+        """
+        self._jsonl.close()
+        try:
+            aside = truncate_records(self.jsonl_path, step)
+        finally:
+            self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
+        if self._tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # A writer with purge_step makes TensorBoard discard the older events from that step on.
+            log_dir = self._tb.log_dir
+            self._tb.close()
+            self._tb = SummaryWriter(log_dir=log_dir, purge_step=step + 1)
+        if aside is not None and self._log is not None:
+            self._log(f"metrics: dropped the records past step {step} from {self.jsonl_path.name} "
+                      f"(the previous file is kept as {aside})")
+        return aside
+
     def close(self) -> None:
         self._jsonl.close()
         if self._tb is not None:
@@ -119,3 +155,38 @@ def read_records(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def truncate_records(path: Path, step: int) -> Path | None:
+    """Keep only the records of `path` up to `step` (every kind); the previous file is kept next to it as
+    `<name>.before-resume-<time>`, which is returned (None, and nothing written, when nothing went)."""
+    if not path.exists():
+        return None
+    kept: list[str] = []
+    dropped = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a process killed mid-write
+            dropped += 1
+            continue
+        if record.get("step") is not None and float(record["step"]) > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if not dropped:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.before-resume-{stamp}")
+    attempt = 1
+    while aside.exists():  # resumed twice within a second
+        aside = path.with_name(f"{path.name}.before-resume-{stamp}-{attempt}")
+        attempt += 1
+    # Copy, then replace: at every moment one complete file is at `path`.
+    shutil.copy2(path, aside)
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(partial, path)
+    return aside

@@ -30,8 +30,10 @@ def compare_phases(eval_history: list[dict[str, Any]], before: str = "before_rl"
 
 def finish_run(spec: RLVRJobSpec, run_dir: Path, eval_history: list[dict[str, Any]],
                train_records: list[dict[str, Any]], info: dict[str, Any], entropy_sample: list[float],
-               log) -> dict[str, Any]:
-    """Print the before/after numbers, write summary.json and the HTML report."""
+               log, metrics_url: str | None = None) -> dict[str, Any]:
+    """Print the before/after numbers, write summary.json and the HTML report.
+
+    metrics_url: where the run served Prometheus metrics (None when it did not)."""
     comparison = compare_phases(eval_history)
     for dataset, c in comparison.items():
         verdict = "significant" if c["ci95_low"] > 0 else "not significant"
@@ -39,7 +41,7 @@ def finish_run(spec: RLVRJobSpec, run_dir: Path, eval_history: list[dict[str, An
             f"({c['difference'] * 100:+.1f} points, 95% CI {c['ci95_low'] * 100:+.1f} to {c['ci95_high'] * 100:+.1f}; "
             f"{verdict}) on {int(c['problems'])} held-out problems")
     summary = {"name": spec.name, "steps": len(train_records), "objective": spec.objective.name,
-               "comparison": comparison, **info}
+               "metrics_url": metrics_url, "comparison": comparison, **info}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = [{k: v for k, v in row.items() if k != "per_problem"} for row in eval_history]
     flat = {"objective": spec.objective.name, "steps": len(train_records)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from forkrl.trainer.controller.recorder import read_records
 from forkrl.trainer.controller.setup import PreflightError, preflight_checkpoint_dir
@@ -72,6 +74,10 @@ def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None
     assert len(evals) == 2 and all("eval/heldout/avg" in e for e in evals)
     summary = json.loads((reference_run / "summary.json").read_text())
     assert set(summary["comparison"]["heldout"]) >= {"before", "after", "difference", "ci95_low", "ci95_high"}
+    assert re.fullmatch(r"http://127\.0\.0\.1:[1-9]\d*/metrics", summary["metrics_url"])
+    final = AutoModelForCausalLM.from_pretrained(reference_run / "final_model")
+    weights = _final_weights(reference_run)
+    assert weights and all(torch.equal(final.state_dict()[name], w) for name, w in weights.items())
     report = (reference_run / "report.html").read_text()
     for png in ("reward.png", "threshold.png", "entropy_hist.png"):
         assert png in report and (reference_run / png).stat().st_size > 1000

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
+import pytest
 
-from forkrl.trainer.controller.recorder import Recorder, read_records
+from forkrl.trainer.controller.recorder import Recorder, read_records, truncate_records
+from forkrl.trainer.controller.summary import finish_run
+from forkrl.trainer.spec import load_spec
 
 
 def test_prometheus_jsonl_and_tensorboard(tmp_path: Path) -> None:
@@ -34,3 +38,91 @@ def test_prometheus_jsonl_and_tensorboard(tmp_path: Path) -> None:
     assert len(train) == 1 and train[0]["accuracy"] == 0.5
     assert read_records(tmp_path / "metrics.jsonl", "eval")[0]["eval/heldout/avg"] == 0.4
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_metrics_url_is_logged_and_serves(tmp_path: Path) -> None:
+    logs: list[str] = []
+    recorder = Recorder("unit", tmp_path, metrics_port=0, tensorboard=False, log=logs.append)
+    try:
+        recorder.record(3, {"step": 3.0})
+        assert len(logs) == 1 and logs[0].startswith("metrics: http://127.0.0.1:")
+        url = logs[0].removeprefix("metrics: ")
+        port = int(url.removeprefix("http://127.0.0.1:").removesuffix("/metrics"))
+        assert port > 0 and recorder.url == url
+        assert 'forkrl_trainer_step{run="unit"} 3.0' in httpx.get(url, timeout=5).text
+    finally:
+        recorder.close()
+    off = Recorder("unit", tmp_path / "off", metrics_port=None, tensorboard=False, log=logs.append)
+    off.close()
+    assert off.url is None and len(logs) == 1
+
+
+def test_summary_records_the_metrics_url(tmp_path: Path) -> None:
+    spec = load_spec(Path(__file__).parent / "smoke.yaml")
+    spec = spec.model_copy(update={"observability": spec.observability.model_copy(update={"report": False})})
+    finish_run(spec, tmp_path, [], [{"step": 1.0}], {"cold_start_seconds": 2.0}, [], lambda _: None,
+               metrics_url="http://127.0.0.1:4321/metrics")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metrics_url"] == "http://127.0.0.1:4321/metrics"
+    assert summary["steps"] == 1 and summary["cold_start_seconds"] == 2.0
+
+
+def _crashed_run_lines() -> list[str]:
+    """A run killed after step 7 whose last checkpoint is step 5: eval before RL (step 0) and every 3
+    steps, train records for steps 1..7, then half a line."""
+    lines = [json.dumps({"kind": "eval", "step": 0, "time": 0.0, "eval/heldout/avg": 0.1})]
+    for step in range(1, 8):
+        lines.append(json.dumps({"kind": "train", "step": float(step), "time": float(step), "accuracy": step / 10}))
+        if step % 3 == 0:
+            lines.append(json.dumps({"kind": "eval", "step": step, "time": step + 0.5,
+                                     "eval/heldout/avg": step / 100}))
+    return [*lines, '{"kind": "train", "step": 8.0, "ti']
+
+
+def test_resume_after_a_crash_truncates_to_the_checkpoint(tmp_path: Path) -> None:
+    original = "\n".join(_crashed_run_lines())
+    (tmp_path / "metrics.jsonl").write_text(original)
+    logs: list[str] = []
+    recorder = Recorder("unit", tmp_path, metrics_port=None, tensorboard=False, log=logs.append)
+    try:
+        aside = recorder.rewind_to(5)
+        recorder.record(6, {"step": 6.0, "accuracy": 0.9})  # the resumed run trains step 6 again
+    finally:
+        recorder.close()
+    train = read_records(tmp_path / "metrics.jsonl", "train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["accuracy"] for r in train] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.9]
+    evals = read_records(tmp_path / "metrics.jsonl", "eval")
+    assert [(r["step"], r["eval/heldout/avg"]) for r in evals] == [(0, 0.1), (3, 0.03)]
+    assert aside is not None and aside.parent == tmp_path
+    assert aside.name.startswith("metrics.jsonl.before-resume-")
+    assert aside.read_text() == original
+    assert len(logs) == 1 and str(aside) in logs[0]
+
+
+def test_truncation_is_a_no_op_after_a_clean_stop(tmp_path: Path) -> None:
+    kept = [line for line in _crashed_run_lines()[:-1] if json.loads(line)["step"] <= 5]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(kept) + "\n")
+    assert truncate_records(path, 5) is None
+    assert path.read_text() == "\n".join(kept) + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    assert truncate_records(tmp_path / "missing.jsonl", 5) is None
+
+
+def test_tensorboard_forgets_steps_past_the_checkpoint(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recorder = Recorder("unit", tmp_path, metrics_port=None, tensorboard=True)
+    try:
+        for step in range(1, 8):
+            recorder.record(step, {"accuracy": step / 10})
+        recorder.rewind_to(5)
+        recorder.record(6, {"accuracy": 0.9})
+    finally:
+        recorder.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("train/accuracy")
+    assert [s.step for s in scalars] == [1, 2, 3, 4, 5, 6]
+    assert scalars[-1].value == pytest.approx(0.9)
