@@ -81,6 +81,26 @@ def test_aggregation_empty_mask_is_zero_not_nan() -> None:
         assert float(value.detach()) == 0.0
 
 
+# Spec C1's per-token objective: response 0 has 4 tokens, response 1 has 2.
+C1_SEQUENCE_SUMS = [1.832104 + 1.92 + 1.657756 + 1.111227, -0.674929 - 0.409365]
+
+
+@pytest.mark.parametrize(
+    ("constant", "ctx_length", "divisor"),
+    [
+        (10, None, 10),  # the config's constant ...
+        (10, 7, 10),  # ... wins over the run's maximum response length
+        (None, 7, 7),  # the run's maximum response length (verl: the padded response length)
+        (None, None, 4),  # no context: this batch's padded width
+    ],
+)
+def test_token_sum_norm_divides_by_a_fixed_length(constant: int | None, ctx_length: int | None, divisor: int) -> None:
+    """Issue 10: seq-mean-token-sum-norm = -mean_i sum_t P_t / L with L fixed for the run, not per batch."""
+    cfg = DapoConfig(loss_agg="seq-mean-token-sum-norm", token_sum_norm_length=constant)
+    loss = float(compute_policy_loss(cfg, canonical_inputs(), LossContext(max_response_len=ctx_length)).loss)
+    assert loss == pytest.approx(-sum(C1_SEQUENCE_SUMS) / len(C1_SEQUENCE_SUMS) / divisor, abs=TOL)
+
+
 def test_c1_dapo() -> None:
     loss, grad, metrics = grad_of(DapoConfig())
     assert loss == pytest.approx(-0.9061322, abs=TOL)
@@ -280,6 +300,7 @@ def test_context_normalizers_scale_the_loss() -> None:
         ({"name": "dapo", "clip_eps_hi": 0.3}, "clip_eps_hi"),
         ({"name": "clip_cov", "cov_lower": 5.0, "cov_upper": 1.0}, "cov_lower"),
         ({"name": "nope"}, "name"),
+        ({"name": "dapo", "token_sum_norm_length": 0}, "token_sum_norm_length"),
     ],
 )
 def test_bad_configs_name_the_field(payload: dict, field: str) -> None:

@@ -91,6 +91,8 @@ class LocalRun:
         if learner_spec.max_sequence_length is None:
             learner_spec = learner_spec.model_copy(update={
                 "max_sequence_length": spec.model.max_prompt_tokens + spec.model.max_response_tokens})
+        if learner_spec.max_response_length is None:
+            learner_spec = learner_spec.model_copy(update={"max_response_length": spec.model.max_response_tokens})
         self.learners = LearnerGroup(learner_spec, spec.objective, self.policy_path, spec.resources.learner_ranks,
                                      spec.resources.cpus_per_learner, spec.resources.gpus_per_learner, threads)
         stream = PromptStream(self.train_rows, spec.seed, spec.data.shuffle)

@@ -152,6 +152,11 @@ class LearnerSpec(_Strict):
     max_sequence_length: int | None = Field(
         None, ge=8, description="Rotary table length; default: the HF config's max_position_embeddings."
     )
+    max_response_length: int | None = Field(
+        None, ge=1, le=1_000_000, description="The run's maximum response length (an RLVR run fills in "
+        "model.max_response_tokens): L of the seq-mean-token-sum-norm loss unless objective.token_sum_norm_length "
+        "is set. Needed only by that aggregation."
+    )
 
     def uses_gpu(self) -> bool:
         """Whether this learner runs on CUDA (resolves device='auto')."""

@@ -21,7 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from forkrl.trainer.learner import checkpoint as ckpt
 from forkrl.trainer.learner.batch import LearnerBatch, MicroBatch, dp_shard, packed_micro_batches, padded_micro_batches
 from forkrl.trainer.learner.config import LearnerSpec
-from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, train_forward_step
+from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, token_sum_norm_length, train_forward_step
 from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
 from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
 from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, initialize_parallel
@@ -58,6 +58,7 @@ class Learner:
             raise ValueError("Learner needs model_path (HF checkpoint) or hf_config (architecture)")
         self.spec = spec
         self.objective = objective
+        self.norm_length = token_sum_norm_length(objective, spec)  # fails fast, before any model is built
         self.use_gpu = spec.uses_gpu()
         self.layout: ParallelLayout = initialize_parallel(spec.parallel, spec.seed, self.use_gpu)
         self.arch = ModelArch.from_hf(hf_config if hf_config is not None else model_path)
@@ -221,13 +222,12 @@ class Learner:
         selection = self._select_tokens(mbs)
         ctx = LossContext()
         if self.layout.is_last_stage:
-            max_response = int(batch.response_mask.sum(dim=1).max())
             ctx = mini_batch_context(
                 self.objective,
                 [mb.response_mask for mb in mbs],
                 selection,
                 group=self._dp_group,
-                max_response_len=max_response,
+                max_response_len=self.norm_length,
             )
         for chunk in self.model:
             chunk.train()

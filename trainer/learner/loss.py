@@ -19,6 +19,7 @@ import torch.distributed as dist
 from megatron.core.utils import get_attr_wrapped_model
 
 from forkrl.trainer.learner.batch import MicroBatch
+from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.objectives import LossContext, LossInputs, ObjectiveConfig, compute_policy_loss
 from forkrl.trainer.vocab_parallel import vocab_parallel_logprobs_and_entropy
 
@@ -86,6 +87,20 @@ def loss_inputs(mb: MicroBatch, logp: torch.Tensor, entropy: torch.Tensor) -> Lo
         rollout_logp=get("rollout_logp"),
         selection_mask=mb.selection_mask,
     )
+
+
+def token_sum_norm_length(cfg: ObjectiveConfig, spec: LearnerSpec) -> int | None:
+    """L of seq-mean-token-sum-norm: the objective's constant, else the run's maximum response length.
+
+    Never the longest response of the mini-batch: that would rescale the loss from step to step.
+    """
+    length = cfg.token_sum_norm_length if cfg.token_sum_norm_length is not None else spec.max_response_length
+    if length is None and cfg.loss_agg == "seq-mean-token-sum-norm":
+        raise ValueError(
+            "loss_agg 'seq-mean-token-sum-norm' divides by a fixed length: set objective.token_sum_norm_length or "
+            "learner.max_response_length (an RLVR run sets it to model.max_response_tokens)"
+        )
+    return length
 
 
 def _policy_loss(

@@ -29,7 +29,8 @@ def aggregate(
     token-mean: sum(l*m) / N_tokens; seq-mean-token-mean: mean_i(sum_t l*m / sum_t m);
     seq-mean-token-sum: mean_i sum_t l*m; seq-mean-token-sum-norm: mean_i sum_t l*m / L.
     N_tokens = ctx.token_normalizer (global) or sum(m); the sequence count = ctx.sequence_normalizer or
-    `num_sequences` (default: rows of weight_mask with any token). Empty masks give 0, never NaN.
+    `num_sequences` (default: rows of weight_mask with any token); L = ctx.max_response_len or the padded
+    width of loss_mat. Empty masks give 0, never NaN.
     """
     ctx = ctx or LossContext()
     weights = weight_mask.to(loss_mat.dtype)

@@ -29,7 +29,13 @@ class _ObjectiveBase(BaseModel):
     loss_agg: AggMode = Field(
         "token-mean",
         description="How per-token losses are aggregated: token-mean (DAPO), seq-mean-token-mean (GRPO/Archer), "
-        "seq-mean-token-sum, seq-mean-token-sum-norm (Dr.GRPO; divides by max_response_len).",
+        "seq-mean-token-sum, seq-mean-token-sum-norm (Dr.GRPO; divides each sequence's token sum by a fixed L, see "
+        "token_sum_norm_length).",
+    )
+    token_sum_norm_length: int | None = Field(
+        None, ge=1, le=1_000_000, description="L of seq-mean-token-sum-norm (Dr.GRPO's constant, verl "
+        "`loss_scale_factor`). None = the run's maximum response length, model.max_response_tokens (verl's "
+        "default). Fixed for the whole run, so the loss scale does not follow each mini-batch's longest response."
     )
     token_mean_scope: Literal["global", "micro_batch"] = Field(
         "global",

@@ -6,6 +6,7 @@ advantages (+ optional entropy shaping) -> ratio -> TIS weight -> the objective'
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -58,6 +59,8 @@ def prepare_tokens(cfg: ObjectiveConfig, inputs: LossInputs) -> PreparedTokens:
 def compute_policy_loss(cfg: ObjectiveConfig, inputs: LossInputs, ctx: LossContext | None = None) -> LossOutput:
     """Loss (to minimise) of the configured objective on one micro-batch, with its metrics."""
     ctx = ctx or LossContext()
+    if cfg.token_sum_norm_length is not None:  # the configured constant wins over the run's max response length
+        ctx = dataclasses.replace(ctx, max_response_len=cfg.token_sum_norm_length)
     if cfg.needs_entropy and inputs.entropy is None:
         raise ValueError(f"objective {cfg.name!r} needs LossInputs.entropy")
     prep = prepare_tokens(cfg, inputs)

@@ -107,7 +107,8 @@ def mini_batch_context(
 
     response_masks: one [batch, resp_len] mask per local micro-batch; selection_masks: the precomputed token
     split (`token_split_masks`), required where `needs_token_split(cfg)`; group: the data-parallel group
-    (None = no DP, no communication).
+    (None = no DP, no communication); max_response_len: the run's maximum response length, L of
+    seq-mean-token-sum-norm unless the objective sets token_sum_norm_length.
     `token_mean_scope='micro_batch'` reproduces verl-legacy scaling: each micro-batch is normalised by its
     own counts and weighted 1 / (micro-batches over all ranks).
     """

@@ -52,7 +52,9 @@ class LossContext:
         selected tokens for forking) over the whole mini-batch and all DP ranks; None = this micro-batch's count.
     sequence_normalizer: global number of sequences for the seq-mean-* modes; None = this micro-batch's count.
     loss_scale: multiplies the aggregated loss (e.g. 1 / (micro-batches * dp) for micro-batch scope).
-    max_response_len: L of seq-mean-token-sum-norm; None = the padded length of this micro-batch.
+    max_response_len: L of seq-mean-token-sum-norm, the run's maximum response length (the objective's
+        `token_sum_norm_length` overrides it); None = the padded length of this micro-batch, which changes
+        from batch to batch: trainers pass a fixed value.
     knowledge_token_normalizer / reasoning_token_normalizer: global counts of Archer's knowledge / reasoning
         tokens, the denominators of its per-type KL means under token-mean; None = this micro-batch's counts.
     """

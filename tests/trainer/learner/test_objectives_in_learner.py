@@ -21,7 +21,9 @@ from forkrl.trainer.selection import num_selected, topk_token_mask
 from tests.trainer.learner import workers
 from tests.trainer.learner.tiny import hf_token_stats, make_batch, save_tiny_model, with_old_logp
 
-RUN = {"tp": 1, "pp": 1, "mbs": 2}  # world 2 -> DP = 2; 4 sequences per rank -> 2 micro-batches each
+# world 2 -> DP = 2; 4 sequences per rank -> 2 micro-batches each. The configured maximum response length
+# is above every response of the batch, so a learner dividing by the longest one would differ.
+RUN = {"tp": 1, "pp": 1, "mbs": 2, "max_response": 30}
 DP, MBS = 2, 2
 OBJECTIVES = [
     {"name": "forking", "rho": 0.2, "scope": "micro_batch"},
@@ -45,6 +47,9 @@ OBJECTIVES = [
     {"name": "forking", "rho": 0.2, "scope": "micro_batch", "tie_rule": "geq_tau"},
     # Per-type KL means over the whole mini-batch: the reasoning split is computed before the loss.
     {"name": "archer", "loss_agg": "token-mean", "beta_knowledge": 0.05, "beta_reasoning": 0.02},
+    # seq-mean-token-sum-norm: L = the run's maximum response length, or the objective's constant.
+    {"name": "dapo", "loss_agg": "seq-mean-token-sum-norm"},
+    {"name": "gspo", "loss_agg": "seq-mean-token-sum-norm", "token_sum_norm_length": 50},
 ]
 
 
@@ -89,8 +94,8 @@ def _single_process_loss(setup: dict[str, Any], objective: dict) -> float:
         selections = [mask[r] for r in rows]
     elif needs_token_split(cfg):
         selections = token_split_masks(cfg, [setup["entropy"][r] for r in rows], masks)
-    max_response = int(batch.response_mask.sum(dim=1).max())
-    ctx = mini_batch_context(cfg, masks, selections, group=None, max_response_len=max_response)
+    assert int(batch.response_mask.sum(dim=1).max()) < RUN["max_response"]
+    ctx = mini_batch_context(cfg, masks, selections, group=None, max_response_len=RUN["max_response"])
     total = 0.0
     for index, r in enumerate(rows):
         selection = None if selections is None else selections[index]

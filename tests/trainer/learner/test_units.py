@@ -15,7 +15,9 @@ from forkrl.trainer.learner.batch import (
 )
 from forkrl.trainer.learner.config import LearnerSpec, OptimizerSpec, ParallelConfig
 from forkrl.trainer.learner.hf_mapping import hf_shapes, layer_rules, merge_to_hf, shard_from_hf
+from forkrl.trainer.learner.loss import token_sum_norm_length
 from forkrl.trainer.learner.model import ModelArch
+from forkrl.trainer.objectives import parse_objective
 from tests.trainer.learner.tiny import make_batch
 
 ARCH = ModelArch(
@@ -174,6 +176,19 @@ def test_optimizer_and_learner_spec_checks() -> None:
         OptimizerSpec(lr=1e-6, min_lr=1e-5)
     assert LearnerSpec().resolved_dtype(has_gpu=False) == "float32"
     assert LearnerSpec().resolved_dtype(has_gpu=True) == "bfloat16"
+
+
+def test_token_sum_norm_length_is_fixed_for_the_run() -> None:
+    """Issue 10: the learner divides seq-mean-token-sum-norm by the objective's constant, else by the run's
+    maximum response length, and refuses to fall back to each mini-batch's longest response."""
+    sum_norm = parse_objective({"name": "dapo", "loss_agg": "seq-mean-token-sum-norm"})
+    assert token_sum_norm_length(sum_norm, LearnerSpec(max_response_length=256)) == 256
+    constant = parse_objective({"name": "dapo", "loss_agg": "seq-mean-token-sum-norm", "token_sum_norm_length": 64})
+    assert token_sum_norm_length(constant, LearnerSpec(max_response_length=256)) == 64
+    assert token_sum_norm_length(constant, LearnerSpec()) == 64
+    with pytest.raises(ValueError, match="max_response_length"):
+        token_sum_norm_length(sum_norm, LearnerSpec())
+    assert token_sum_norm_length(parse_objective({"name": "dapo"}), LearnerSpec()) is None
 
 
 def test_unsupported_architectures_are_rejected() -> None:
