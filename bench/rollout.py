@@ -74,9 +74,9 @@ def bench_weight_sync(spec: TinyModelSpec, repeats: int = 3) -> tuple[int, float
     best = float("inf")
     for version in range(1, repeats + 1):
         start = time.perf_counter()
-        sender = WeightSender(world_size=2, timeout_s=120)
-        engine.begin_weight_sync(sender.begin_request(version=version, rank_offset=1))
-        sending = threading.Thread(target=sender.send, args=(learner.named_parameters(), version))
+        sender = WeightSender(master_addr="127.0.0.1", timeout_s=120)
+        engine.begin_weight_sync(sender.begin_request(version=version, rank_offset=1, world_size=2))
+        sending = threading.Thread(target=sender.send, args=(learner.named_parameters(), version, 2))
         sending.start()
         sending.join()
         engine.commit_weight_sync(version, timeout_s=120)

@@ -24,10 +24,15 @@ from forkrl.operator.names import (
     selector,
 )
 from forkrl.operator.quantity import format_bytes, format_cpu, parse_quantity
+from forkrl.rollout.network import POD_IP_ENV, RENDEZVOUS_PORT_ENV, WEIGHT_SYNC_PORT_ENV
 
 Manifest = dict[str, Any]
 ENTRYPOINT = f"forkrl train {CONFIG_MOUNT}/{SPEC_FILE} --resume --quiet"
 HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
+RENDEZVOUS_PORT = 29500
+"""Learner rank 0's TCP store of the learner world (declared on every learner pod: any may hold rank 0)."""
+WEIGHT_SYNC_PORT = 29510
+"""Pipeline stage s's weight-sync store listens on WEIGHT_SYNC_PORT + s (on the pod of its sender)."""
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 VOLCANO_QUEUE_LABEL = "volcano.sh/queue-name"
 SCHEDULER_LABEL = "ray.io/scheduler-name"
@@ -40,6 +45,8 @@ def env(ctx: JobContext, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"name": "FORKRL_JOB", "value": ctx.names.job},
         {"name": "FORKRL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # The address other pods reach this one at (rendezvous and weight-sync stores are announced with it).
+        {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         *extra,
     ]
     taken = {item["name"] for item in base}
@@ -309,11 +316,17 @@ def ray_job(ctx: JobContext) -> Manifest:
         "resources": requests_and_limits(cluster.controller.cpu, cluster.controller.memory, 0, cluster.gpu_resource),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, *mounts],
     }
+    stages = ctx.spec.learner.parallel.pipeline_parallel
+    worker_ports = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}] + [
+        {"name": f"weight-sync-{s}", "containerPort": WEIGHT_SYNC_PORT + s, "protocol": "TCP"} for s in range(stages)
+    ]
     worker = {
         "name": "ray-worker",
         "image": cluster.image_of("learner"),
         "imagePullPolicy": cluster.image_pull_policy,
-        "env": env(ctx, []),
+        "ports": worker_ports,
+        "env": env(ctx, [{"name": RENDEZVOUS_PORT_ENV, "value": str(RENDEZVOUS_PORT)},
+                         {"name": WEIGHT_SYNC_PORT_ENV, "value": str(WEIGHT_SYNC_PORT)}]),
         "resources": requests_and_limits(
             format_cpu(parse_quantity(str(math.ceil(ranks_per_pod * resources.cpus_per_learner)))),
             format_bytes(parse_quantity(cluster.learner.memory_per_rank) * ranks_per_pod),
@@ -338,7 +351,8 @@ def ray_job(ctx: JobContext) -> Manifest:
             "rayVersion": cluster.ray_version,
             "enableInTreeAutoscaling": False,
             "headGroupSpec": {
-                "rayStartParams": {"dashboard-host": "0.0.0.0"},
+                # num-cpus 0: learner ranks go to the worker pods, never to the controller's pod.
+                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
                 "template": ray_pod(
                     ctx,
                     "controller",

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forkrl.rollout.network import LOCAL_BIND_HOST
+
 if TYPE_CHECKING:
     from forkrl.rollout.config import RolloutServerConfig
 
@@ -17,7 +19,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RolloutServerConfig, Path
     parser = argparse.ArgumentParser(prog="python -m forkrl.rollout", description=__doc__)
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--model", required=True, help="Hugging Face model directory")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default=LOCAL_BIND_HOST,
+                        help=f"Address to bind (default {LOCAL_BIND_HOST}; 0.0.0.0 or the pod IP serves other hosts).")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (see --port-file)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     parser.add_argument("--run", default="")

@@ -2,8 +2,9 @@
 
 `RolloutClient.generate_stream` retries transport failures and 5xx answers with exponential backoff,
 re-sending only the requests whose results have not arrived yet. 4xx answers raise
-`RolloutRequestError` at once (with the offending fields). `push_weights` runs one broadcast sync to a
-set of replicas; `ensure_weights` finds replicas whose version is stale (e.g. restarted ones) through
+`RolloutRequestError` at once (with the offending fields). `run_weight_sync` drives one sync (begin,
+the senders' broadcast, commit or abort) to a set of replicas, `push_weights` is that with this
+process as the only sender; `ensure_weights` finds replicas whose version is stale (e.g. restarted ones) through
 /readyz and re-pushes to them.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,9 +26,11 @@ from forkrl.rollout.types import GenerateRequest, GenerateResult
 from forkrl.rollout.weight_sync import (
     DEFAULT_BUCKET_BYTES,
     SendStats,
+    SyncSource,
     WeightCheckpointLoad,
     WeightSender,
     WeightSyncAbort,
+    WeightSyncBegin,
     WeightSyncCommit,
 )
 
@@ -67,11 +70,20 @@ def _error_of(response: httpx.Response) -> RolloutRequestError:
 
 
 class RolloutClient:
+    """timeout_s: the longest a whole call may take (a weight commit waits for the receive).
+    connect_timeout_s: a replica whose host is gone (cable pulled, node lost) fails fast here.
+    idle_timeout_s: a generate stream with nothing for this long (the server sends a keepalive line
+    every few seconds) is treated as a lost connection and retried elsewhere.
+    probe_timeout_s: liveness and version probes."""
+
     def __init__(
         self,
         base_url: str,
         *,
         timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+        idle_timeout_s: float = 60.0,
+        probe_timeout_s: float = 10.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -79,7 +91,10 @@ class RolloutClient:
         self.base_url = base_url
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
+        self._stream_timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s, read=idle_timeout_s)
+        self._probe_timeout = httpx.Timeout(probe_timeout_s, connect=min(connect_timeout_s, probe_timeout_s))
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+                                       transport=transport)
 
     async def __aenter__(self) -> RolloutClient:
         return self
@@ -103,7 +118,8 @@ class RolloutClient:
             indices = sorted(remaining)
             body = {"requests": [remaining[i].model_dump(mode="json") for i in indices]}
             try:
-                async with self._http.stream("POST", "/v1/generate", json=body) as response:
+                async with self._http.stream("POST", "/v1/generate", json=body,
+                                             timeout=self._stream_timeout) as response:
                     if response.status_code >= 400:
                         await response.aread()
                         error = _error_of(response)
@@ -132,11 +148,15 @@ class RolloutClient:
             results[index] = result
         return results  # type: ignore[return-value]
 
-    async def _request(self, method: str, path: str, body: dict | None = None, retry: bool = True) -> httpx.Response:
+    async def _request(self, method: str, path: str, body: dict | None = None, retry: bool = True,
+                       probe: bool = False) -> httpx.Response:
         attempt = 0
         while True:
             try:
-                response = await self._http.request(method, path, json=body)
+                if probe:
+                    response = await self._http.request(method, path, json=body, timeout=self._probe_timeout)
+                else:
+                    response = await self._http.request(method, path, json=body)
                 if response.status_code >= 500 and response.status_code != 503 and retry:
                     raise _Retryable(response.text)
                 return response
@@ -146,13 +166,13 @@ class RolloutClient:
                 attempt += 1
                 await self._backoff(attempt, exc)
 
-    async def readyz(self) -> ReadyStatus:
-        body = (await self._request("GET", "/readyz")).json()
+    async def readyz(self, retry: bool = True) -> ReadyStatus:
+        body = (await self._request("GET", "/readyz", retry=retry, probe=True)).json()
         return ReadyStatus(body["ready"], body["weight_version"], body["reason"], body["model"])
 
     async def healthz(self) -> bool:
         try:
-            return (await self._request("GET", "/healthz", retry=False)).status_code == 200
+            return (await self._request("GET", "/healthz", retry=False, probe=True)).status_code == 200
         except RolloutUnavailableError:
             return False
 
@@ -164,7 +184,7 @@ class RolloutClient:
             await asyncio.sleep(poll_s)
 
     async def health(self) -> dict:
-        return (await self._request("GET", "/v1/health")).json()
+        return (await self._request("GET", "/v1/health", probe=True)).json()
 
     async def metrics_text(self) -> str:
         return (await self._request("GET", "/metrics")).text
@@ -189,46 +209,82 @@ class RolloutClient:
         return (await self._request("POST", "/v1/wake")).json()
 
 
+@dataclass(frozen=True)
+class SyncLayout:
+    """Group ranks of one sync: the sender is rank 0 of every source's group, replica i's receivers start
+    at `offsets[i]`."""
+
+    world_size: int
+    offsets: list[int]
+    devices: list[str]
+    """Where each replica's received weights land ("cpu" or "cuda")."""
+
+
+async def sync_layout(clients: Sequence[RolloutClient]) -> SyncLayout:
+    """Asks every replica how many receiver ranks it has (vLLM: its TP size; HF: 1) and on what device."""
+    healths = await asyncio.gather(*(client.health() for client in clients))
+    receivers = [int(h["weight_receivers"]) for h in healths]
+    return SyncLayout(1 + sum(receivers), [1 + sum(receivers[:i]) for i in range(len(clients))],
+                      [str(h.get("device", "cpu")) for h in healths])
+
+
+async def run_weight_sync(
+    clients: Sequence[RolloutClient],
+    layout: SyncLayout,
+    sources: Sequence[SyncSource],
+    version: int,
+    send: Callable[[], Awaitable[object]],
+    *,
+    backend: Literal["gloo", "nccl"],
+    timeout_s: float,
+) -> object:
+    """begin on every replica -> `send()` (the senders broadcast) -> commit everywhere; returns what
+    `send` returned. On any failure every replica is told to abort and keeps serving its old version."""
+    try:
+        begins = [
+            WeightSyncBegin(version=version, sources=list(sources), world_size=layout.world_size, rank_offset=offset,
+                            backend=backend, timeout_s=timeout_s)
+            for offset in layout.offsets
+        ]
+        await asyncio.gather(*(client.weights(b) for client, b in zip(clients, begins, strict=True)))
+        result = await send()
+        commit = WeightSyncCommit(version=version, timeout_s=timeout_s)
+        await asyncio.gather(*(client.weights(commit) for client in clients))
+        return result
+    except BaseException:
+        await asyncio.gather(*(client.weights(WeightSyncAbort()) for client in clients), return_exceptions=True)
+        raise
+
+
 async def push_weights(
     clients: Sequence[RolloutClient],
     weights: Iterable[tuple[str, torch.Tensor]],
     version: int,
     *,
+    master_addr: str,
     backend: Literal["gloo", "nccl"] = "gloo",
-    master_addr: str = "127.0.0.1",
     master_port: int = 0,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     timeout_s: float = 300.0,
     device: torch.device | str | None = None,
 ) -> SendStats:
-    """One broadcast sync of `weights` (HF names) to every replica, then commit everywhere.
+    """One sync of `weights` (HF names) from this process, the only sender, to every replica.
 
-    Runs on the learner's last rank. On any failure every replica is told to abort and keeps serving
-    its previous version.
+    `master_addr`: the address the replicas reach this process at. A learner with several senders
+    (one per pipeline stage) uses `sync_layout` + `run_weight_sync` directly.
     """
-    healths = await asyncio.gather(*(client.health() for client in clients))
-    receivers = [int(h["weight_receivers"]) for h in healths]
-    sender = WeightSender(
-        1 + sum(receivers),
-        master_addr=master_addr,
-        master_port=master_port,
-        backend=backend,
-        group_name=f"forkrl-weights/v{version}/{uuid.uuid4().hex[:8]}",
-        timeout_s=timeout_s,
-        bucket_bytes=bucket_bytes,
-        device=device,
-    )
-    offsets = [1 + sum(receivers[:i]) for i in range(len(clients))]
+    layout = await sync_layout(clients)
+    sender = WeightSender(master_addr=master_addr, master_port=master_port, backend=backend,
+                          group_name=f"forkrl-weights/v{version}/{uuid.uuid4().hex[:8]}", timeout_s=timeout_s,
+                          bucket_bytes=bucket_bytes, device=device)
     try:
-        begins = [sender.begin_request(version, offset) for offset in offsets]
-        await asyncio.gather(*(client.weights(b) for client, b in zip(clients, begins, strict=True)))
-        stats = await asyncio.to_thread(sender.send, weights, version)
-        commit = WeightSyncCommit(version=version, timeout_s=timeout_s)
-        await asyncio.gather(*(client.weights(commit) for client in clients))
+        async def send() -> SendStats:
+            return await asyncio.to_thread(sender.send, weights, version, layout.world_size)
+
+        stats = await run_weight_sync(clients, layout, [sender.source()], version, send, backend=backend,
+                                      timeout_s=timeout_s)
+        assert isinstance(stats, SendStats)
         return stats
-    except BaseException:
-        await asyncio.gather(*(client.weights(WeightSyncAbort()) for client in clients), return_exceptions=True)
-        raise
     finally:
         sender.close()
 

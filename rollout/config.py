@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from forkrl.rollout.engine import RolloutEngine
 from forkrl.rollout.hf_engine import HFEngine, HFEngineConfig
+from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.rollout.service import ServiceConfig
 from forkrl.rollout.vllm_engine import VLLMEngineConfig
 
@@ -17,7 +18,7 @@ class RolloutServerConfig(BaseModel):
 
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers (CPU/dev); vllm: GPU.")
     model: str = Field(min_length=1, description="Hugging Face model directory.")
-    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    host: str = Field(LOCAL_BIND_HOST, description="Interface to listen on (0.0.0.0 or the pod IP in a pod).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     run: str = Field("", description="Value of the `run` label of every metric.")
     replica: str = Field("", description="Value of the `replica` label of every metric.")

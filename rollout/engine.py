@@ -45,6 +45,8 @@ class EngineHealth:
     """Fraction of the KV-cache budget in use right now, in [0, 1]."""
     weight_sync: SyncState
     weight_sync_error: str = ""
+    device: str = "cpu"
+    """Where received weights land: "cpu" or "cuda" (decides whether NCCL can carry the sync)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

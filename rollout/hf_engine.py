@@ -295,6 +295,7 @@ class HFEngine:
             kv_cache_usage=min(1.0, self._kv_tokens / budget),
             weight_sync=receiver.state if receiver is not None else "idle",
             weight_sync_error=receiver.error if receiver is not None else "",
+            device=self.device.type,
         )
 
     def close(self) -> None:

@@ -44,6 +44,31 @@ class SleepBody(BaseModel):
     level: int = Field(1, ge=1, le=2, description="1: free KV memory; 2: also drop the weights.")
 
 
+
+KEEPALIVE_S = 5.0
+"""A blank line goes out on a generate stream after this many quiet seconds, so a client can tell a
+long batch (keepalives arrive) from a replica it lost the connection to (nothing arrives)."""
+
+
+async def with_keepalive(lines: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:
+    """`lines`, with a blank line inserted whenever the next line takes longer than `interval_s`."""
+    iterator = aiter(lines)
+    next_line: asyncio.Future | None = None
+    try:
+        while True:
+            next_line = asyncio.ensure_future(anext(iterator))
+            while not (await asyncio.wait({next_line}, timeout=interval_s))[0]:
+                yield "\n"
+            try:
+                line = next_line.result()
+            except StopAsyncIteration:
+                return
+            yield line
+    finally:  # the client went away: stop waiting for results nobody will read
+        if next_line is not None and not next_line.done():
+            next_line.cancel()
+
+
 def field_path(loc: tuple | list) -> str:
     """("body", "requests", 0, "sampling", "top_p") -> "requests[0].sampling.top_p"."""
     path = ""
@@ -117,7 +142,7 @@ def create_app(
                 else:
                     yield json.dumps({"index": index, "result": outcome.to_dict()}) + "\n"
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return StreamingResponse(with_keepalive(lines(), KEEPALIVE_S), media_type="application/x-ndjson")
 
     @app.post("/v1/weights")
     async def weights(action: Annotated[WeightsAction, Body()]) -> Response:

@@ -309,6 +309,7 @@ class VLLMEngine:
             kv_cache_usage=_kv_cache_usage(),
             weight_sync=state,
             weight_sync_error=error,
+            device="cuda",
         )
 
     def close(self) -> None:

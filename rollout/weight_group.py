@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from forkrl.rollout.network import export_socket_ifname
+
 
 @dataclass
 class SyncGroup:
@@ -36,15 +38,25 @@ def open_sync_group(
     group_name: str,
     timeout_s: float,
     device: torch.device,
+    local_address: str,
 ) -> SyncGroup:
-    """Joins the group (blocks until every rank has joined or `timeout_s` passes)."""
+    """Joins the group (blocks until every rank has joined or `timeout_s` passes).
+
+    local_address: this rank's address on the network the peers share. gloo binds its transport to it
+    (its default would follow the hostname, which may resolve to a loopback address); NCCL's bootstrap
+    gets the matching interface through NCCL_SOCKET_IFNAME unless that is set already.
+    """
     timeout = datetime.timedelta(seconds=timeout_s)
     prefixed = dist.PrefixStore(f"{group_name}/", store)
     if backend == "gloo":
-        group: dist.ProcessGroup = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address)]
+        group: dist.ProcessGroup = dist.ProcessGroupGloo(prefixed, rank, world_size, options)
     elif backend == "nccl":
         if device.type != "cuda":
             raise ValueError("backend: nccl needs a CUDA device")
+        export_socket_ifname(local_address)
         torch.cuda.set_device(device)
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout

@@ -1,8 +1,10 @@
 """Weight sync from the learner to rollout replicas without going through disk.
 
-The learner's last rank (sender, rank 0) and every rollout receiver (ranks 1..W-1) form a process group
-of their own through a TCP rendezvous (gloo on CPU, NCCL on GPU), independent of any default group
-either side already has. Tensors travel with their Hugging Face names, packed into byte buckets:
+Each sending learner rank (the first TP rank of each pipeline stage; rank 0 of its group) and every
+rollout receiver (ranks 1..W-1) form a process group of their own through a TCP store that the sender
+hosts on its routable address (gloo on CPU, NCCL on GPU), independent of any default group either side
+already has. A replica receives from every sender at once and installs the union. Tensors travel with
+their Hugging Face names, packed into byte buckets:
 
     for each bucket:  broadcast int64[1] header length, uint8 header (JSON), uint8 payload
     header = {"version", "entries": [[name, dtype, shape, offset, nbytes], ...], "nbytes", "last", "count"}
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from forkrl.rollout.network import source_address_towards
 from forkrl.rollout.weight_group import SyncGroup, open_sync_group
 
 _ALIGN = 64
@@ -41,21 +44,32 @@ _DTYPES = {
 DEFAULT_BUCKET_BYTES = 64 * 2**20
 
 
+class SyncSource(BaseModel):
+    """One sender of a sync: a learner rank hosting the group's TCP store on its routable address."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    master_addr: str = Field(min_length=1, description="Address of the sending rank (pod IP / Ray node IP).")
+    master_port: int = Field(ge=1, le=65535, description="TCP store port opened by the sender.")
+    group_name: str = Field(min_length=1, max_length=200, description="Rendezvous key prefix of this sender.")
+
+
 class WeightSyncBegin(BaseModel):
-    """Start receiving version `version` from the sender at master_addr:master_port."""
+    """Start receiving version `version` from every sender in `sources`.
+
+    Each source forms its own group of the same membership (the sender at rank 0, then every receiver
+    rank of every replica), so several senders (one per pipeline stage) send their own tensors at
+    once; the union of what they send is the new version.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["begin"] = "begin"
     version: int = Field(ge=0, description="Weight version the sync will install on commit.")
-    master_addr: str = Field("127.0.0.1", min_length=1, description="Rendezvous host (the sender).")
-    master_port: int = Field(ge=1, le=65535, description="Rendezvous TCP port opened by the sender.")
-    world_size: int = Field(ge=2, description="Sender + every receiver rank of every replica.")
+    sources: list[SyncSource] = Field(min_length=1, max_length=4096, description="Senders (one per stage).")
+    world_size: int = Field(ge=2, description="Sender + every receiver rank of every replica (per source).")
     rank_offset: int = Field(ge=1, description="Group rank of this replica's first receiver.")
     backend: Literal["gloo", "nccl"] = Field("gloo", description="gloo (CPU tensors) or nccl (GPU).")
-    group_name: str = Field(
-        "forkrl-weights", min_length=1, max_length=200, description="Rendezvous key prefix (one per sync)."
-    )
     timeout_s: float = Field(300.0, gt=0, le=86400, description="Rendezvous and per-collective timeout.")
 
 
@@ -167,17 +181,18 @@ class SendStats:
 
 
 class WeightSender:
-    """The learner side: opens the rendezvous, then broadcasts named tensors bucket by bucket.
+    """One sending learner rank: hosts its group's TCP store, then broadcasts named tensors bucket by bucket.
 
-    Create it first (it binds the rendezvous port, `port`), tell every replica to `begin` with that port
-    and its rank offset, then call `send`. The group is formed on the first `send`.
+    Create it first (the store binds `port`, a free one unless given), announce `source()` to every
+    replica in its `begin` request, then call `send` with the world size (1 + every receiver rank).
+    `master_addr` is the address the replicas reach this rank at: its pod IP or Ray node IP, never a
+    loopback address unless every replica runs on this same host.
     """
 
     def __init__(
         self,
-        world_size: int,
         *,
-        master_addr: str = "127.0.0.1",
+        master_addr: str,
         master_port: int = 0,
         backend: Literal["gloo", "nccl"] = "gloo",
         group_name: str = "forkrl-weights",
@@ -185,7 +200,6 @@ class WeightSender:
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         device: torch.device | str | None = None,
     ) -> None:
-        self.world_size = world_size
         self.backend = backend
         self.group_name = group_name
         self.timeout_s = timeout_s
@@ -195,7 +209,6 @@ class WeightSender:
         self.store = dist.TCPStore(
             master_addr,
             master_port,
-            world_size,
             is_master=True,
             timeout=datetime.timedelta(seconds=timeout_s),
             wait_for_workers=False,
@@ -206,25 +219,19 @@ class WeightSender:
     def port(self) -> int:
         return int(self.store.port)
 
-    def begin_request(self, version: int, rank_offset: int) -> WeightSyncBegin:
-        """The `begin` body for the replica whose receivers start at `rank_offset`."""
-        return WeightSyncBegin(
-            version=version,
-            master_addr=self.master_addr,
-            master_port=self.port,
-            world_size=self.world_size,
-            rank_offset=rank_offset,
-            backend=self.backend,
-            group_name=self.group_name,
-            timeout_s=self.timeout_s,
-        )
+    def source(self) -> SyncSource:
+        return SyncSource(master_addr=self.master_addr, master_port=self.port, group_name=self.group_name)
 
-    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> SendStats:
+    def begin_request(self, version: int, rank_offset: int, world_size: int) -> WeightSyncBegin:
+        """The `begin` body for a replica whose receivers start at `rank_offset`, with this one sender."""
+        return WeightSyncBegin(version=version, sources=[self.source()], world_size=world_size,
+                               rank_offset=rank_offset, backend=self.backend, timeout_s=self.timeout_s)
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int, world_size: int) -> SendStats:
         start = time.perf_counter()
         if self._group is None:
-            self._group = open_sync_group(
-                self.store, 0, self.world_size, self.backend, self.group_name, self.timeout_s, self.device
-            )
+            self._group = open_sync_group(self.store, 0, world_size, self.backend, self.group_name, self.timeout_s,
+                                          self.device, self.master_addr)
         count = num_bytes = 0
         for bucket in iter_buckets(named_tensors, self.bucket_bytes):
             entries, payload = pack_bucket(bucket, self.device)
@@ -246,10 +253,11 @@ SyncState = Literal["idle", "receiving", "received", "failed"]
 
 
 class WeightReceiver:
-    """One replica rank's side of one sync: receives on a thread into a staging dict.
+    """One replica rank's side of one sync: a thread per sender receives into a staging dict each.
 
     `expected` (name -> ParamSpec) rejects unknown names and wrong shapes as they arrive; `required`
-    names must all be present at the end. Both are optional (vLLM checks names in `load_weights`).
+    names must all be present in the union at the end, and no name may come from two senders. Both
+    are optional (vLLM checks names in `load_weights`).
     """
 
     def __init__(
@@ -274,59 +282,79 @@ class WeightReceiver:
         self.state: SyncState = "idle"
         self.error: str = ""
         self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name=f"weight-receiver-{self.rank}", daemon=True)
+        self._parts: list[dict[str, torch.Tensor]] = [{} for _ in begin.sources]
+        self._errors: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._run_source, args=(i,), name=f"weight-receiver-{self.rank}-{i}", daemon=True)
+            for i in range(len(begin.sources))
+        ]
+        self._supervisor = threading.Thread(target=self._finish, name=f"weight-receiver-{self.rank}", daemon=True)
+        self._start = 0.0
 
     def start(self) -> WeightReceiver:
         self.state = "receiving"
-        self._thread.start()
+        self._start = time.perf_counter()
+        for thread in self._threads:
+            thread.start()
+        self._supervisor.start()
         return self
 
-    def _run(self) -> None:
-        start = time.perf_counter()
+    def _run_source(self, index: int) -> None:
+        source = self.begin.sources[index]
         try:
             store = dist.TCPStore(
-                self.begin.master_addr,
-                self.begin.master_port,
-                self.begin.world_size,
+                source.master_addr,
+                source.master_port,
                 is_master=False,
                 timeout=datetime.timedelta(seconds=self.begin.timeout_s),
             )
-            group = open_sync_group(
-                store,
-                self.rank,
-                self.begin.world_size,
-                self.begin.backend,
-                self.begin.group_name,
-                self.begin.timeout_s,
-                self.device,
-            )
-            self._receive(group)
-            self.state = "received"
+            local = source_address_towards(source.master_addr, source.master_port)
+            group = open_sync_group(store, self.rank, self.begin.world_size, self.begin.backend, source.group_name,
+                                    self.begin.timeout_s, self.device, local)
+            self._receive(group, self._parts[index])
         except Exception as exc:  # a dead sender or a bad stream: keep serving the old weights
+            self._parts[index].clear()
+            where = f"{source.master_addr}:{source.master_port}"
+            self._errors.append(f"from {where}: {type(exc).__name__}: {exc}")
+
+    def _finish(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        try:
+            if self._errors:
+                raise RuntimeError("; ".join(self._errors))
+            for part in self._parts:
+                duplicated = set(part) & set(self.staged)
+                if duplicated:
+                    raise ValueError(f"tensors sent by two senders: {sorted(duplicated)[:8]}")
+                self.staged.update(part)
+            missing = self.required - set(self.staged)
+            if missing:
+                raise ValueError(f"weights missing from the sync: {sorted(missing)[:8]}")
+            self.state = "received"
+        except Exception as exc:
             self.staged.clear()
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = str(exc) if self._errors else f"{type(exc).__name__}: {exc}"
             self.state = "failed"
         finally:
-            self.seconds = time.perf_counter() - start
+            self._parts = []
+            self.seconds = time.perf_counter() - self._start
 
-    def _receive(self, group: SyncGroup) -> None:
+    def _receive(self, group: SyncGroup, staged: dict[str, torch.Tensor]) -> None:
         while True:
             header = _broadcast_header(group, None)
             if header["version"] != self.begin.version:
                 raise ValueError(f"version: sender sends {header['version']}, expected {self.begin.version}")
             if header["last"]:
-                if header["count"] != len(self.staged):
-                    raise ValueError(f"received {len(self.staged)} tensors, sender sent {header['count']}")
-                missing = self.required - set(self.staged)
-                if missing:
-                    raise ValueError(f"weights missing from the sync: {sorted(missing)[:8]}")
+                if header["count"] != len(staged):
+                    raise ValueError(f"received {len(staged)} tensors, sender sent {header['count']}")
                 return
             payload = torch.empty(header["nbytes"], dtype=torch.uint8, device=self.device)
             if payload.numel():
                 group.broadcast(payload)
             for name, tensor in unpack_bucket(header["entries"], payload):
                 self._check(name, tensor)
-                self.staged[name] = tensor.to(self.staging_device, copy=True)
+                staged[name] = tensor.to(self.staging_device, copy=True)
 
     def _check(self, name: str, tensor: torch.Tensor) -> None:
         if self.expected is None:
@@ -339,8 +367,8 @@ class WeightReceiver:
 
     def join(self, timeout_s: float) -> dict[str, torch.Tensor]:
         """Waits for the receive to end; returns the staged tensors or raises with the failure."""
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        self._supervisor.join(timeout_s)
+        if self._supervisor.is_alive():
             raise TimeoutError(f"weight sync {self.begin.version} still receiving after {timeout_s}s")
         if self.state != "received":
             raise RuntimeError(f"weight sync {self.begin.version} failed: {self.error}")

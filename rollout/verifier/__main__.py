@@ -9,6 +9,7 @@ from pathlib import Path
 import uvicorn
 import yaml
 
+from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.rollout.verifier.config import VerifierConfig
 from forkrl.rollout.verifier.server import create_app
 
@@ -24,7 +25,8 @@ def load_config(path: str | None, overrides: dict[str, object]) -> VerifierConfi
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m forkrl.rollout.verifier", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
+    parser.add_argument("--host", default=LOCAL_BIND_HOST,
+                        help=f"Address to bind (default {LOCAL_BIND_HOST}; 0.0.0.0 or the pod IP serves other hosts).")
     parser.add_argument("--port", type=int, default=8000, help="Port to bind (default 8000).")
     parser.add_argument("--workers", type=int, default=None, help="Worker processes (default: CPU count).")
     parser.add_argument("--run", default=None, help="`run` label on the metrics.")

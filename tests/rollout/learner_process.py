@@ -53,7 +53,8 @@ async def main(args: argparse.Namespace) -> None:
         weights = _dying(weights, args.die_after)
     async with RolloutClient(args.url, max_retries=2, backoff_s=0.2) as client:
         before = (await client.readyz()).weight_version
-        stats = await push_weights([client], weights, args.version, bucket_bytes=args.bucket_bytes, timeout_s=60)
+        stats = await push_weights([client], weights, args.version, master_addr="127.0.0.1",
+                                   bucket_bytes=args.bucket_bytes, timeout_s=60)
         after = (await client.readyz()).weight_version
         request = fixed_request(tokenizer)
         (result,) = await client.generate([request])

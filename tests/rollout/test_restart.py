@@ -12,6 +12,8 @@ from forkrl.rollout.client import RolloutClient, RolloutUnavailableError, ensure
 from forkrl.rollout.types import GenerateRequest
 from tests.rollout.helpers import one_torch_thread, reference_logprobs, save_model, start_server, tiny
 
+LOOPBACK = "127.0.0.1"  # the replica under test runs on this host
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
@@ -33,8 +35,8 @@ def test_restarted_replica_is_detected_and_re_pushed(tmp_path) -> None:
 
     async def before_restart() -> list[int]:
         async with RolloutClient(first.url) as client:
-            await push_weights([client], _learner_weights(), 1)
-            return await ensure_weights([client], 1, _learner_weights)
+            await push_weights([client], _learner_weights(), 1, master_addr=LOOPBACK)
+            return await ensure_weights([client], 1, _learner_weights, master_addr=LOOPBACK)
 
     try:
         assert asyncio.run(before_restart()) == []  # current: nothing pushed
@@ -53,7 +55,7 @@ def test_restarted_replica_is_detected_and_re_pushed(tmp_path) -> None:
                     refused = False
                 except RolloutUnavailableError:
                     refused = True
-                stale = await ensure_weights([client], 1, _learner_weights)
+                stale = await ensure_weights([client], 1, _learner_weights, master_addr=LOOPBACK)
                 return stale_status, refused, stale, await client.readyz(), await client.generate([request])
 
         stale_status, refused, stale, ready, results = asyncio.run(after_restart())

@@ -15,6 +15,7 @@ from forkrl.rollout.weight_sync import (
     ParamSpec,
     WeightReceiver,
     WeightSender,
+    WeightSyncBegin,
     iter_buckets,
     iter_checkpoint_tensors,
     pack_bucket,
@@ -22,6 +23,8 @@ from forkrl.rollout.weight_sync import (
     write_checkpoint,
 )
 from tests.rollout.helpers import one_torch_thread, tiny
+
+LOOPBACK = "127.0.0.1"  # every rank of these tests is a thread of this process
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,16 +70,16 @@ def _receive_in_threads(
 ) -> list[WeightReceiver]:
     receivers = []
     for rank in ranks:
-        begin = sender.begin_request(version=version, rank_offset=rank)
+        begin = sender.begin_request(version=version, rank_offset=rank, world_size=1 + len(ranks))
         receivers.append(WeightReceiver(begin, **receiver_kwargs).start())
     return receivers
 
 
 def test_broadcast_to_two_receivers_over_gloo() -> None:
     named = _tensors()
-    sender = WeightSender(world_size=3, bucket_bytes=64, timeout_s=30)
+    sender = WeightSender(master_addr=LOOPBACK, bucket_bytes=64, timeout_s=30)
     receivers = _receive_in_threads(sender, [1, 2], version=7)
-    stats = sender.send(named, version=7)
+    stats = sender.send(named, version=7, world_size=3)
     assert stats.num_tensors == len(named)
     assert stats.num_bytes == sum(t.numel() * t.element_size() for _, t in named)
     for receiver in receivers:
@@ -88,16 +91,76 @@ def test_broadcast_to_two_receivers_over_gloo() -> None:
     sender.close()
 
 
+def _multi_source_begin(senders: list[WeightSender], version: int, rank_offset: int, world_size: int
+                        ) -> WeightSyncBegin:
+    return WeightSyncBegin(version=version, sources=[s.source() for s in senders], world_size=world_size,
+                           rank_offset=rank_offset, timeout_s=30)
+
+
+def _send_all(senders: list[WeightSender], parts: list[list[tuple[str, torch.Tensor]]], version: int,
+              world_size: int) -> list[BaseException]:
+    """Every sender broadcasts its part at the same time (as pipeline stages do); returns their errors."""
+    errors: list[BaseException] = []
+
+    def send(sender: WeightSender, part: list[tuple[str, torch.Tensor]]) -> None:
+        try:
+            sender.send(part, version=version, world_size=world_size)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=pair) for pair in zip(senders, parts, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
+def test_two_senders_each_send_their_stage_and_replicas_install_the_union() -> None:
+    named = _tensors()
+    parts = [named[:2], named[2:]]  # stage 0 and stage 1 of a PP=2 learner
+    senders = [WeightSender(master_addr=LOOPBACK, bucket_bytes=64, group_name=f"stage{i}", timeout_s=30)
+               for i in range(2)]
+    required = {name for name, _ in named}
+    receivers = [WeightReceiver(_multi_source_begin(senders, 5, rank, 3), required=required).start()
+                 for rank in (1, 2)]
+    assert _send_all(senders, parts, version=5, world_size=3) == []
+    for receiver in receivers:
+        staged = receiver.join(30)
+        assert set(staged) == required
+        for name, tensor in named:
+            assert torch.equal(staged[name], tensor)
+
+
+def test_a_name_sent_by_two_senders_fails_the_sync() -> None:
+    named = _tensors()
+    senders = [WeightSender(master_addr=LOOPBACK, group_name=f"dup{i}", timeout_s=30) for i in range(2)]
+    receiver = WeightReceiver(_multi_source_begin(senders, 1, 1, 2)).start()
+    assert _send_all(senders, [named[:3], named[2:]], version=1, world_size=2) == []
+    with pytest.raises(RuntimeError, match=r"two senders: \['c.steps'\]"):
+        receiver.join(30)
+    assert receiver.staged == {}
+
+
+def test_a_stage_that_sends_nothing_leaves_required_names_missing() -> None:
+    named = _tensors()
+    senders = [WeightSender(master_addr=LOOPBACK, group_name=f"miss{i}", timeout_s=30) for i in range(2)]
+    receiver = WeightReceiver(_multi_source_begin(senders, 2, 1, 2), required={n for n, _ in named}).start()
+    assert _send_all(senders, [named[:4], []], version=2, world_size=2) == []
+    with pytest.raises(RuntimeError, match="missing from the sync"):
+        receiver.join(30)
+
+
 def test_receiver_rejects_unknown_names_and_the_sender_sees_the_failure() -> None:
     named = _tensors()
-    sender = WeightSender(world_size=2, bucket_bytes=0, timeout_s=20)
+    sender = WeightSender(master_addr=LOOPBACK, bucket_bytes=0, timeout_s=20)
     expected = {"a.weight": ParamSpec((3, 5), torch.float32)}
     (receiver,) = _receive_in_threads(sender, [1], version=1, expected=expected)
     errors: list[BaseException] = []
 
     def send() -> None:
         try:
-            sender.send(named, version=1)
+            sender.send(named, version=1, world_size=2)
         except Exception as exc:
             errors.append(exc)
 
@@ -114,11 +177,11 @@ def test_hf_engine_staged_sync_installs_only_on_commit() -> None:
     model, _ = build_tiny_model()
     engine = HFEngine(model)
     learner, _ = tiny(1, "float32")
-    sender = WeightSender(world_size=2, bucket_bytes=4096, timeout_s=30)
-    engine.begin_weight_sync(sender.begin_request(version=3, rank_offset=1))
+    sender = WeightSender(master_addr=LOOPBACK, bucket_bytes=4096, timeout_s=30)
+    engine.begin_weight_sync(sender.begin_request(version=3, rank_offset=1, world_size=2))
     with pytest.raises(WeightSyncConflictError, match="still receiving"):
-        engine.begin_weight_sync(sender.begin_request(version=4, rank_offset=1))
-    sender.send(learner.named_parameters(), version=3)
+        engine.begin_weight_sync(sender.begin_request(version=4, rank_offset=1, world_size=2))
+    sender.send(learner.named_parameters(), version=3, world_size=2)
     assert engine.weight_version == 0  # received but not installed
     assert not torch.equal(model.state_dict()["lm_head.weight"], learner.state_dict()["lm_head.weight"])
     with pytest.raises(WeightSyncConflictError, match="version 3, not 4"):

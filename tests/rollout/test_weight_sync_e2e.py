@@ -110,7 +110,8 @@ def test_sync_over_gloo_then_interrupted_sync_then_recovery(server) -> None:
 
     async def push_again():  # the learner comes back and syncs version 2 in full
         async with RolloutClient(process.url) as client:
-            await push_weights([client], tiny(2, "float64")[0].named_parameters(), 2, timeout_s=60)
+            await push_weights([client], tiny(2, "float64")[0].named_parameters(), 2, master_addr="127.0.0.1",
+                               timeout_s=60)
 
     asyncio.run(push_again())
     sample, ready, expected = _server_sample(process.url, seed_of_weights=2)

@@ -1,5 +1,6 @@
-"""The embedded local mode's processes: verifier and rollout replicas (subprocesses on 127.0.0.1), the
-learner ranks (Ray actors), and the controller that drives them. `LocalRun` starts and stops them all."""
+"""A run's processes: the verifier and rollout replicas (started here on this host's loopback unless the
+spec names endpoints on other hosts), the learner ranks (Ray actors on whatever nodes the Ray cluster
+has), and the controller that drives them. `LocalRun` starts and stops what it started."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.trainer.controller.loop import RLVRController
+from forkrl.trainer.controller.replica_pool import ReplicaPool
 from forkrl.trainer.controller.services import (
     LocalProcess,
-    ReplicaPool,
     start_rollout_replica,
     start_verifier,
+    verifier_config,
 )
+from forkrl.trainer.controller.weight_push import WeightPusher
 from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.data.stream import PromptStream
 from forkrl.trainer.spec import RLVRJobSpec
@@ -44,11 +48,7 @@ class LocalRun:
     def add_replica(self, port: int | None = None) -> LocalProcess:
         """Start one more local rollout replica and add it to the pool (it gets weights before serving)."""
         spec = self.spec
-        process = start_rollout_replica(
-            self.policy_path, self.log_dir, len(self.replica_processes), spec.rollout.engine,
-            spec.resources.torch_threads or 1, spec.rollout.max_batch_size, spec.seed, spec.rollout.in_flight_on_sync,
-            port=port,
-        )
+        process = start_rollout_replica(spec, self.policy_path, self.log_dir, len(self.replica_processes), port=port)
         self.replica_processes.append(process)
         if self.replicas is not None:
             self.replicas.add(process.url)
@@ -69,22 +69,26 @@ class LocalRun:
         spec = self.spec
         threads = spec.resources.torch_threads or 1
         env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
-        if os.environ.get("RAY_ADDRESS"):  # inside a RayJob (KubeRay): join the job's cluster
-            ray.init(address="auto", log_to_driver=False, configure_logging=False, runtime_env=env)
-        else:  # embedded mode: a private local Ray
+        address = os.environ.get("RAY_ADDRESS")
+        if address:  # a Ray cluster (a RayJob's on KubeRay, or one started by hand): join it as its driver
+            ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=env)
+            resources = ray.cluster_resources()
+            self.log(f"joined the Ray cluster at {address}: {len(ray.nodes())} nodes, "
+                     f"{resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs")
+        else:  # embedded mode: a private Ray on this host only
             cpus = max(os.cpu_count() or 1, spec.resources.learner_ranks * spec.resources.cpus_per_learner)
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env=env)
+                     runtime_env=env, _node_ip_address=LOCAL_BIND_HOST)
         if spec.verifier.endpoint is None:
-            config = {"run": spec.name, "math": spec.verifier.math.model_dump(),
-                      "code": spec.verifier.code.model_dump()}
-            self.verifier_process = start_verifier(config, self.log_dir, spec.verifier.workers)
+            self.verifier_process = start_verifier(verifier_config(spec), self.log_dir, spec.verifier.workers)
             verifier_url = self.verifier_process.url
         else:
             verifier_url = spec.verifier.endpoint
         self.verifier = VerifierClient(verifier_url, timeout_s=spec.verifier.request_timeout_s,
                                        max_retries=spec.verifier.max_retries)
-        self.replicas = ReplicaPool([], endpoints=spec.rollout.endpoints)
+        self.replicas = ReplicaPool([], endpoints=spec.rollout.endpoints, log=self.log,
+                                    connect_timeout_s=spec.rollout.connect_timeout_s,
+                                    idle_timeout_s=spec.rollout.idle_timeout_s)
         for _ in range(spec.rollout.replicas):
             self.add_replica()
         learner_spec = spec.learner
@@ -94,10 +98,12 @@ class LocalRun:
         if learner_spec.max_response_length is None:
             learner_spec = learner_spec.model_copy(update={"max_response_length": spec.model.max_response_tokens})
         self.learners = LearnerGroup(learner_spec, spec.objective, self.policy_path, spec.resources.learner_ranks,
-                                     spec.resources.cpus_per_learner, spec.resources.gpus_per_learner, threads)
+                                     spec.resources.cpus_per_learner, spec.resources.gpus_per_learner, threads,
+                                     log=self.log)
         stream = PromptStream(self.train_rows, spec.seed, spec.data.shuffle)
+        pusher = WeightPusher(self.learners, spec.rollout.weight_sync, spec.checkpoint_dir() / "weights", self.log)
         self.controller = RLVRController(spec, self.tokenizer, self.learners, self.replicas, self.verifier, stream,
-                                         self.log)
+                                         self.log, pusher=pusher)
         return self.controller
 
     async def stop(self) -> None:

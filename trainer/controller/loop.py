@@ -25,6 +25,7 @@ from forkrl.trainer.controller.rollout_phase import (
     generate_and_verify,
     groups_to_batch,
 )
+from forkrl.trainer.controller.weight_push import PushReport, WeightPusher
 from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.data.stream import PromptStream
 from forkrl.trainer.dynamic_sampling import DynamicSampler
@@ -64,6 +65,12 @@ class RLVRController:
     """Replicas found serving a stale version and re-pushed (restarts, new replicas)."""
     entropy_sample: list[float] = field(default_factory=list)
     """Response-token entropies of the latest batch (the report's histogram)."""
+    pusher: WeightPusher | None = None
+    """Set by the run: how weights reach the replicas (broadcast from the stage senders, or a directory)."""
+    synced_once: bool = False
+    """False until the first sync of this process: every replica then gets the learner's weights, whatever
+    version it reports (it may have loaded another checkpoint, or serve a run that crashed)."""
+    last_push: PushReport | None = None
 
     # ------------------------------------------------------------------ text <-> tokens
     def render(self, row: PromptRow) -> list[int]:
@@ -132,27 +139,51 @@ class RLVRController:
         return metrics, {"time/logprobs": logprob_seconds, "time/update": update_seconds}
 
     async def sync_weights(self) -> float:
-        """Push the learner's weights as the next version to every replica; returns seconds."""
+        """Push the learner's weights as the next version to every serving replica; returns seconds.
+
+        A replica that cannot be reached any more is marked down (it is re-synced when it answers again)
+        and the sync is repeated for the others; the step fails only when no replica can be synced.
+        """
         start = time.perf_counter()
         self.version += 1
-        urls = self.replicas.urls
-        if self.spec.rollout.weight_sync == "checkpoint":
-            path = str(self.spec.checkpoint_dir() / "weights" / f"v{self.version}")
-            await asyncio.to_thread(self.learners.write_weights, path)
-            await asyncio.gather(*(self.replicas.clients[u].load_checkpoint(path, self.version) for u in urls))
-        else:
-            await asyncio.to_thread(self.learners.push_weights, urls, self.version)
+        await self._push(self.replicas.serving, self.version)
         return time.perf_counter() - start
 
+    async def _push(self, urls: list[str], version: int) -> None:
+        assert self.pusher is not None, "RLVRController.pusher is set by the run before the first step"
+        for attempt in (1, 2):
+            try:
+                report = await self.pusher.push([self.replicas.clients[u] for u in urls], version)
+                self.last_push = report
+                return
+            except Exception as err:
+                live = await asyncio.gather(*(self.replicas.clients[u].healthz() for u in urls))
+                lost = [u for u, ok in zip(urls, live, strict=True) if not ok]
+                if attempt == 2 or not lost or len(lost) == len(urls):
+                    raise
+                for url in lost:
+                    self.replicas.mark_down(url, f"weight sync v{version} failed: {err}")
+                urls = [u for u in urls if u not in lost]
+
     async def ensure_replicas_current(self) -> list[str]:
-        """Re-push the current weights to replicas serving another version (restarted or new replicas)."""
+        """Bring back replicas that answer again, then re-push the current weights to every serving replica
+        whose version differs (restarted, new, or back from a network cut) before it serves."""
+        await asyncio.to_thread(self.replicas.refresh)
+        await self.replicas.probe_down()
         versions = await self.replicas.versions()
-        stale = [url for url, v in versions.items() if v != self.version]
+        unreachable = [url for url, v in versions.items() if v is None]
+        for url in unreachable:
+            if not await self.replicas.clients[url].healthz():
+                self.replicas.mark_down(url, "does not answer")
+        stale = [url for url, v in versions.items() if url in self.replicas.serving
+                 and (v != self.version or not self.synced_once)]
         if stale:
-            self.log(f"replicas {stale} serve version {[versions[u] for u in stale]}, expected {self.version}: "
-                     "re-pushing weights")
-            await asyncio.to_thread(self.learners.push_weights, stale, self.version)
-            self.repushed_total += len(stale)
+            if self.synced_once:
+                self.log(f"replicas {stale} serve version {[versions[u] for u in stale]}, expected "
+                         f"{self.version}: re-pushing weights")
+            await self._push(stale, self.version)
+            self.repushed_total += len(stale) if self.synced_once else 0
+        self.synced_once = True
         return stale
 
     # ------------------------------------------------------------------------ the step
@@ -176,11 +207,15 @@ class RLVRController:
             "response_length/max": float(lengths.max()),
             "finish/length_frac": sum(r == "length" for r in scored.rollout.finish_reasons) / len(lengths),
             "weight_version": float(self.version),
-            "replicas": float(len(self.replicas.urls)),
+            "replicas": float(len(self.replicas.serving)),
+            "replicas/down": float(len(self.replicas.down)),
+            "replicas/failures_total": float(self.replicas.failures_total),
             "replicas/repushed_total": float(self.repushed_total),
             "weight_version_lag/max": float(lag.max()),
             "weight_version_lag/mean": float(lag.double().mean()),
             "weight_version_lag/per_sample": lag.tolist(),
+            "sync/senders": float(self.last_push.senders if self.last_push else 0),
+            "sync/bytes": float(self.last_push.bytes if self.last_push else 0),
             "time/rollout": collected.times.rollout,
             "time/verify": collected.times.verify,
             "time/step": step_seconds,
@@ -192,7 +227,6 @@ class RLVRController:
     async def train_step_sync(self) -> dict[str, float]:
         """On-policy: rollout with the current weights, update, sync."""
         start = time.perf_counter()
-        await asyncio.to_thread(self.replicas.refresh)
         await self.ensure_replicas_current()
         collected = await self.collect(self.step)
         metrics, times = await asyncio.to_thread(self.update, collected.scored)
@@ -203,7 +237,6 @@ class RLVRController:
         """One-step off-policy: the rollout of step t+1 overlaps the update of step t."""
         start = time.perf_counter()
         if pending is None:
-            await asyncio.to_thread(self.replicas.refresh)
             await self.ensure_replicas_current()
             pending = asyncio.create_task(self.collect(self.step))
         collected = await pending
@@ -212,6 +245,7 @@ class RLVRController:
         await asyncio.wait({next_rollout})  # replicas must be idle before new weights are installed
         await asyncio.to_thread(self.replicas.refresh)  # replicas that joined get the new weights too
         times["time/sync"] = await self.sync_weights()
+        await self.ensure_replicas_current()  # joined or restarted replicas: current before they serve
         return self.step_record(collected, metrics, times, time.perf_counter() - start), next_rollout
 
     # -------------------------------------------------------------------- evaluation

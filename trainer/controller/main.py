@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.trainer.controller.checkpoints import CheckpointStore
 from forkrl.trainer.controller.cluster_status import StatusReporter
+from forkrl.trainer.controller.learner_group import LearnerFailure
 from forkrl.trainer.controller.local_run import LocalRun
 from forkrl.trainer.controller.progress import Progress
 from forkrl.trainer.controller.recorder import Recorder, read_records
@@ -118,7 +120,7 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
         stop.set()
 
     # In a pod (the operator sets FORKRL_NAMESPACE) Prometheus scrapes from outside: listen on all interfaces.
-    metrics_addr = "0.0.0.0" if os.environ.get("FORKRL_NAMESPACE") else "127.0.0.1"
+    metrics_addr = "0.0.0.0" if os.environ.get("FORKRL_NAMESPACE") else LOCAL_BIND_HOST
     recorder = Recorder(spec.name, run_dir, spec.observability.metrics_port, spec.observability.tensorboard,
                         metrics_addr, log=log)
     reporter = StatusReporter.from_env(log)
@@ -197,3 +199,7 @@ def train_main(spec_path: str, resume: bool = False, quiet: bool = False) -> int
     except PreflightError as err:
         print(f"forkrl train: {err}", file=sys.stderr)
         return 2
+    except LearnerFailure as err:
+        print(f"forkrl train: {err}\nforkrl train: the run stopped; continue from the last checkpoint with "
+              f"`forkrl train {spec_path} --resume` once the learner nodes are back", file=sys.stderr)
+        return 1

@@ -1,4 +1,5 @@
-"""Start N learner ranks in local processes (tests, benchmarks): gloo on CPU, NCCL with one GPU each.
+"""Start N learner ranks as processes of this one host (tests, benchmarks): gloo on CPU, NCCL with one
+GPU each. Runs across hosts go through Ray (`trainer/controller/learner_group.py`).
 
 `run_world(fn, world_size, *args)` runs `fn(*args)` on every rank after `init_process_group`
 and returns the per-rank results (anything `torch.save` can write). Ranks come from a forkserver
@@ -22,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 
+from forkrl.rollout.network import LOCAL_BIND_HOST
+
 PRELOAD_MODULES = (
     "torch",
     "megatron.core.models.gpt",
@@ -35,7 +38,7 @@ PRELOAD_MODULES = (
 
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOCAL_BIND_HOST, 0))
         return int(sock.getsockname()[1])
 
 
@@ -55,14 +58,14 @@ def _rank_main(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
+        MASTER_ADDR=LOCAL_BIND_HOST,
         MASTER_PORT=str(port),
     )
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(
         backend,
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=f"tcp://{LOCAL_BIND_HOST}:{port}",
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),

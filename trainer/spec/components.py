@@ -36,6 +36,23 @@ class ModelSpec(_Spec):
         return self
 
 
+class WeightSyncSpec(_Spec):
+    """How new weights reach the rollout replicas after every update."""
+
+    method: Literal["broadcast", "checkpoint"] = Field(
+        "broadcast", description="Push over a collective from the learner (no disk), or write a safetensors "
+        "directory under checkpoint.dir (shared storage) that replicas load."
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Collective of a broadcast: auto = NCCL when the learner and every replica hold "
+        "their weights on GPU, else gloo. nccl with a CPU side is rejected."
+    )
+    timeout_s: float = Field(300.0, gt=0, le=86400, description="Rendezvous and per-collective timeout of one sync.")
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000, description="checkpoint method: weight directories kept (older ones are pruned)."
+    )
+
+
 class RolloutSpec(_Spec):
     """Rollout replicas: engine, how many, where, and how they sample."""
 
@@ -52,8 +69,13 @@ class RolloutSpec(_Spec):
     in_flight_on_sync: Literal["finish", "abort"] = Field(
         "finish", description="Requests running when new weights arrive: finish on the old version or abort+retry."
     )
-    weight_sync: Literal["broadcast", "checkpoint"] = Field(
-        "broadcast", description="Push weights over a collective (gloo/NCCL) or through a checkpoint directory."
+    weight_sync: WeightSyncSpec = Field(default_factory=WeightSyncSpec, description="Weight sync to replicas.")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A replica that accepts no connection within this is treated as down."
+    )
+    idle_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A generate stream silent this long (keepalives come every 5 s) is "
+        "treated as a lost replica; its requests are retried on the others."
     )
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM KV-cache memory share (GPU).")
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from forkrl.trainer.controller.services import ReplicaPool, expand_endpoints
+from forkrl.trainer.controller.replica_pool import ReplicaPool, expand_endpoints
 
 
 def fake_dns(table: dict[str, list[str]]):
