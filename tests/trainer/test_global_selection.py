@@ -67,7 +67,7 @@ def micro_batch_lists(draw: st.DrawFn) -> list[MicroBatch]:
 RHOS = st.floats(min_value=0.01, max_value=1.0)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(micro_batches=micro_batch_lists(), rho=RHOS, select=st.sampled_from(["top", "bottom"]))
 def test_exact_k_selects_exactly_k(micro_batches: list[MicroBatch], rho: float, select: str) -> None:
     masks, tau, k = global_forking_masks([e for e, _ in micro_batches], [m for _, m in micro_batches], rho, select)
@@ -81,7 +81,7 @@ def test_exact_k_selects_exactly_k(micro_batches: list[MicroBatch], rho: float, 
     assert (math.isnan(tau) and k == 0) or tau == expected_tau
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(micro_batches=micro_batch_lists(), rho=RHOS, select=st.sampled_from(["top", "bottom"]))
 def test_geq_tau_keeps_every_tie(micro_batches: list[MicroBatch], rho: float, select: str) -> None:
     masks, tau, k = global_forking_masks(
@@ -98,7 +98,7 @@ def test_geq_tau_keeps_every_tie(micro_batches: list[MicroBatch], rho: float, se
     assert all(torch.equal(a, b) for a, b in zip(masks, expected, strict=True))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(values=st.lists(VALUES, min_size=1, max_size=40), data=st.data())
 def test_radix_select_matches_sort(values: list[float], data: st.DataObject) -> None:
     tensor = torch.tensor(values, dtype=torch.float32)

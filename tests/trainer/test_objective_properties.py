@@ -39,7 +39,7 @@ def run(cfg, fields: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return out.loss.detach(), logp.grad, out.token_mask
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(loss_batches(), st.sampled_from(["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]))
 def test_rho_one_equals_dapo(fields: dict[str, torch.Tensor], agg: str) -> None:
     dapo_loss, dapo_grad, _ = run(DapoConfig(loss_agg=agg), fields)
@@ -48,7 +48,7 @@ def test_rho_one_equals_dapo(fields: dict[str, torch.Tensor], agg: str) -> None:
     torch.testing.assert_close(fork_grad, dapo_grad, atol=1e-12, rtol=0)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(loss_batches(), st.sampled_from([DapoConfig(), ForkingConfig(), ArcherConfig(beta_knowledge=0.0)]))
 def test_empty_mask_gives_zero_loss_without_nan(fields: dict[str, torch.Tensor], cfg) -> None:
     fields = {**fields, "response_mask": torch.zeros_like(fields["response_mask"])}
@@ -57,7 +57,7 @@ def test_empty_mask_gives_zero_loss_without_nan(fields: dict[str, torch.Tensor],
     assert torch.isfinite(grad).all() and torch.all(grad == 0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(loss_batches(), st.floats(0.01, 1.0), st.sampled_from(["top", "bottom"]))
 def test_exactly_k_tokens_selected(fields: dict[str, torch.Tensor], rho: float, select: str) -> None:
     _, _, token_mask = run(ForkingConfig(rho=rho, select=select), fields)
