@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from forkrl.rollout.types import GenerateRequest, GenerateResult, RolloutBatch, SamplingParams
-from forkrl.rollout.verifier.schemas import MathItem, VerifyResult
-from forkrl.trainer.data.schema import PromptRow
+from forkrl.rollout.verifier.schemas import CodeItem, MathItem, VerifyResult
+from forkrl.trainer.data.schema import PromptRow, code_tests
 from forkrl.trainer.dynamic_sampling import DynamicSampler
 
 
@@ -68,6 +68,19 @@ def build_requests(rows: Sequence[PromptRow], render: Callable[[PromptRow], list
     return kept, requests, skipped
 
 
+def verify_items(row: PromptRow, ids: Sequence[str], responses: Sequence[str]) -> list[MathItem | CodeItem]:
+    """The verifier requests scoring `responses` to `row`, by the row's task: math rows are checked against
+    their ground truth in the row's answer format, code rows are run against their tests in the sandbox."""
+    pairs = list(zip(ids, responses, strict=True))
+    if row.task == "math":
+        return [MathItem(id=i, task="math", response=r, ground_truth=row.answer, extraction=row.answer_format)
+                for i, r in pairs]
+    if row.task == "code":
+        tests = code_tests(row.answer)  # once per row: a group's samples share the (possibly large) tests
+        return [CodeItem(id=i, task="code", response=r, tests=tests) for i, r in pairs]
+    raise ValueError(f"row {row.source}:{row.index} has task {row.task!r}; the verifier scores math or code")
+
+
 async def generate_and_verify(rows: Sequence[PromptRow], requests: Sequence[GenerateRequest], replicas: Any,
                               verifier: Any, decode: Callable[[list[int]], str], times: PhaseTimes
                               ) -> list[Group]:
@@ -75,12 +88,11 @@ async def generate_and_verify(rows: Sequence[PromptRow], requests: Sequence[Gene
     start = time.perf_counter()
     results: list[GenerateResult] = await replicas.generate(list(requests))
     times.rollout += time.perf_counter() - start
-    items = []
+    items: list[MathItem | CodeItem] = []
     for row, request, result in zip(rows, requests, results, strict=True):
-        for j, sample in enumerate(result.samples):
-            times.generated_tokens += len(sample.token_ids)
-            items.append(MathItem(id=f"{request.request_id}/s{j}", task="math", response=decode(sample.token_ids),
-                                  ground_truth=row.answer, extraction=row.answer_format))
+        times.generated_tokens += sum(len(sample.token_ids) for sample in result.samples)
+        items += verify_items(row, [f"{request.request_id}/s{j}" for j in range(len(result.samples))],
+                              [decode(sample.token_ids) for sample in result.samples])
     start = time.perf_counter()
     verdicts = await verifier.verify(items)
     times.verify += time.perf_counter() - start

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from forkrl.trainer.data.schema import PromptRow
+from pydantic import ValidationError
+
+from forkrl.trainer.data.schema import CODE_TESTS, PromptRow
 
 Layout = Literal["auto", "forkrl", "dapo_math_17k", "aime"]
 
@@ -63,6 +65,20 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+def _code_tests(value: Any) -> str:
+    """A code row's tests (an object, or a string holding its JSON) as canonical JSON. Checked here, so a
+    row the verifier would reject is counted and skipped at read time instead of failing a training step."""
+    if value is None:
+        raise MalformedRow("missing_answer", "a code row needs its tests as answer")
+    try:
+        tests = CODE_TESTS.validate_json(value) if isinstance(value, str) else CODE_TESTS.validate_python(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MalformedRow("bad_tests", f"answer.{where}: {first['msg']}" if where else first["msg"]) from None
+    return tests.model_dump_json()
+
+
 def _from_forkrl(record: dict[str, Any], source: str, index: int) -> PromptRow:
     task = record.get("task", "math")
     if task not in ("math", "code"):
@@ -73,7 +89,7 @@ def _from_forkrl(record: dict[str, Any], source: str, index: int) -> PromptRow:
     known = {"prompt", "answer", "task", "answer_format", "pre_templated"}
     return PromptRow(
         prompt=_text(record.get("prompt"), "prompt"),
-        answer=_text(record.get("answer"), "answer") if task == "math" else json.dumps(record.get("answer")),
+        answer=_text(record.get("answer"), "answer") if task == "math" else _code_tests(record.get("answer")),
         task=task,
         answer_format=answer_format,
         pre_templated=bool(record.get("pre_templated", False)),

@@ -62,3 +62,23 @@ def test_missing_and_wrong_files_fail_clearly(tmp_path: Path) -> None:
     bad.write_text("a,b\n")
     with pytest.raises(ValueError, match=r"jsonl or \.parquet"):
         read_rows(bad)
+
+
+def test_code_rows_keep_their_tests_and_unusable_tests_are_counted(tmp_path: Path) -> None:
+    stdio = {"style": "stdio", "cases": [{"input": "1\n", "output": "2\n"}]}
+    call = {"style": "call", "fn_name": "f", "cases": [{"args": [[1, 2]], "expected": {"k": None}}]}
+    records = [
+        {"prompt": "a", "task": "code", "answer": stdio},
+        {"prompt": "b", "task": "code", "answer": json.dumps(call)},  # tests stored as a JSON string
+        {"prompt": "c", "task": "code", "answer": {"style": "stdio", "cases": []}},
+        {"prompt": "d", "task": "code", "answer": {"style": "unit", "cases": [{"input": "", "output": ""}]}},
+        {"prompt": "e", "task": "code", "answer": "print(1)"},
+        {"prompt": "f", "task": "code"},
+    ]
+    path = tmp_path / "code.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows, stats = read_rows(path)
+    assert [(r.prompt, r.task) for r in rows] == [("a", "code"), ("b", "code")]
+    assert [json.loads(r.answer) for r in rows] == [stdio, call]
+    assert dict(stats.malformed) == {"bad_tests": 3, "missing_answer": 1}
+    assert any("answer.stdio.cases" in example for example in stats.examples)
