@@ -43,7 +43,15 @@ def _spec_rules() -> list[dict[str, str]]:
     """RLVRJobSpec._cross_field_rules and RLVRJobResourceSpec._cluster_rules."""
     tp_pp = "(self.learner.parallel.tensor_parallel * self.learner.parallel.pipeline_parallel)"
     ranks = "self.resources.learner_ranks"
+    sampling = "self.rollout.sampling"
     return [
+        rule(
+            f"{present(f'{sampling}.dual_temperature')} ? self.learner.temperature == {sampling}.dual_temperature.t_low"
+            f" : ({present(f'{sampling}.temperature')} && self.learner.temperature == {sampling}.temperature)",
+            "learner.temperature must equal rollout.sampling.temperature (which must be set), or "
+            "rollout.sampling.dual_temperature.t_low under dual-temperature decoding",
+            ".learner.temperature",
+        ),
         rule(
             f"{ranks} % {tp_pp} == 0",
             "resources.learner_ranks must be a multiple of learner.parallel.tensor_parallel x pipeline_parallel",

@@ -40,7 +40,10 @@ class DualTemperatureParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     t_high: float = Field(1.0, gt=0, le=100, description="Temperature of tokens above the entropy threshold.")
-    t_low: float = Field(1.0, gt=0, le=100, description="Temperature of tokens at or below the threshold.")
+    t_low: float = Field(
+        1.0, gt=0, le=100, description="Temperature of tokens at or below the threshold; in an RLVR run the "
+        "learner's temperature must equal it (learner.temperature), so those tokens are exactly on-policy."
+    )
     threshold_mode: Literal["absolute", "running_quantile"] = Field(
         "absolute", description="Fixed entropy threshold, or a per-sample running top-rho quantile."
     )

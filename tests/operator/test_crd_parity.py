@@ -199,6 +199,17 @@ CROSS_FIELD: list[tuple[str, dict[str, Any]]] = [
     ("no rollout replicas, no endpoints", {"rollout": {"replicas": 0}}),
     ("no rollout replicas, an endpoint", {"rollout": {"replicas": 0, "endpoints": ["http://r:8000"]}}),
     ("dual temperature and temperature", {"rollout": {"sampling": {"temperature": 1.0, "dual_temperature": {}}}}),
+    ("learner temperature 0.7, rollout 1.0", {"learner": {"temperature": 0.7}}),
+    ("learner and rollout at 0.7", {"learner": {"temperature": 0.7}, "rollout": {"sampling": {"temperature": 0.7}}}),
+    ("rollout temperature unset", {"rollout": {"sampling": {"top_p": 0.9}}}),
+    (
+        "dual temperature, learner at t_low",
+        {"learner": {"temperature": 0.8}, "rollout": {"sampling": {"dual_temperature": {"t_high": 1.2, "t_low": 0.8}}}},
+    ),
+    (
+        "dual temperature, learner at t_high",
+        {"learner": {"temperature": 1.2}, "rollout": {"sampling": {"dual_temperature": {"t_high": 1.2}}}},
+    ),
     ("clip_cov bounds crossed", {"objective": {"name": "clip_cov", "cov_lower": 5.0, "cov_upper": 1.0}}),
     ("clip_cov lower above default upper", {"objective": {"name": "clip_cov", "cov_lower": 6.0}}),
     (

@@ -142,7 +142,12 @@ class LearnerSpec(_Strict):
         "none", description="Activation recomputation granularity."
     )
     temperature: float = Field(
-        1.0, gt=0.0, le=10.0, description="Rollout temperature the logits are divided by before log-probs."
+        1.0, gt=0.0, le=10.0, description="Temperature the logits are divided by before the old, new and "
+        "reference log-probs and the entropies. In an RLVR run it must equal rollout.sampling.temperature, since "
+        "a mismatch biases every importance ratio. Under dual-temperature decoding it must equal "
+        "rollout.sampling.dual_temperature.t_low: the tokens at or below the entropy threshold (most of them) are "
+        "then exactly on-policy, and only those sampled at t_high are off-policy exploration, which objective.tis_cap "
+        "reweights with the rollout's log-probs."
     )
     logprob_chunk_size: int | None = Field(
         None, ge=1, description="Tokens per chunk in the vocab-parallel log-prob/entropy kernel (None = all)."

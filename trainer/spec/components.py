@@ -63,7 +63,8 @@ class RolloutSpec(_Spec):
     )
     sampling: SamplingParams = Field(
         default_factory=lambda: SamplingParams(temperature=1.0, top_p=1.0),
-        description="Sampling of training rollouts (spec: T = 1.0, top-p 1.0; dual temperature optional).",
+        description="Sampling of training rollouts (spec: T = 1.0, top-p 1.0; dual temperature optional). The "
+        "temperature must be set and equal learner.temperature; with dual_temperature, t_low must equal it.",
     )
     max_batch_size: int = Field(64, ge=1, le=65536, description="Sequences decoded together by one replica.")
     in_flight_on_sync: Literal["finish", "abort"] = Field(

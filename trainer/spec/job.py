@@ -27,7 +27,6 @@ class ResourcesSpec(BaseModel):
     learner_ranks: int = Field(1, ge=1, le=100_000, description="Learner processes (GPUs); TP x PP must divide it.")
     cpus_per_learner: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per learner rank (Ray).")
     gpus_per_learner: float = Field(0.0, ge=0, le=8, description="GPUs per learner rank (0 on CPU).")
-    cpus_per_rollout: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per rollout replica (Ray).")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads per process.")
 
 
@@ -74,6 +73,19 @@ class RLVRJobSpec(BaseModel):
         if self.objective.needs_reference and self.learner.reference.enabled is False:
             raise ValueError(f"objective {self.objective.name!r} has a KL term: learner.reference.enabled "
                              "must not be false")
+        rollout_field, rollout_temperature = self.rollout_temperature()
+        if rollout_temperature is None:
+            raise ValueError(
+                f"rollout.sampling.temperature must be set (or rollout.sampling.dual_temperature): learner.temperature="
+                f"{self.learner.temperature} must equal the temperature the rollout samples at, which would otherwise "
+                "come from the model's generation config"
+            )
+        if self.learner.temperature != rollout_temperature:
+            raise ValueError(
+                f"learner.temperature={self.learner.temperature} must equal {rollout_field}={rollout_temperature}: "
+                "the learner's old and new log-probs must use the temperature the rollout sampled at, or every "
+                "importance ratio is biased"
+            )
         dp = self.resources.learner_ranks // model_parallel
         sequences = self.schedule.mini_batch_size * self.schedule.samples_per_prompt
         if sequences % dp:
@@ -82,6 +94,15 @@ class RLVRJobSpec(BaseModel):
                 f"{dp} data-parallel learner ranks"
             )
         return self
+
+    def rollout_temperature(self) -> tuple[str, float | None]:
+        """(field, value) of the rollout temperature the learner must use: `rollout.sampling.temperature`, or
+        under dual-temperature decoding `t_low`, so that the low-entropy bulk of the tokens is exactly
+        on-policy and only those sampled at t_high are off-policy (see LearnerSpec.temperature)."""
+        sampling = self.rollout.sampling
+        if sampling.dual_temperature is not None:
+            return "rollout.sampling.dual_temperature.t_low", sampling.dual_temperature.t_low
+        return "rollout.sampling.temperature", sampling.temperature
 
     def run_dir(self) -> Path:
         return Path(self.observability.run_dir.replace("{name}", self.name))

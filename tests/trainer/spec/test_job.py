@@ -97,3 +97,41 @@ def test_cli_schema_and_validate(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "objective.forking.rho" in result.stderr and "(got 7)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sampling", "learner_temperature", "named"),
+    [
+        ({"temperature": 0.7, "top_p": 1.0}, None, "rollout.sampling.temperature=0.7"),
+        ({"temperature": 1.0}, 0.7, "rollout.sampling.temperature=1.0"),
+        ({"temperature": 0.0}, None, "rollout.sampling.temperature=0.0"),  # greedy: no learner temperature fits
+        ({"top_p": 0.9}, None, "rollout.sampling.temperature must be set"),  # would be the model's generation config
+        ({"dual_temperature": {"t_high": 1.0, "t_low": 0.8}}, None, "rollout.sampling.dual_temperature.t_low=0.8"),
+        ({"dual_temperature": {"t_high": 1.3, "t_low": 1.0}}, 1.3, "rollout.sampling.dual_temperature.t_low=1.0"),
+    ],
+)
+def test_learner_temperature_must_be_the_rollouts(sampling: dict, learner_temperature: float | None,
+                                                 named: str) -> None:
+    learner = {} if learner_temperature is None else {"temperature": learner_temperature}
+    with pytest.raises(SpecError) as info:
+        parse_spec(with_changes(rollout={"sampling": sampling}, learner=learner))
+    assert named in str(info.value) and "learner.temperature" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "learner_temperature"),
+    [
+        ({"temperature": 0.7, "top_p": 0.95}, 0.7),
+        ({"dual_temperature": {"t_high": 1.3, "t_low": 0.9}}, 0.9),  # the learner takes t_low
+        ({"dual_temperature": {"t_high": 1.5}}, 1.0),  # t_low defaults to 1.0
+    ],
+)
+def test_learner_temperature_equal_to_the_rollouts_is_accepted(sampling: dict, learner_temperature: float) -> None:
+    spec = parse_spec(with_changes(rollout={"sampling": sampling}, learner={"temperature": learner_temperature}))
+    assert spec.learner.temperature == learner_temperature
+
+
+def test_cpus_per_rollout_is_not_a_spec_field() -> None:
+    # It was read nowhere: rollout replicas are processes (local) or pods sized by cluster.rollout.cpu.
+    with pytest.raises(SpecError, match=r"resources\.cpus_per_rollout: Extra inputs are not permitted"):
+        parse_spec(with_changes(resources={"cpus_per_rollout": 2.0}))
