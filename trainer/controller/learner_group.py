@@ -40,6 +40,9 @@ from forkrl.trainer.learner.batch import LearnerBatch
 from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.objectives.config import ObjectiveConfig
 
+FAILURE_SETTLE_S = 30.0
+"""After a first failure, how long to wait for the other ranks' outcomes before reporting."""
+
 
 class LearnerFailure(RuntimeError):
     """A learner rank died or raised; the group cannot continue (resume from the last checkpoint)."""
@@ -260,12 +263,34 @@ class LearnerGroup:
             try:
                 ray.get(ready[0])
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-                rank = index[ready[0]]
-                where = self.placements[rank].node_ip
-                kind = "died" if isinstance(err, ray.exceptions.RayActorError) else "raised"
-                self.failed = f"learner rank {rank} on node {where} {kind} during {method}: {err}"
+                # Survivors of a lost peer fail in their collective at once; the dead rank is only declared
+                # dead once Ray notices its node is gone. Wait a little for that, to name the cause.
+                settled: list = []
+                if pending:
+                    settled, _ = ray.wait(pending, num_returns=len(pending), timeout=FAILURE_SETTLE_S)
+                self.failed = self._describe_failure(method, [ready[0], *settled], index)
                 raise LearnerFailure(self.failed) from err
         return ray.get(refs)
+
+    def _describe_failure(self, method: str, refs: list, index: dict) -> str:
+        """One line per failed rank, ranks that died first (the cause), then ranks that raised."""
+        died, raised = [], []
+        for ref in refs:
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.RayActorError as err:
+                rank = index[ref]
+                died.append(f"learner rank {rank} on node {self.placements[rank].node_ip} died during {method}: "
+                            f"{str(err).splitlines()[0]}")
+            except ray.exceptions.RayTaskError as err:
+                rank = index[ref]
+                cause = err.cause if err.cause is not None else err
+                lines = str(cause).strip().splitlines()
+                raised.append(f"learner rank {rank} on node {self.placements[rank].node_ip} raised during {method}: "
+                              f"{type(cause).__name__}: {lines[-1] if lines else ''}")
+            except Exception:  # still running or otherwise fine: not part of the story
+                continue
+        return "; ".join(died + raised)
 
     def _all(self, method: str, *args: Any, ranks: list[int] | None = None) -> Any:
         """`_gather` and return the first chosen rank's answer (rank 0's for collectives)."""
