@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forkrl.rollout.lifeline import watch_from_env
 from forkrl.rollout.network import LOCAL_BIND_HOST
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RolloutServerConfig, Path
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Before the heavy imports and the model load: a controller that dies meanwhile takes this replica along.
+    watch_from_env()
     config, port_file = parse_args(argv)
     import uvicorn
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import uvicorn
 import yaml
 
+from forkrl.rollout.lifeline import watch_from_env
 from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.rollout.verifier.config import VerifierConfig
 from forkrl.rollout.verifier.server import create_app
@@ -24,6 +25,9 @@ def load_config(path: str | None, overrides: dict[str, object]) -> VerifierConfi
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Before the worker pool starts: its workers must not inherit the variable, and a controller that dies
+    # from here on takes this service and its process group (workers, resource tracker) along.
+    watch_from_env()
     parser = argparse.ArgumentParser(prog="python -m forkrl.rollout.verifier", description=__doc__)
     parser.add_argument("--host", default=LOCAL_BIND_HOST,
                         help=f"Address to bind (default {LOCAL_BIND_HOST}; 0.0.0.0 or the pod IP serves other hosts).")

@@ -1,11 +1,13 @@
 """Worker processes with a per-item deadline and replacement of crashed or stuck workers.
 
-Each slot is one worker process (spawned, single-threaded, so math-verify's SIGALRM timeouts work)
-driven by one supervising thread in the owner. A slot takes the next job from a shared queue only
+Each slot is one worker process (spawned; tasks run in its main thread, and its only other thread, the
+lifeline watcher, blocks every signal, so math-verify's SIGALRM timeouts work) driven by one
+supervising thread in the owner. A slot takes the next job from a shared queue only
 while it has a live worker, sends it over a pipe and waits at most the job's timeout. A job whose
 worker dies fails with WorkerCrashed, one that overruns fails with ItemTimedOut; either way that
 worker is killed and replaced and no other job is affected. A Python exception inside the task comes
-back as WorkerTaskError and the worker is kept.
+back as WorkerTaskError and the worker is kept. A worker never outlives the owner, however the owner
+ends (see `forkrl.rollout.lifeline`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from forkrl.rollout.lifeline import watch
 from forkrl.rollout.verifier.isolation import PR_SET_PDEATHSIG, prctl
 
 log = logging.getLogger(__name__)
@@ -51,11 +54,38 @@ class PoolClosed(RuntimeError):
     """The pool was closed before the job ran."""
 
 
-def _worker_main(conn: Connection, slot: int, initializer: Callable | None, init_arg: Any, memory: int | None) -> None:
+class _WatchedLifeline:
+    """Pickles as the read end of a worker's lifeline; unpickling it in the worker starts the watch.
+
+    Never outlive the owner. PR_SET_PDEATHSIG alone was not enough: the worker arms it only in
+    `_worker_main`, after spawn's bootstrap has imported the owner's main module and unpickled the
+    arguments (the initializer's imports: seconds), so an owner killed meanwhile never signals it and it
+    lives on through its initializer; and the resource tracker the owner started lives as long as any
+    worker holds its pipe. The watch starts while the arguments are unpickled (they come after this one,
+    so their imports are covered too), and the lifeline's EOF is seen however late it starts.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __reduce__(self) -> tuple[Callable[[Connection], Connection], tuple[Connection]]:
+        return _watch_on_arrival, (self.conn,)
+
+
+def _watch_on_arrival(conn: Connection) -> Connection:
+    watch(conn.fileno(), group=False)  # only this worker: it shares the owner's process group
+    return conn
+
+
+def _worker_main(conn: Connection, lifeline: Connection, slot: int, initializer: Callable | None, init_arg: Any,
+                 memory: int | None) -> None:
+    # `lifeline` is already watched (see _WatchedLifeline); it stays referenced here, as closing it would
+    # read as EOF. PDEATHSIG stays too: it needs no thread to be scheduled, while a task holding the GIL
+    # in C code delays the watcher.
+    with contextlib.suppress(OSError):
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # The owner handles Ctrl-C and SIGTERM (drain, then close the pipes); a worker ends when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the owner
     if memory is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     try:
@@ -83,14 +113,24 @@ class _Worker:
     def __init__(self, pool: WorkerPool, slot: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child_conn = context.Pipe(duplex=True)
+        # Never written: the worker kills itself when this end closes (this process died, or kill/stop).
+        child_lifeline, self._lifeline = context.Pipe(duplex=False)
         self.process = context.Process(
             target=_worker_main,
-            args=(child_conn, slot, pool.initializer, pool.init_arg, pool.memory_bytes),
+            # The lifeline comes before the initializer and its argument: it is watched before they load.
+            args=(child_conn, _WatchedLifeline(child_lifeline), slot, pool.initializer, pool.init_arg,
+                  pool.memory_bytes),
             name=f"forkrl-verifier-worker-{slot}",
             daemon=True,
         )
-        self.process.start()
-        child_conn.close()
+        try:
+            self.process.start()
+        except BaseException:
+            self._lifeline.close()
+            raise
+        finally:
+            child_conn.close()
+            child_lifeline.close()
         try:
             if not self.conn.poll(pool.start_timeout_s):
                 raise WorkerStartError(f"worker {slot} did not start within {pool.start_timeout_s:g}s")
@@ -135,6 +175,7 @@ class _Worker:
             self.process.kill()
         self.process.join(10)
         self.conn.close()
+        self._lifeline.close()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self.conn.close()  # the worker's recv() sees EOF and returns
@@ -142,6 +183,7 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(10)
+        self._lifeline.close()
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
 from forkrl.rollout.client import RolloutClient, RolloutRequestError
@@ -41,7 +41,9 @@ def expand_endpoints(urls: Sequence[str]) -> list[str]:
 class ReplicaPool:
     """Spreads generation over the serving replicas; a share whose replica fails moves to another one.
 
-    Membership can change between calls (`set_urls`, `refresh`), as when the operator scales.
+    Membership can change between calls (`set_urls`, `refresh`), as when the operator scales. The client of
+    a member that left is closed when the pool's next call starts with none running, so one taken from
+    `clients` directly must not be kept across a membership change and a later pool call.
     """
 
     def __init__(self, urls: Sequence[str], endpoints: Sequence[str] = (), *, timeout_s: float = 600.0,
@@ -58,6 +60,8 @@ class ReplicaPool:
         """Members that failed, with the reason; they serve again once a probe answers and they are synced."""
         self.failures_total = 0
         self._closing: list[RolloutClient] = []
+        """Clients of members that left; closed once no call of this pool is running (one may still use them)."""
+        self._active = 0
         self.refresh()
 
     def refresh(self) -> list[str]:
@@ -80,8 +84,28 @@ class ReplicaPool:
                                                   connect_timeout_s=self.connect_timeout_s,
                                                   idle_timeout_s=self.idle_timeout_s)
         for url in [u for u in self.clients if u not in urls]:
-            self._closing.append(self.clients.pop(url))  # closed in aclose(): a call may still be using it
+            self._closing.append(self.clients.pop(url))
             self.down.pop(url, None)
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        # A client dropped while a call runs may still be in use by it; the next call that starts with
+        # none running closes it. Waiting for the end of the run instead held the connections of every
+        # replaced pod open (and the list growing) for the whole run.
+        if not self._active:
+            await self._close(self._closing)
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+
+    @staticmethod
+    async def _close(clients: list[RolloutClient]) -> None:
+        taken = []
+        while clients:  # pop one at a time: refresh() may append from a worker thread meanwhile
+            taken.append(clients.pop())
+        await asyncio.gather(*(c.aclose() for c in taken), return_exceptions=True)
 
     @property
     def urls(self) -> list[str]:
@@ -104,7 +128,8 @@ class ReplicaPool:
             return await self.clients[url].healthz()
 
         urls = list(self.down)
-        back = [u for u, ok in zip(urls, await asyncio.gather(*(live(u) for u in urls)), strict=True) if ok]
+        async with self._call():
+            back = [u for u, ok in zip(urls, await asyncio.gather(*(live(u) for u in urls)), strict=True) if ok]
         for url in back:
             del self.down[url]
             self.log(f"rollout replica {url} answers again")
@@ -119,10 +144,15 @@ class ReplicaPool:
                 return None
 
         chosen = self.serving if urls is None else list(urls)
-        return dict(zip(chosen, await asyncio.gather(*(one(u) for u in chosen)), strict=True))
+        async with self._call():
+            return dict(zip(chosen, await asyncio.gather(*(one(u) for u in chosen)), strict=True))
 
     async def generate(self, requests: Sequence[GenerateRequest], attempts: int = 4) -> list[GenerateResult]:
         """Results in request order. Requests are split evenly over serving replicas; a failed share moves on."""
+        async with self._call():
+            return await self._generate(requests, attempts)
+
+    async def _generate(self, requests: Sequence[GenerateRequest], attempts: int) -> list[GenerateResult]:
         results: list[GenerateResult | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         errors: list[BaseException] = []
@@ -154,6 +184,7 @@ class ReplicaPool:
         raise RuntimeError(f"{len(pending)} rollout requests failed on every replica: {errors[-1]!r}")
 
     async def aclose(self) -> None:
-        clients = [*self.clients.values(), *self._closing]
-        self._closing = []
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        """Close every client; the pool then has no members (a later refresh starts afresh)."""
+        self._closing += self.clients.values()
+        self.clients, self.down = {}, {}
+        await self._close(self._closing)

@@ -14,12 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
+from forkrl.rollout.lifeline import Lifeline
 from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.trainer.learner.launch import free_port
 from forkrl.trainer.spec import RLVRJobSpec
@@ -30,7 +31,13 @@ LOCAL_HOST = LOCAL_BIND_HOST
 
 
 class LocalProcess:
-    """A service process with a health endpoint; `start` waits until it answers, `stop` drains it."""
+    """A service process with a health endpoint; `start` waits until it answers, `stop` drains it.
+
+    The process leads its own session (signals for the terminal or the controller's group do not reach
+    it; `stop` and `kill` signal its whole group) and holds a lifeline to this process: however this
+    process ends, SIGKILL included, the service and everything in its group end with it. `start` and
+    `restart` may be called from any thread, short-lived ones too (the lifeline is per process).
+    """
 
     def __init__(self, name: str, argv: list[str], port: int, log_path: Path, env: dict[str, str] | None = None):
         self.name = name
@@ -39,20 +46,34 @@ class LocalProcess:
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
+        self._lifeline: Lifeline | None = None
+        self._lock = threading.RLock()  # start (a helper thread's restart) against stop/kill
 
     @property
     def url(self) -> str:
         return f"http://{LOCAL_HOST}:{self.port}"
 
     def start(self, timeout_s: float = 180.0) -> LocalProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)
-        log.close()
+        with self._lock:
+            if self.alive():
+                raise RuntimeError(f"{self.name} is already running (pid {self.process.pid})")
+            self._release()  # a previous process that ended by itself
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            lifeline = Lifeline()
+            try:
+                with self.log_path.open("ab") as log:
+                    self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                                    env={**self.env, **lifeline.env}, pass_fds=lifeline.pass_fds,
+                                                    start_new_session=True)
+            except BaseException:
+                lifeline.close()
+                raise
+            lifeline.release_child_end()
+            self._lifeline = lifeline
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._release()
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode} while starting; "
                                    f"log {self.log_path}:\n{self._log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
@@ -73,14 +94,18 @@ class LocalProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group (fault injection, or a stop that timed out)."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        try:
+            if self.process is not None and self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        finally:
+            self._release()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (graceful drain), then SIGKILL after `timeout_s`."""
         if self.process is None or self.process.poll() is not None:
+            self._release()
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -88,6 +113,15 @@ class LocalProcess:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+        self._release()
+
+    def _release(self) -> None:
+        # Only once the process has ended (or must end now): closing the write end is what kills it.
+        # Each start has its own pipe, so one left open would leak a descriptor per restart.
+        with self._lock:
+            if self._lifeline is not None:
+                self._lifeline.close()
+                self._lifeline = None
 
     def _log_tail(self, lines: int = 30) -> str:
         try:
@@ -109,9 +143,14 @@ def verifier_argv(config_path: Path, host: str, port: int, workers: int | None =
 
 
 def start_verifier(config: dict, log_dir: Path, workers: int | None = None) -> LocalProcess:
-    """A local verifier service with the given VerifierConfig fields, on this host's loopback."""
+    """A local verifier service with the given VerifierConfig fields, on this host's loopback.
+
+    Its config file lives next to its log (a record of what it ran with): a restart after a kill reads it
+    again, and nothing is left in the temp directory however the run ends.
+    """
     port = free_port()
-    config_path = Path(tempfile.mkdtemp(prefix="forkrl-verifier-")) / "verifier.json"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path = log_dir / "verifier.json"
     config_path.write_text(json.dumps(config))
     argv = verifier_argv(config_path, LOCAL_HOST, port, workers)
     return LocalProcess("verifier", argv, port, log_dir / "verifier.log").start()

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from forkrl.rollout.types import GenerateRequest
 from forkrl.trainer.controller.replica_pool import ReplicaPool, expand_endpoints
 
 
@@ -38,3 +39,34 @@ def test_pool_refresh_follows_scaling(monkeypatch: pytest.MonkeyPatch) -> None:
     pool.remove("http://127.0.0.1:9000")
     assert "http://127.0.0.1:9000" not in pool.urls and len(pool.clients) == 3
     asyncio.run(pool.aclose())
+
+
+def test_dropped_clients_are_closed_once_no_call_uses_them() -> None:
+    """Issue 15: a dropped member's client stayed open until the end of the run, and aclose() left the pool
+    holding closed clients."""
+    async def scenario() -> None:
+        gone, kept = "http://127.0.0.1:9001", "http://127.0.0.1:9002"
+        pool = ReplicaPool([gone, kept])
+        dropped = pool.clients[gone]
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_generate(requests: list[GenerateRequest]) -> list[str]:
+            started.set()
+            await release.wait()
+            return [f"result of {r.request_id}" for r in requests]
+
+        dropped.generate = slow_generate  # type: ignore[method-assign]
+        call = asyncio.create_task(pool.generate([GenerateRequest(request_id="a", prompt_token_ids=[1])]))
+        await started.wait()
+        pool.remove(gone)  # the operator scaled down while a call is still using that replica
+        await pool.probe_down()  # another call starting meanwhile must not close the client in use
+        assert not dropped._http.is_closed
+        release.set()
+        assert await call == ["result of a"]
+        await pool.versions([])  # the next call, with none running, closes it
+        assert dropped._http.is_closed
+        survivor = pool.clients[kept]
+        await pool.aclose()
+        assert survivor._http.is_closed and pool.clients == {} and pool.urls == []
+
+    asyncio.run(scenario())
