@@ -4,6 +4,9 @@ the main job's spec with its cold-start policy built once per session."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,13 +59,23 @@ def main_job(changes: dict) -> RLVRJobSpec:
 
 
 @pytest.fixture(scope="session")
-def cold_start_policy(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The main job's cold-start checkpoint (built once): a policy that already solves some problems, so
-    RL steps see non-zero advantages and really move the weights."""
+def cold_start_policy() -> str:
+    """The main job's cold-start checkpoint: a policy that already solves some problems, so RL steps see
+    non-zero advantages and really move the weights. The cold start is deterministic, so it is built once
+    per spec and library versions and kept outside the checkout (like the Go builds of tests/cluster)."""
+    import torch
+    import transformers
+
     from forkrl.trainer.controller.main import prepare_policy
 
-    root = tmp_path_factory.mktemp("cold-start")
     # Half the main job's cold start: enough for some correct answers (non-zero advantages), in half the time.
-    spec = main_job({"observability": {"run_dir": str(root / "{name}")}, "cold_start": {"steps": 200}})
-    path, _, _ = prepare_policy(spec, spec.run_dir(), print)
-    return path
+    spec = main_job({"cold_start": {"steps": 200}})
+    key = hashlib.sha256(json.dumps([spec.model.model_dump(mode="json"), spec.cold_start.model_dump(mode="json"),
+                                     spec.data.model_dump(mode="json"), spec.seed, torch.__version__,
+                                     transformers.__version__]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("FORKRL_TEST_CACHE", Path.home() / ".cache" / "forkrl" / "tests")) / f"cold-start-{key}"
+    ready = root / "local-arith" / "cold_start_model" / "config.json"
+    if not ready.exists():
+        spec = main_job({"cold_start": {"steps": 200}, "observability": {"run_dir": str(root / "{name}")}})
+        prepare_policy(spec, spec.run_dir(), print)
+    return str(ready.parent)
