@@ -170,6 +170,7 @@ class RLVRController:
         whose version differs (restarted, new, or back from a network cut) before it serves."""
         await asyncio.to_thread(self.replicas.refresh)
         await self.replicas.probe_down()
+        await self.replicas.wait_for_serving(self.spec.rollout.replica_wait_s)
         versions = await self.replicas.versions()
         unreachable = [url for url, v in versions.items() if v is None]
         for url in unreachable:

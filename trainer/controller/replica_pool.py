@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -134,6 +135,20 @@ class ReplicaPool:
             del self.down[url]
             self.log(f"rollout replica {url} answers again")
         return back
+
+    async def wait_for_serving(self, timeout_s: float, poll_s: float = 2.0) -> None:
+        """When every member is down (a node drained, all pods restarting), wait for one to answer
+        again, re-resolving the endpoints meanwhile, instead of failing the step at once."""
+        if self.serving or not self.clients:
+            return
+        self.log(f"no rollout replica is serving; waiting up to {timeout_s:.0f}s for one to come back")
+        deadline = time.monotonic() + timeout_s
+        while not self.serving:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no rollout replica answered within {timeout_s:.0f}s (down: {self.down})")
+            await asyncio.sleep(poll_s)
+            await asyncio.to_thread(self.refresh)
+            await self.probe_down()
 
     async def versions(self, urls: Sequence[str] | None = None) -> dict[str, int | None]:
         """weight_version of each replica (None when it has no weights or does not answer)."""

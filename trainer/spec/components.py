@@ -78,6 +78,10 @@ class RolloutSpec(_Spec):
         60.0, gt=0, le=3600, description="A generate stream silent this long (keepalives come every 5 s) is "
         "treated as a lost replica; its requests are retried on the others."
     )
+    replica_wait_s: float = Field(
+        600.0, gt=0, le=86400, description="When every replica is down, how long a step waits for one to answer "
+        "again (pods restarting, a node drained) before the run fails."
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM KV-cache memory share (GPU).")
 
     @model_validator(mode="after")
