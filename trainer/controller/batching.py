@@ -74,9 +74,11 @@ def to_learner_batch(scored: ScoredBatch) -> LearnerBatch:
 
 
 def mini_batches(batch: LearnerBatch, sequences_per_mini_batch: int) -> list[LearnerBatch]:
-    """Consecutive row slices of `sequences_per_mini_batch` rows (groups stay whole when it is a multiple of n)."""
-    if batch.num_sequences % sequences_per_mini_batch:
-        raise ValueError(f"{batch.num_sequences} sequences do not split into mini-batches of "
-                         f"{sequences_per_mini_batch}")
+    """Consecutive row slices of `sequences_per_mini_batch` rows (groups stay whole when it is a multiple of n).
+
+    The last slice holds the remainder: dynamic sampling in `filter_only` mode keeps any number of groups, and
+    each mini-batch is one optimizer step normalised by its own token and sequence counts."""
+    if sequences_per_mini_batch < 1:
+        raise ValueError(f"mini-batches need at least one sequence, got {sequences_per_mini_batch}")
     return [batch.rows(slice(start, start + sequences_per_mini_batch))
             for start in range(0, batch.num_sequences, sequences_per_mini_batch)]

@@ -193,27 +193,32 @@ class RLVRController:
         scored = collected.scored
         lengths = scored.rollout.response_lengths.double()
         lag = self.version - 1 - scored.rollout.weight_version
-        if int(lag.max()) > self.spec.schedule.max_staleness:
+        if len(lag) and int(lag.max()) > self.spec.schedule.max_staleness:
             raise RuntimeError(f"samples lag {int(lag.max())} weight versions behind the learner, more than "
                                f"schedule.max_staleness={self.spec.schedule.max_staleness}")
-        record = {
-            **learner_metrics,
-            **collected.stats,
-            "step": float(self.step),
-            "samples": float(scored.rollout.num_samples),
+        # An empty batch (filter_only kept no group) has no per-sample statistics: they are left out rather
+        # than written as NaN.
+        per_sample = {
             "reward/mean": float(scored.shaped.mean()),
             "reward/correctness_mean": float(scored.rewards.mean()),
             "advantage/abs_mean": float(scored.advantages.abs().mean()),
             "response_length/mean": float(lengths.mean()),
             "response_length/max": float(lengths.max()),
             "finish/length_frac": sum(r == "length" for r in scored.rollout.finish_reasons) / len(lengths),
+        } if len(lengths) else {}
+        record = {
+            **learner_metrics,
+            **collected.stats,
+            "step": float(self.step),
+            "samples": float(scored.rollout.num_samples),
+            **per_sample,
             "weight_version": float(self.version),
             "replicas": float(len(self.replicas.serving)),
             "replicas/down": float(len(self.replicas.down)),
             "replicas/failures_total": float(self.replicas.failures_total),
             "replicas/repushed_total": float(self.repushed_total),
-            "weight_version_lag/max": float(lag.max()),
-            "weight_version_lag/mean": float(lag.double().mean()),
+            "weight_version_lag/max": float(lag.max()) if len(lag) else 0.0,
+            "weight_version_lag/mean": float(lag.double().mean()) if len(lag) else 0.0,
             "weight_version_lag/per_sample": lag.tolist(),
             "sync/senders": float(self.last_push.senders if self.last_push else 0),
             "sync/bytes": float(self.last_push.bytes if self.last_push else 0),
@@ -230,9 +235,18 @@ class RLVRController:
         start = time.perf_counter()
         await self.ensure_replicas_current()
         collected = await self.collect(self.step)
+        metrics, times = await self.update_and_sync(collected)
+        return self.step_record(collected, metrics, times, time.perf_counter() - start)
+
+    async def update_and_sync(self, collected: CollectedBatch) -> tuple[dict[str, float], dict[str, float]]:
+        """The update and the weight sync of a step; a batch left empty by dynamic sampling trains nothing, so
+        the weights and their version stay as they are."""
+        if collected.scored.rollout.num_samples == 0:
+            self.log(f"step {self.step + 1}: no sample left to train on; the weights stay at version {self.version}")
+            return {}, {"time/logprobs": 0.0, "time/update": 0.0, "time/sync": 0.0}
         metrics, times = await asyncio.to_thread(self.update, collected.scored)
         times["time/sync"] = await self.sync_weights()
-        return self.step_record(collected, metrics, times, time.perf_counter() - start)
+        return metrics, times
 
     async def train_step_off_policy(self, pending: asyncio.Task | None) -> tuple[dict[str, float], asyncio.Task]:
         """One-step off-policy: the rollout of step t+1 overlaps the update of step t."""

@@ -61,12 +61,30 @@ class LearnerBatch:
         return LearnerBatch(**{k: (None if v is None else v[index]) for k, v in values.items()})
 
 
+def dp_bounds(num_sequences: int, dp_rank: int, dp_size: int) -> tuple[int, int]:
+    """Rows [start, end) of DP rank r: contiguous, the first B % dp ranks hold one row more than the others.
+
+    Any B is accepted (dynamic sampling in `filter_only` mode leaves any number of groups): the objective
+    library normalises by counts summed over DP, so unequal shards still give the exact mini-batch loss."""
+    base, extra = divmod(num_sequences, dp_size)
+    start = dp_rank * base + min(dp_rank, extra)
+    return start, start + base + (1 if dp_rank < extra else 0)
+
+
+def zero_weight_rows(batch: LearnerBatch, count: int) -> LearnerBatch:
+    """`count` copies of row 0 with an empty response mask: they run through the model (every rank must
+    take part in the step's collectives) but count no token or sequence and carry zero loss and gradient."""
+    rows = batch.rows(torch.zeros(count, dtype=torch.long))
+    return dataclasses.replace(rows, response_mask=torch.zeros_like(rows.response_mask))
+
+
 def dp_shard(batch: LearnerBatch, dp_rank: int, dp_size: int) -> LearnerBatch:
-    """Contiguous rows [r*B/dp, (r+1)*B/dp) of the global mini-batch (B must divide by DP)."""
-    if batch.num_sequences % dp_size:
-        raise ValueError(f"batch of {batch.num_sequences} sequences does not split over data_parallel={dp_size}")
-    per_rank = batch.num_sequences // dp_size
-    return batch.rows(slice(dp_rank * per_rank, (dp_rank + 1) * per_rank))
+    """DP rank r's rows of the global mini-batch (`dp_bounds`); a rank left without rows (B < dp) gets one
+    zero-weight row instead, so that it still runs the collectives of the step."""
+    start, end = dp_bounds(batch.num_sequences, dp_rank, dp_size)
+    if start == end:
+        return zero_weight_rows(batch, 1)
+    return batch.rows(slice(start, end))
 
 
 @dataclasses.dataclass
@@ -118,19 +136,17 @@ def _fields(batch: LearnerBatch, index: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def padded_micro_batches(batch: LearnerBatch, micro_batch_size: int, length_multiple: int = 1) -> list[MicroBatch]:
-    """Rows of right-padded sequences, `micro_batch_size` per micro-batch, width = longest (rounded)."""
-    if batch.num_sequences % micro_batch_size:
-        raise ValueError(
-            f"{batch.num_sequences} sequences per data-parallel rank do not split into micro_batch_size="
-            f"{micro_batch_size}"
-        )
+    """Rows of right-padded sequences, `micro_batch_size` per micro-batch, width = longest (rounded).
+
+    A last micro-batch with fewer sequences keeps `micro_batch_size` rows (pipeline stages exchange tensors
+    of one fixed shape): the extra rows are all padding, with no predicted position, so they add nothing."""
     width = _round_up(int(batch.seq_lens.max()), length_multiple)
     out = []
     for start in range(0, batch.num_sequences, micro_batch_size):
-        index = torch.arange(start, start + micro_batch_size)
+        index = torch.arange(start, min(start + micro_batch_size, batch.num_sequences))
         tokens = torch.zeros(micro_batch_size, width, dtype=torch.long)
         take = min(width, batch.input_ids.shape[1])
-        tokens[:, :take] = batch.input_ids[index, :take]
+        tokens[: len(index), :take] = batch.input_ids[index, :take]
         rows, cols = batch.response_mask[index].nonzero(as_tuple=True)
         out.append(
             MicroBatch(

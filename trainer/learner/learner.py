@@ -19,7 +19,14 @@ import torch.distributed as dist
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from forkrl.trainer.learner import checkpoint as ckpt
-from forkrl.trainer.learner.batch import LearnerBatch, MicroBatch, dp_shard, packed_micro_batches, padded_micro_batches
+from forkrl.trainer.learner.batch import (
+    LearnerBatch,
+    MicroBatch,
+    dp_bounds,
+    dp_shard,
+    packed_micro_batches,
+    padded_micro_batches,
+)
 from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, token_sum_norm_length, train_forward_step
 from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
@@ -145,19 +152,23 @@ class Learner:
         """Forward only: log-probs and entropies of `batch` (whole global batch returned on every rank)."""
         mbs = self._micro_batches(batch)
         per_mb = self._forward_stats(mbs, model)
-        local_b = len(dp_shard(batch, self.layout.dp_rank, self.layout.dp).seq_lens)
+        # Shards may differ by a row (`dp_bounds`); all_gather needs one shape, so every rank sends the
+        # largest shard's size and the rows beyond each rank's own count are dropped after the gather.
+        bounds = [dp_bounds(batch.num_sequences, r, self.layout.dp) for r in range(self.layout.dp)]
+        rows = max(max(end - start for start, end in bounds), 1)
         width = batch.input_ids.shape[1]
-        stats = torch.zeros(2, local_b, width, dtype=torch.float32, device=self.device)
+        stats = torch.zeros(2, rows, width, dtype=torch.float32, device=self.device)
         if self.layout.is_last_stage:
             for mb, result in zip(mbs, per_mb, strict=True):
                 stats[0, mb.seq_index] = result["logp"].float()
                 stats[1, mb.seq_index] = result["entropy"].float()
         if self.layout.pp > 1:
             dist.broadcast(stats, src=self.layout.pp_last_global_rank, group=self.layout.pp_group)
+        parts = [stats]
         if self.layout.dp > 1:
             parts = [torch.empty_like(stats) for _ in range(self.layout.dp)]
             dist.all_gather(parts, stats, group=self.layout.dp_group)
-            stats = torch.cat(parts, dim=1)
+        stats = torch.cat([part[:, : end - start] for part, (start, end) in zip(parts, bounds, strict=True)], dim=1)
         return TokenStats(logp=stats[0].cpu(), entropy=stats[1].cpu())
 
     def _forward_stats(self, mbs: list[MicroBatch], which: Literal["policy", "reference"]) -> list[dict]:

@@ -57,5 +57,7 @@ def test_mini_batches_keep_rows_in_order() -> None:
                                          AdvantageSpec(), 8))
     parts = mini_batches(batch, 2)
     assert [p.seq_lens.tolist() for p in parts] == [[5, 3], [5, 7]]
+    # filter_only leaves any number of groups: the last mini-batch holds the remainder.
+    assert [p.seq_lens.tolist() for p in mini_batches(batch, 3)] == [[5, 3, 5], [7]]
     with pytest.raises(ValueError, match="mini-batches"):
-        mini_batches(batch, 3)
+        mini_batches(batch, 0)

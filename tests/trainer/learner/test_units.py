@@ -97,8 +97,6 @@ def test_batch_validation_names_the_field() -> None:
         LearnerBatch(**{**batch.__dict__, "response_mask": bad_mask})
     with pytest.raises(ValueError, match="seq_lens"):
         LearnerBatch(**{**batch.__dict__, "seq_lens": torch.tensor([9, 3])})
-    with pytest.raises(ValueError, match="data_parallel=3"):
-        dp_shard(batch, 0, 3)
 
 
 def test_padded_micro_batches_predict_every_response_token() -> None:
@@ -114,8 +112,24 @@ def test_padded_micro_batches_predict_every_response_token() -> None:
         assert torch.equal(rows, mb.out_rows) and torch.equal(cols + 1, mb.out_cols)
         assert torch.equal(mb.target_ids, batch.input_ids[sequences, mb.out_cols])
         assert int(mb.out_rows.numel()) == int(batch.response_mask[mb.seq_index].sum())
-    with pytest.raises(ValueError, match="micro_batch_size=3"):
-        padded_micro_batches(batch, micro_batch_size=3)
+    # A ragged last micro-batch keeps the fixed row count; its extra row is padding that predicts nothing.
+    ragged = padded_micro_batches(batch, micro_batch_size=3)
+    assert [mb.seq_index.tolist() for mb in ragged] == [[0, 1, 2], [3]]
+    assert [tuple(mb.tokens.shape) for mb in ragged] == [(3, 12), (3, 12)]
+    assert ragged[1].tokens[1:].abs().sum() == 0 and set(ragged[1].out_rows.tolist()) == {0}
+    assert int(ragged[1].out_rows.numel()) == int(batch.response_mask[3].sum())
+
+
+def test_dp_shards_of_any_batch_size_cover_every_row_once() -> None:
+    batch = make_batch(seed=2, batch=7, width=10)
+    shards = [dp_shard(batch, rank, 3) for rank in range(3)]
+    assert [s.num_sequences for s in shards] == [3, 2, 2]
+    assert torch.equal(torch.cat([s.input_ids for s in shards]), batch.input_ids)
+    # Fewer rows than ranks: the rank without a row gets one that counts no response token.
+    single = make_batch(seed=2, batch=1, width=10)
+    empty = dp_shard(single, 1, 2)
+    assert empty.num_sequences == 1 and empty.response_mask.sum() == 0
+    assert torch.equal(dp_shard(single, 0, 2).response_mask, single.response_mask)
 
 
 def test_pack_rows_first_fit_decreasing() -> None:

@@ -1,0 +1,196 @@
+"""`RLVRController` steps with a real 1-rank learner on a tiny model, in-process fakes for the rollout
+replicas, the verifier and the weight pusher (no services, no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from forkrl.rollout.types import GenerateRequest, GenerateResult, SampleResult
+from forkrl.rollout.verifier.schemas import CodeItem, MathItem, Reason, VerifyResult
+from forkrl.trainer.controller.loop import RLVRController
+from forkrl.trainer.controller.weight_push import PushReport
+from forkrl.trainer.data.schema import PromptRow
+from forkrl.trainer.data.stream import PromptStream
+from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.learner.launch import run_world
+from forkrl.trainer.learner.learner import Learner
+from forkrl.trainer.spec import RLVRJobSpec, parse_spec
+from tests.trainer.learner.tiny import save_tiny_model
+from tests.trainer.learner.workers import make_spec
+
+SMOKE = Path(__file__).parent / "smoke.yaml"
+URL = "fake://replica-0"
+
+
+class CharTokenizer:
+    """Characters -> ids in [1, 100) (the tiny model's vocabulary is 128); decode writes the ids."""
+
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [1 + ord(c) % 99 for c in text]}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+class FakeClient:
+    def __init__(self, replicas: FakeReplicas) -> None:
+        self.replicas = replicas
+
+    async def healthz(self) -> bool:
+        return True
+
+
+class FakeReplicas:
+    """One replica serving `version`: sample j of a request answers 2 + j tokens derived from its seed."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.serving = [URL]
+        self.down: list[str] = []
+        self.failures_total = 0
+        self.clients = {URL: FakeClient(self)}
+        self.requests: list[str] = []
+
+    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        self.requests += [r.request_id for r in requests]
+        return [GenerateResult(r.request_id,
+                               [SampleResult([10 + (r.seed + j * t) % 90 for t in range(2 + j)], [-1.5] * (2 + j),
+                                             "stop", self.version) for j in range(r.n)],
+                               seed=r.seed, prompt_length=len(r.prompt_token_ids))
+                for r in requests]
+
+    def refresh(self) -> None:
+        pass
+
+    async def probe_down(self) -> None:
+        pass
+
+    async def wait_for_serving(self, timeout_s: float) -> None:
+        pass
+
+    async def versions(self) -> dict[str, int | None]:
+        return {URL: self.version}
+
+    def mark_down(self, url: str, reason: str) -> None:
+        raise AssertionError(f"{url} marked down: {reason}")
+
+
+class FakePusher:
+    def __init__(self, replicas: FakeReplicas) -> None:
+        self.replicas = replicas
+        self.pushed: list[int] = []
+
+    async def push(self, clients: list[Any], version: int) -> PushReport:
+        self.replicas.version = version
+        self.pushed.append(version)
+        return PushReport(version, len(clients), "fake", 1, 0.0, 0)
+
+
+class ScriptedVerifier:
+    """Sample j of the prompt whose answer is `pattern` is correct iff pattern[j] == '1'."""
+
+    async def verify(self, items: Sequence[MathItem | CodeItem]) -> list[VerifyResult]:
+        out = []
+        for item in items:
+            assert isinstance(item, MathItem)
+            sample = int(re.fullmatch(r".*/s(\d+)", item.id).group(1))
+            correct = item.ground_truth[sample] == "1"
+            out.append(VerifyResult(id=item.id, task="math", reward=float(correct), correct=correct,
+                                    reason=Reason.ok, latency_s=0.0))
+        return out
+
+
+class OneRankLearners:
+    """The learner group's interface over one in-process Learner; records the mini-batch sizes it trains.
+
+    Like a Ray actor the learner lives on one thread of its own: the CPU shim's torch-function mode, which
+    lets megatron run on CPU, is per thread, and the controller calls the learners from worker threads."""
+
+    def __init__(self, spec: LearnerSpec, objective: Any, model_dir: str) -> None:
+        self.thread = ThreadPoolExecutor(max_workers=1)
+        self.learner: Learner = self.call(Learner, spec, objective, model_dir)
+        self.trained: list[int] = []
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        return self.thread.submit(fn, *args).result()
+
+    def compute_logprobs(self, batch: Any, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        stats = self.call(self.learner.compute_logprobs, batch, model)
+        return stats.logp, stats.entropy
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        self.trained.append(batch.num_sequences)
+        return self.call(self.learner.train_step, batch)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.call(lambda: {k: v.clone() for k, v in self.learner.export_weights()})
+
+
+def job_spec(**changes: dict) -> RLVRJobSpec:
+    data = yaml.safe_load(SMOKE.read_text())
+    for key, value in changes.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_spec(data, "test_loop")
+
+
+def controller(spec: RLVRJobSpec, model_dir: str, patterns: list[str]) -> RLVRController:
+    rows = [PromptRow(prompt=f"{i}+{i}=", answer=p, source="t", index=i) for i, p in enumerate(patterns)]
+    replicas = FakeReplicas()
+    ctl = RLVRController(spec, CharTokenizer(), OneRankLearners(make_spec({"mbs": 2}), spec.objective, model_dir),
+                         replicas, ScriptedVerifier(),
+                         PromptStream(rows, seed=0, shuffle=False), log=lambda _: None)
+    ctl.pusher = FakePusher(replicas)
+    return ctl
+
+
+def filter_only_steps(model_dir: str) -> dict[str, Any]:
+    """Step 1 keeps 3 of 4 groups (one all-correct); step 2 keeps none (all correct or all wrong)."""
+    spec = job_spec(dynamic_sampling={"enabled": True, "mode": "filter_only", "max_gen_batches": 1},
+                    schedule={"train_batch_size": 4, "samples_per_prompt": 2, "mini_batch_size": 2})
+    ctl = controller(spec, model_dir, ["11", "10", "01", "10", "11", "00", "00", "11"])
+    before = ctl.learners.weights()
+    first = asyncio.run(ctl.train_step_sync())
+    trained_first = list(ctl.learners.trained)
+    after_first = ctl.learners.weights()
+    ctl.step += 1
+    second = asyncio.run(ctl.train_step_sync())
+    after_second = ctl.learners.weights()
+    ctl.learners.call(ctl.learners.learner.close)
+    return {"first": first, "second": second, "trained_first": trained_first, "trained": ctl.learners.trained,
+            "learner_version": ctl.learners.learner.weight_version, "version": ctl.version,
+            "pushed": ctl.pusher.pushed,
+            "moved_first": max(float((after_first[k] - before[k]).abs().max()) for k in before),
+            "moved_second": max(float((after_second[k] - after_first[k]).abs().max()) for k in before)}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("loop_model")
+    save_tiny_model(root / "qwen2", "qwen2", layers=2)
+    return str(root / "qwen2")
+
+
+def test_filter_only_step_trains_a_ragged_batch_and_skips_an_empty_one(model_dir: str) -> None:
+    out = run_world(filter_only_steps, 1, model_dir)[0]
+    first = out["first"]
+    assert first["samples"] == 6 and first["dynamic_sampling/dropped_groups"] == 1
+    # mini_batch_size 2 prompts x 2 samples = 4 sequences per optimizer step: 6 sequences -> 4, then 2.
+    assert out["trained_first"] == [4, 2]
+    assert out["moved_first"] > 1e-4
+    # Nothing informative in step 2: no optimizer step, no new weight version, a record all the same.
+    second = out["second"]
+    assert second["samples"] == 0 and second["dynamic_sampling/dropped_groups"] == 4
+    assert out["trained"] == [4, 2] and out["learner_version"] == 2
+    assert out["moved_second"] == 0.0
+    assert out["version"] == 1 and out["pushed"] == [0, 1]
