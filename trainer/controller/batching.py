@@ -82,3 +82,28 @@ def mini_batches(batch: LearnerBatch, sequences_per_mini_batch: int) -> list[Lea
         raise ValueError(f"mini-batches need at least one sequence, got {sequences_per_mini_batch}")
     return [batch.rows(slice(start, start + sequences_per_mini_batch))
             for start in range(0, batch.num_sequences, sequences_per_mini_batch)]
+
+
+def drop_stale_groups(scored: ScoredBatch, version: int, max_staleness: int) -> tuple[ScoredBatch, int]:
+    """The batch without the groups holding a sample more than `max_staleness` weight versions older than
+    `version` (the weights the update starts from); returns it and the number of groups dropped.
+
+    Groups go whole: GRPO advantages are relative to the group, so a group missing samples would train on
+    advantages measured against responses it no longer holds."""
+    rollout = scored.rollout
+    stale = rollout.group_id[(version - rollout.weight_version) > max_staleness].unique()
+    if not len(stale):
+        return scored, 0
+    keep = (~torch.isin(rollout.group_id, stale)).nonzero().squeeze(1)
+    kept = RolloutBatch(
+        prompt_ids=rollout.prompt_ids[keep],
+        prompt_lengths=rollout.prompt_lengths[keep],
+        response_ids=rollout.response_ids[keep],
+        response_mask=rollout.response_mask[keep],
+        sampling_logprobs=rollout.sampling_logprobs[keep],
+        weight_version=rollout.weight_version[keep],
+        group_id=rollout.group_id[keep],
+        finish_reasons=[rollout.finish_reasons[i] for i in keep.tolist()],
+    )
+    return ScoredBatch(kept, scored.rewards[keep], scored.correct[keep], scored.shaped[keep],
+                       scored.advantages[keep]), len(stale)

@@ -16,8 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from forkrl.rollout.types import SamplingParams
-from forkrl.trainer.controller.batching import ScoredBatch, mini_batches, score_batch, to_learner_batch
+from forkrl.trainer.controller.batching import (
+    ScoredBatch,
+    drop_stale_groups,
+    mini_batches,
+    score_batch,
+    to_learner_batch,
+)
 from forkrl.trainer.controller.rollout_phase import (
     PhaseTimes,
     build_requests,
@@ -45,6 +53,8 @@ class CollectedBatch:
     stats: dict[str, float]
     times: PhaseTimes
     generated_with_version: int
+    lag: torch.Tensor | None = None
+    """[B] weight versions between each trained sample's weights and the update's (set before the update)."""
 
 
 @dataclass
@@ -192,10 +202,8 @@ class RLVRController:
                     step_seconds: float) -> dict[str, float]:
         scored = collected.scored
         lengths = scored.rollout.response_lengths.double()
-        lag = self.version - 1 - scored.rollout.weight_version
-        if len(lag) and int(lag.max()) > self.spec.schedule.max_staleness:
-            raise RuntimeError(f"samples lag {int(lag.max())} weight versions behind the learner, more than "
-                               f"schedule.max_staleness={self.spec.schedule.max_staleness}")
+        assert collected.lag is not None, "update_and_sync measures the lag before the update"
+        lag = collected.lag
         # An empty batch (filter_only kept no group) has no per-sample statistics: they are left out rather
         # than written as NaN.
         per_sample = {
@@ -239,14 +247,30 @@ class RLVRController:
         return self.step_record(collected, metrics, times, time.perf_counter() - start)
 
     async def update_and_sync(self, collected: CollectedBatch) -> tuple[dict[str, float], dict[str, float]]:
-        """The update and the weight sync of a step; a batch left empty by dynamic sampling trains nothing, so
-        the weights and their version stay as they are."""
-        if collected.scored.rollout.num_samples == 0:
-            self.log(f"step {self.step + 1}: no sample left to train on; the weights stay at version {self.version}")
+        """The update and the weight sync of a step; a batch left empty (dynamic sampling, stale samples)
+        trains nothing, so the weights and their version stay as they are."""
+        if not self.prepare(collected):
             return {}, {"time/logprobs": 0.0, "time/update": 0.0, "time/sync": 0.0}
         metrics, times = await asyncio.to_thread(self.update, collected.scored)
         times["time/sync"] = await self.sync_weights()
         return metrics, times
+
+    def prepare(self, collected: CollectedBatch) -> bool:
+        """Drop stale samples before they are used and measure the lag of the rest; False if none is left.
+
+        A sample may lag at most schedule.max_staleness versions behind the weights the update starts from
+        (`self.version`); a staler one (a replica that served old weights) is dropped with its group."""
+        max_staleness = self.spec.schedule.max_staleness
+        collected.scored, dropped = drop_stale_groups(collected.scored, self.version, max_staleness)
+        collected.lag = self.version - collected.scored.rollout.weight_version
+        collected.stats["staleness/dropped_groups"] = float(dropped)
+        if dropped:
+            self.log(f"step {self.step + 1}: dropped {dropped} groups generated more than schedule.max_staleness="
+                     f"{max_staleness} weight versions before {self.version}")
+        if collected.scored.rollout.num_samples == 0:
+            self.log(f"step {self.step + 1}: no sample left to train on; the weights stay at version {self.version}")
+            return False
+        return True
 
     async def train_step_off_policy(self, pending: asyncio.Task | None) -> tuple[dict[str, float], asyncio.Task]:
         """One-step off-policy: the rollout of step t+1 overlaps the update of step t."""
@@ -256,10 +280,14 @@ class RLVRController:
             pending = asyncio.create_task(self.collect(self.step))
         collected = await pending
         next_rollout = asyncio.create_task(self.collect(self.step + 1))
-        metrics, times = await asyncio.to_thread(self.update, collected.scored)
+        train = self.prepare(collected)
+        metrics, times = {}, {"time/logprobs": 0.0, "time/update": 0.0, "time/sync": 0.0}
+        if train:
+            metrics, times = await asyncio.to_thread(self.update, collected.scored)
         await asyncio.wait({next_rollout})  # replicas must be idle before new weights are installed
-        await asyncio.to_thread(self.replicas.refresh)  # replicas that joined get the new weights too
-        times["time/sync"] = await self.sync_weights()
+        if train:
+            await asyncio.to_thread(self.replicas.refresh)  # replicas that joined get the new weights too
+            times["time/sync"] = await self.sync_weights()
         await self.ensure_replicas_current()  # joined or restarted replicas: current before they serve
         return self.step_record(collected, metrics, times, time.perf_counter() - start), next_rollout
 

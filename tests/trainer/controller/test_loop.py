@@ -194,3 +194,68 @@ def test_filter_only_step_trains_a_ragged_batch_and_skips_an_empty_one(model_dir
     assert out["trained"] == [4, 2] and out["learner_version"] == 2
     assert out["moved_second"] == 0.0
     assert out["version"] == 1 and out["pushed"] == [0, 1]
+
+
+class FakeLearners:
+    """Records what it is asked to train on; log-probs are zeros (no model)."""
+
+    def __init__(self) -> None:
+        self.trained: list[torch.Tensor] = []
+
+    def compute_logprobs(self, batch: Any, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(batch.input_ids.shape), torch.zeros(batch.input_ids.shape)
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        self.trained.append(batch.input_ids)
+        return {"loss": 0.0}
+
+
+class LaggingReplicas(FakeReplicas):
+    """Prompt `p<i>` is answered with weights `lag[i]` versions older than the ones the replica serves (a
+    replica restarted on old weights and not yet re-synced)."""
+
+    def __init__(self, lag: dict[int, int]) -> None:
+        super().__init__()
+        self.lag = lag
+
+    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        results = await super().generate(requests)
+        for request, result in zip(requests, results, strict=True):
+            index = int(request.request_id.rsplit("/p", 1)[1])
+            for sample in result.samples:
+                sample.weight_version = self.version - self.lag.get(index, 0)
+        return results
+
+
+def test_stale_groups_are_dropped_before_the_update() -> None:
+    spec = job_spec(dynamic_sampling={"enabled": False},
+                    schedule={"train_batch_size": 4, "samples_per_prompt": 2, "mini_batch_size": 4,
+                              "max_staleness": 1})
+    rows = [PromptRow(prompt=f"{i}*{i}=", answer="10", source="t", index=i) for i in range(4)]
+    replicas = LaggingReplicas({1: 2, 2: 1})  # p1 lags 2 > max_staleness: dropped; p2 lags 1: kept
+    learners = FakeLearners()
+    ctl = RLVRController(spec, CharTokenizer(), learners, replicas, ScriptedVerifier(),
+                         PromptStream(rows, seed=0, shuffle=False), log=lambda _: None, version=3)
+    ctl.pusher = FakePusher(replicas)
+    record = asyncio.run(ctl.train_step_sync())
+    # Prompts 0, 2, 3 (2 samples each) reach the learner; prompt 1's tokens appear in no trained row.
+    assert [t.shape[0] for t in learners.trained] == [6]
+    prompt_1 = CharTokenizer()("1*1=")["input_ids"]
+    assert not any(row[: len(prompt_1)].tolist() == prompt_1 for row in learners.trained[0])
+    assert record["staleness/dropped_groups"] == 1 and record["samples"] == 6
+    assert record["weight_version_lag/max"] == 1 and record["weight_version_lag/per_sample"] == [0, 0, 1, 1, 0, 0]
+    assert ctl.version == 4
+
+
+def test_all_stale_batch_trains_nothing() -> None:
+    spec = job_spec(dynamic_sampling={"enabled": False},
+                    schedule={"train_batch_size": 2, "samples_per_prompt": 2, "mini_batch_size": 2})
+    rows = [PromptRow(prompt=f"{i}-{i}=", answer="10", source="t", index=i) for i in range(2)]
+    replicas = LaggingReplicas({0: 5, 1: 5})
+    learners = FakeLearners()
+    ctl = RLVRController(spec, CharTokenizer(), learners, replicas, ScriptedVerifier(),
+                         PromptStream(rows, seed=0, shuffle=False), log=lambda _: None, version=5)
+    ctl.pusher = FakePusher(replicas)
+    record = asyncio.run(ctl.train_step_sync())
+    assert learners.trained == [] and ctl.version == 5 and record["samples"] == 0
+    assert record["staleness/dropped_groups"] == 2
