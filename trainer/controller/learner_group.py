@@ -47,6 +47,11 @@ FAILURE_SETTLE_S = 30.0
 class LearnerFailure(RuntimeError):
     """A learner rank died or raised; the group cannot continue (resume from the last checkpoint)."""
 
+    def __init__(self, message: str, during: str = "") -> None:
+        super().__init__(message)
+        self.during = during
+        """The learner call that failed ("setup" means no step ran: nothing to resume from)."""
+
 
 def _env_port(name: str) -> int:
     value = os.environ.get(name, "").strip()
@@ -269,7 +274,7 @@ class LearnerGroup:
                 if pending:
                     settled, _ = ray.wait(pending, num_returns=len(pending), timeout=FAILURE_SETTLE_S)
                 self.failed = self._describe_failure(method, [ready[0], *settled], index)
-                raise LearnerFailure(self.failed) from err
+                raise LearnerFailure(self.failed, during=method) from err
         return ray.get(refs)
 
     def _describe_failure(self, method: str, refs: list, index: dict) -> str:

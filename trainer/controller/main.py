@@ -200,6 +200,10 @@ def train_main(spec_path: str, resume: bool = False, quiet: bool = False) -> int
         print(f"forkrl train: {err}", file=sys.stderr)
         return 2
     except LearnerFailure as err:
-        print(f"forkrl train: {err}\nforkrl train: the run stopped; continue from the last checkpoint with "
-              f"`forkrl train {spec_path} --resume` once the learner nodes are back", file=sys.stderr)
+        if err.during == "setup":
+            hint = "the learner could not start: fix the spec or the cluster named above, then run again"
+        else:
+            hint = (f"the run stopped; continue from the last checkpoint with `forkrl train {spec_path} --resume` "
+                    "once the learner nodes are back")
+        print(f"forkrl train: {err}\nforkrl train: {hint}", file=sys.stderr)
         return 1
