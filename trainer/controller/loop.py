@@ -81,6 +81,8 @@ class RLVRController:
     """False until the first sync of this process: every replica then gets the learner's weights, whatever
     version it reports (it may have loaded another checkpoint, or serve a run that crashed)."""
     last_push: PushReport | None = None
+    inflight_cursor: dict[str, int] | None = None
+    """Off-policy: the prompt cursor before the in-flight rollout took its prompts (None when none runs)."""
 
     # ------------------------------------------------------------------ text <-> tokens
     def render(self, row: PromptRow) -> list[int]:
@@ -272,19 +274,29 @@ class RLVRController:
             return False
         return True
 
-    async def train_step_off_policy(self, pending: asyncio.Task | None) -> tuple[dict[str, float], asyncio.Task]:
-        """One-step off-policy: the rollout of step t+1 overlaps the update of step t."""
+    async def train_step_off_policy(self, pending: asyncio.Task | None, last: bool = False
+                                    ) -> tuple[dict[str, float], asyncio.Task | None]:
+        """One-step off-policy: the rollout of step t+1 overlaps the update of step t. `last`: no step follows
+        (the run's last, or a stop was requested), so no rollout is started whose samples would go unused."""
         start = time.perf_counter()
         if pending is None:
             await self.ensure_replicas_current()
             pending = asyncio.create_task(self.collect(self.step))
         collected = await pending
-        next_rollout = asyncio.create_task(self.collect(self.step + 1))
+        next_rollout = None
+        self.inflight_cursor = None
+        if not last:
+            # Evaluation and checkpoints ran since the last sync: a replica restarted meanwhile must get the
+            # current weights before it serves the next rollout.
+            await self.ensure_replicas_current()
+            self.inflight_cursor = self.stream.state.to_dict()
+            next_rollout = asyncio.create_task(self.collect(self.step + 1))
         train = self.prepare(collected)
         metrics, times = {}, {"time/logprobs": 0.0, "time/update": 0.0, "time/sync": 0.0}
         if train:
             metrics, times = await asyncio.to_thread(self.update, collected.scored)
-        await asyncio.wait({next_rollout})  # replicas must be idle before new weights are installed
+        if next_rollout is not None:
+            await asyncio.wait({next_rollout})  # replicas must be idle before new weights are installed
         if train:
             await asyncio.to_thread(self.replicas.refresh)  # replicas that joined get the new weights too
             times["time/sync"] = await self.sync_weights()

@@ -79,13 +79,42 @@ async def evaluate(controller, eval_sets, phase: str, recorder: Recorder, log) -
         recorder.record(controller.step, values, kind="eval")
 
 
-async def checkpoint(controller, store: CheckpointStore, info: dict, log) -> None:
+INFLIGHT_ROLLOUT = "inflight_rollout.pt"
+
+
+async def checkpoint(controller, store: CheckpointStore, info: dict, log, pending: asyncio.Task | None = None
+                     ) -> None:
+    """Off-policy, `pending` is the next step's rollout, already complete (the sync waited for it): it was
+    generated with the weights before this step's update, which a resumed run no longer has, so it is saved
+    and reused; the cursor stored is the one it started from (its prompts are not skipped without it)."""
     start = time.monotonic()
     target = store.new(controller.step)
     data_state = {"stream": controller.stream.state.to_dict()}
+    if pending is not None and controller.inflight_cursor is not None:
+        data_state = {"stream": controller.inflight_cursor, "stream_after_inflight": data_state["stream"]}
+        if pending.done() and not pending.cancelled() and pending.exception() is None:
+            await asyncio.to_thread(torch_save, pending.result(), target.path / INFLIGHT_ROLLOUT)
     await asyncio.to_thread(controller.learners.save, str(target.learner_dir), data_state)
     store.commit(target, controller.step, controller.version, controller.eval_history, info)
     log(f"checkpoint step {controller.step} -> {target.path} ({time.monotonic() - start:.1f}s)")
+
+
+def torch_save(value: Any, path: Path) -> None:
+    import torch
+
+    torch.save(value, path)
+
+
+def inflight_rollout(path: Path, data_state: dict[str, Any]) -> asyncio.Future | None:
+    """The saved in-flight rollout of an off-policy checkpoint as a finished task, or None."""
+    file = path / INFLIGHT_ROLLOUT
+    if "stream_after_inflight" not in data_state or not file.exists():
+        return None
+    import torch
+
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    future.set_result(torch.load(file, weights_only=False))
+    return future
 
 
 async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, after_step: StepHook | None = None
@@ -125,6 +154,7 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
                         metrics_addr, log=log)
     reporter = StatusReporter.from_env(log)
     local = LocalRun(spec, policy_path, tokenizer, train_rows, log)
+    pending: asyncio.Future | None = None
     try:
         controller = await local.start()
         # After ray.init, which installs its own SIGTERM handler (it would abort the driver).
@@ -138,18 +168,24 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
             controller.step, controller.version = state.step, state.version
             controller.eval_history = state.eval_history
             controller.stream.restore(data_state["stream"])
+            if spec.schedule.mode != "sync":
+                pending = inflight_rollout(state.path, data_state)
+                if pending is not None:  # its prompts were taken already: continue after them
+                    controller.stream.restore(data_state["stream_after_inflight"])
             info = {**state.info, **info}
             progress.advance_to(controller.step)
             log(f"resumed from {state.path} (step {state.step}, weight version {state.version})")
             recorder.rewind_to(state.step)
         elif spec.eval.datasets and spec.eval.before_training:
             await evaluate(controller, eval_sets, "before_rl", recorder, log)
-        pending = None
         while controller.step < spec.schedule.steps and not stop.is_set():
             if spec.schedule.mode == "sync":
                 record = await controller.train_step_sync()
             else:
-                record, pending = await controller.train_step_off_policy(pending)
+                # A stop request still lets the next rollout run: the checkpoint saves it, so a resumed run
+                # trains on the samples the uninterrupted one would have.
+                last_step = controller.step + 1 >= spec.schedule.steps
+                record, pending = await controller.train_step_off_policy(pending, last_step)
             controller.step += 1
             record["step"] = float(controller.step)
             recorder.record(controller.step, record)
@@ -160,7 +196,7 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
             if spec.eval.interval and controller.step % spec.eval.interval == 0 and not last:
                 await evaluate(controller, eval_sets, f"step_{controller.step}", recorder, log)
             if controller.step % spec.checkpoint.interval == 0 or last or stop.is_set():
-                await checkpoint(controller, store, info, log)
+                await checkpoint(controller, store, info, log, pending)
             if reporter is not None:
                 latest = store.latest()
                 reporter.report(controller.step, controller.version, record.get("reward/mean"), record.get("accuracy"),

@@ -259,3 +259,43 @@ def test_all_stale_batch_trains_nothing() -> None:
     record = asyncio.run(ctl.train_step_sync())
     assert learners.trained == [] and ctl.version == 5 and record["samples"] == 0
     assert record["staleness/dropped_groups"] == 2
+
+
+class RestartingReplicas(FakeReplicas):
+    """Records, per generate call, the version served; `restart()` drops the weights (version 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served: list[int] = []
+
+    async def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        self.served.append(self.version)
+        return await super().generate(requests)
+
+
+def test_off_policy_resyncs_before_each_rollout_and_starts_none_after_the_last_step() -> None:
+    spec = job_spec(dynamic_sampling={"enabled": False},
+                    schedule={"mode": "one_step_off_policy", "train_batch_size": 2, "samples_per_prompt": 2,
+                              "mini_batch_size": 2, "steps": 3})
+    rows = [PromptRow(prompt=f"{i}/{i}=", answer="10", source="t", index=i) for i in range(6)]
+    replicas = RestartingReplicas()
+    ctl = RLVRController(spec, CharTokenizer(), FakeLearners(), replicas, ScriptedVerifier(),
+                         PromptStream(rows, seed=0, shuffle=False), log=lambda _: None)
+    ctl.pusher = FakePusher(replicas)
+
+    async def run() -> list[asyncio.Task | None]:
+        pending, returned = None, []
+        for step in range(3):
+            replicas.version = 0  # restarted between steps (after the evaluation/checkpoint of the last one)
+            _, pending = await ctl.train_step_off_policy(pending, last=step == 2)
+            returned.append(pending)
+            ctl.step += 1
+        return returned
+
+    returned = asyncio.run(run())
+    # Step 0 generates its own batch and step 1's; steps 1 and 2 each one more (none after the last step).
+    assert len(replicas.requests) == 3 * 2 and returned[-1] is None
+    # Every rollout ran on the learner's weights of its start, never on a restarted replica's version 0.
+    assert replicas.served == [0, 0, 1] and ctl.version == 3
+    # Nothing in flight at the end: the stream holds exactly the prompts of the 3 trained steps.
+    assert ctl.stream.state.position == 6 and ctl.inflight_cursor is None
