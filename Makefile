@@ -22,3 +22,4 @@ bench: setup
 	$(PY) bench/rollout.py
 	$(PY) bench/learner.py
 	$(PY) bench/e2e.py
+	$(PY) bench/multihost.py

@@ -58,24 +58,39 @@ def main_job(changes: dict) -> RLVRJobSpec:
     return RLVRJobSpec.model_validate(data)
 
 
-@pytest.fixture(scope="session")
-def cold_start_policy() -> str:
-    """The main job's cold-start checkpoint: a policy that already solves some problems, so RL steps see
-    non-zero advantages and really move the weights. The cold start is deterministic, so it is built once
-    per spec and library versions and kept outside the checkout (like the Go builds of tests/cluster)."""
+def build_cold_start(changes: dict) -> str:
+    """The main job's cold-start checkpoint with `changes` (a policy that already solves some problems, so RL
+    steps see non-zero advantages and really move the weights). The cold start is deterministic, so it is
+    built once per spec and library versions and kept outside the checkout (like the Go builds of
+    tests/cluster)."""
     import torch
     import transformers
 
     from forkrl.trainer.controller.main import prepare_policy
 
-    # Half the main job's cold start: enough for some correct answers (non-zero advantages), in half the time.
-    spec = main_job({"cold_start": {"steps": 200}})
+    spec = main_job(changes)
     key = hashlib.sha256(json.dumps([spec.model.model_dump(mode="json"), spec.cold_start.model_dump(mode="json"),
                                      spec.data.model_dump(mode="json"), spec.seed, torch.__version__,
                                      transformers.__version__]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("FORKRL_TEST_CACHE", Path.home() / ".cache" / "forkrl" / "tests")) / f"cold-start-{key}"
-    ready = root / "local-arith" / "cold_start_model" / "config.json"
-    if not ready.exists():
-        spec = main_job({"cold_start": {"steps": 200}, "observability": {"run_dir": str(root / "{name}")}})
+    ready = root / "local-arith" / "cold_start_model"
+    if not (ready / "model.safetensors").exists():
+        spec = main_job({**changes, "observability": {"run_dir": str(root / "{name}")}})
         prepare_policy(spec, spec.run_dir(), print)
-    return str(ready.parent)
+    return str(ready)
+
+
+# Half the main job's cold start: enough for some correct answers (non-zero advantages), in half the time.
+SHORT_COLD_START = {"cold_start": {"steps": 200}}
+
+
+@pytest.fixture(scope="session")
+def cold_start_policy() -> str:
+    """The main job's model (3 layers) after a short cold start."""
+    return build_cold_start(SHORT_COLD_START)
+
+
+@pytest.fixture(scope="session")
+def two_layer_policy() -> str:
+    """The main job's model with 2 layers (pipeline parallelism needs the layers to split evenly)."""
+    return build_cold_start({**SHORT_COLD_START, "model": {"tiny": {"num_layers": 2}}})

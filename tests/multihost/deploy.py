@@ -8,7 +8,10 @@ run directory) live on the machine's one filesystem, which plays the shared volu
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,13 +56,25 @@ def start_verifier(host: Host, spec: RLVRJobSpec, root: Path) -> str:
     return url
 
 
-def start_replica(host: Host, spec: RLVRJobSpec, model_path: str, index: int, root: Path) -> str:
-    log = root / f"rollout-{index}-{host.name}.log"
-    process = host.popen(rollout_replica_argv(spec, model_path, host.address, SERVICE_PORT, index), log,
-                         env=node_env())
-    url = f"http://{host.address}:{SERVICE_PORT}"
+def launch_replica(host: Host, spec: RLVRJobSpec, model_path: str, index: int, root: Path,
+                   port: int = SERVICE_PORT) -> tuple[str, subprocess.Popen]:
+    """Rollout replica `index` of `spec` on `host` (its own session), once healthy: (url, process)."""
+    log = root / f"rollout-{index}-{host.name}-{port}.log"
+    process = host.popen(rollout_replica_argv(spec, model_path, host.address, port, index), log, env=node_env())
+    url = f"http://{host.address}:{port}"
     wait_http(host, f"{url}/healthz", process=process, log=log)
-    return url
+    return url, process
+
+
+def start_replica(host: Host, spec: RLVRJobSpec, model_path: str, index: int, root: Path) -> str:
+    return launch_replica(host, spec, model_path, index, root)[0]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGKILL a service started with `Host.popen` and everything in its session, by its PID."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 def write_spec(spec: RLVRJobSpec, path: Path) -> Path:

@@ -99,6 +99,12 @@ class RayCluster:
             time.sleep(2)
         raise TimeoutError(f"{count} Ray nodes not alive after {timeout_s}s; last probe said:\n{last}")
 
+    def lose(self, host: Host) -> None:
+        """The node on `host` disappears with everything on it (power loss): SIGKILL by PID, and stop
+        counting it as a node of this cluster."""
+        host.kill_all()
+        self.nodes.pop(host.name, None)
+
     def stop(self) -> None:
         for host, _ in self.nodes.values():
             host.kill_all()

@@ -29,7 +29,16 @@ from forkrl.operator.workloads import RENDEZVOUS_PORT, WEIGHT_SYNC_PORT
 from forkrl.rollout.network import RENDEZVOUS_PORT_ENV, WEIGHT_SYNC_PORT_ENV
 from forkrl.trainer.spec import RLVRJobSpec
 from tests.multihost.conftest import main_job
-from tests.multihost.deploy import REPO, ControllerRun, run_controller, start_replica, start_verifier, write_spec
+from tests.multihost.deploy import (
+    REPO,
+    ControllerRun,
+    launch_replica,
+    run_controller,
+    start_replica,
+    start_verifier,
+    stop,
+    write_spec,
+)
 from tests.multihost.forward import Forwarder
 from tests.multihost.netns import Hosts
 from tests.multihost.ray_cluster import RayCluster
@@ -158,25 +167,39 @@ def test_main_job_across_hosts_equals_one_host(root: Path, cluster: Cluster, col
 
 
 def test_pipeline_stages_on_two_hosts_each_sync_their_own_layers(root: Path, cluster: Cluster,
-                                                                  cold_start_policy: str) -> None:
-    # PP=2, one rank per learner host: stage 0 on one host, stage 1 on the other, each a sender.
-    spec = across_hosts("pipeline", root, cluster, cold_start_policy)
-    spec = spec_for("pipeline", root, cold_start_policy, resources={"learner_ranks": 2, "cpus_per_learner": 2.0},
-                    learner={"parallel": {"tensor_parallel": 1, "pipeline_parallel": 2}},
-                    rollout=spec.rollout.model_dump(), verifier=spec.verifier.model_dump(),
-                    schedule={"steps": 2})
-    run = start(cluster, spec, root)
-    assert run.wait(timeout_s=1500) == 0, run.tail()
-    placed = dict(re.findall(r"(\d)@(198\.18\.0\.\d+)", re.search(r"learner ranks: (.*)", run.tail(200_000)).group(1)))
+                                                                  two_layer_policy: str) -> None:
+    # PP=2, one rank per learner host: stage 0 (layer 0, embeddings) on one host, stage 1 (layer 1, head)
+    # on the other, each its own sender. Replicas of the 2-layer model on the rollout hosts' port 8001.
+    template = spec_for("pipeline", root, two_layer_policy)
+    launched = [launch_replica(cluster.hosts[3 + i], template, two_layer_policy, i, root, port=8001)
+                for i in range(2)]
+    replicas = [url for url, _ in launched]
+    try:
+        spec = spec_for("pipeline", root, two_layer_policy, resources={"learner_ranks": 2, "cpus_per_learner": 2.0},
+                        learner={"parallel": {"tensor_parallel": 1, "pipeline_parallel": 2}},
+                        rollout={"replicas": 0, "endpoints": replicas}, verifier={"endpoint": cluster.verifier},
+                        schedule={"steps": 2})
+        run = start(cluster, spec, root)
+        assert run.wait(timeout_s=1500) == 0, run.tail()
+    finally:
+        for _, process in launched:
+            stop(process)
+    log = run.tail(200_000)
+    placed = dict(re.findall(r"(\d)@(198\.18\.0\.\d+)", re.search(r"learner ranks: (.*)", log).group(1)))
     assert placed["0"] != placed["1"], placed
     records = run.train_records()
     assert [r["sync/senders"] for r in records] == [2.0, 2.0]
     # Both replicas hold every layer of the new version: their sampling log-probs of step 2 (generated
     # with the weights synced after step 1) match the learner's own to float rounding.
-    assert all(r["weight_version"] == i + 1 for i, r in enumerate(records))
+    assert [r["weight_version"] for r in records] == [1.0, 2.0]
+    assert any(r["reward/correctness_mean"] > 0 for r in records), "no reward: weights would not move"
     assert abs(records[1]["mismatch/kl_k1"]) < 1e-4 and records[1]["mismatch/kl_k3"] < 1e-6, records[1]
+    start_weights = load_file(str(Path(two_layer_policy) / "model.safetensors"))
     final = final_weights(spec)
-    assert final.keys() == load_file(str(Path(cold_start_policy) / "model.safetensors")).keys()
+    assert final.keys() == start_weights.keys()
+    moved = {n.split(".")[2] for n, t in final.items() if n.startswith("model.layers.") and
+             not torch.equal(start_weights[n], t)}
+    assert moved == {"0", "1"}, f"layers updated (and synced): {moved}"
 
 
 def run_records(spec: RLVRJobSpec) -> list[dict]:
@@ -245,11 +268,11 @@ def test_learner_host_lost_stops_with_a_clear_error_and_resume_on_a_fresh_host_m
             break
         time.sleep(0.5)
     lost = cluster.hosts[2]
-    lost.kill_all()  # the learner host with ranks 2 and 3 disappears
+    cluster.ray.lose(lost)  # the learner host with ranks 2 and 3 disappears
     code = run.wait(timeout_s=600)
     assert code == 1, run.tail()
     tail = run.tail()
-    assert re.search(r"learner rank [23] on node 198\.18\.0\.3 (died|raised)", tail), tail
+    assert re.search(r"forkrl train: learner rank [23] on node 198\.18\.0\.3 died", tail), tail
     assert "--resume" in tail
 
     fresh = cluster.hosts.add_host()
