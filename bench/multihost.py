@@ -90,8 +90,7 @@ def _phase_means(metrics: Path) -> dict[str, float]:
 
 
 def bench_steps(steps: int, workdir: Path) -> dict[str, dict[str, float]]:
-    from forkrl.trainer.controller.main import prepare_policy
-    from tests.multihost.conftest import main_job
+    from tests.multihost.conftest import SHORT_COLD_START, build_cold_start, main_job
     from tests.multihost.deploy import run_controller, start_replica, start_verifier, write_spec
     from tests.multihost.netns import Hosts
     from tests.multihost.ray_cluster import RayCluster
@@ -103,7 +102,7 @@ def bench_steps(steps: int, workdir: Path) -> dict[str, dict[str, float]]:
                                   "tensorboard": False}}
         return main_job({**base, **changes})
 
-    policy, _, _ = prepare_policy(spec("policy", cold_start={"enabled": False}), workdir / "policy", print)
+    policy = build_cold_start(SHORT_COLD_START)  # some correct answers, so steps have advantages to train on
     model = {"path": policy, "tiny": None}
     one = spec("one-host", model=model)
     path = write_spec(one, workdir / "one-host.yaml")

@@ -73,13 +73,14 @@ def node_address() -> str:
 class LearnerRank:
     """One learner rank inside a Ray actor process (wrapped with `ray.remote` by LearnerGroup)."""
 
-    def __init__(self, rank: int, world_size: int, local_rank: int, threads: int | None) -> None:
+    def __init__(self, rank: int, world_size: int, local_rank: int, threads: int | None,
+                 address: str | None = None) -> None:
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
         if threads:
             torch.set_num_threads(threads)
-        self.address = node_address()
+        self.address = address or node_address()
         self.learner: Any = None
         self._store: Any = None
         self._sender: WeightSender | None = None
@@ -213,7 +214,10 @@ class LearnerGroup:
 
     def __init__(self, spec: LearnerSpec, objective: ObjectiveConfig, model_path: str, world_size: int,
                  cpus_per_rank: float = 1.0, gpus_per_rank: float = 0.0, threads: int | None = None,
-                 timeout_s: float = 600.0, log: Callable[[str], None] = print) -> None:
+                 timeout_s: float = 600.0, log: Callable[[str], None] = print, address: str | None = None) -> None:
+        """address: what every rank advertises (its stores, its gloo transport); None = its Ray node IP.
+        One-host runs pass the loopback address: Ray itself reports the machine's interface address even
+        for a private local cluster, and nothing of a one-host run should listen beyond loopback."""
         self.world_size = world_size
         self.failed: str | None = None
         bundle = {"CPU": cpus_per_rank, "GPU": gpus_per_rank} if gpus_per_rank else {"CPU": cpus_per_rank}
@@ -237,7 +241,7 @@ class LearnerGroup:
             actor_cls.options(
                 num_cpus=cpus_per_rank, num_gpus=gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, p.bundle),
-            ).remote(p.rank, world_size, p.local_rank, threads)
+            ).remote(p.rank, world_size, p.local_rank, threads, address)
             for p in self.placements
         ]
         master_addr, master_port = self._all("open_rendezvous", timeout_s, ranks=[0])

@@ -78,7 +78,7 @@ class LocalRun:
         else:  # embedded mode: a private Ray on this host only
             cpus = max(os.cpu_count() or 1, spec.resources.learner_ranks * spec.resources.cpus_per_learner)
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env=env, _node_ip_address=LOCAL_BIND_HOST)
+                     runtime_env=env)
         if spec.verifier.endpoint is None:
             self.verifier_process = start_verifier(verifier_config(spec), self.log_dir, spec.verifier.workers)
             verifier_url = self.verifier_process.url
@@ -99,7 +99,7 @@ class LocalRun:
             learner_spec = learner_spec.model_copy(update={"max_response_length": spec.model.max_response_tokens})
         self.learners = LearnerGroup(learner_spec, spec.objective, self.policy_path, spec.resources.learner_ranks,
                                      spec.resources.cpus_per_learner, spec.resources.gpus_per_learner, threads,
-                                     log=self.log)
+                                     log=self.log, address=None if address else LOCAL_BIND_HOST)
         stream = PromptStream(self.train_rows, spec.seed, spec.data.shuffle)
         pusher = WeightPusher(self.learners, spec.rollout.weight_sync, spec.checkpoint_dir() / "weights", self.log)
         self.controller = RLVRController(spec, self.tokenizer, self.learners, self.replicas, self.verifier, stream,
