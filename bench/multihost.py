@@ -97,7 +97,8 @@ def bench_steps(steps: int, workdir: Path) -> dict[str, dict[str, float]]:
 
     def spec(name: str, **changes: dict):
         base = {"name": name, "cold_start": {"enabled": False}, "eval": {"datasets": []},
-                "schedule": {"steps": steps}, "checkpoint": {"interval": 1000},
+                "schedule": {"steps": steps},
+                "checkpoint": {"interval": 1000, "dir": str(workdir / "{name}" / "checkpoints")},
                 "observability": {"run_dir": str(workdir / name), "progress": "lines", "report": False,
                                   "tensorboard": False}}
         return main_job({**base, **changes})
