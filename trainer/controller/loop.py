@@ -169,9 +169,10 @@ class RLVRController:
                 self.last_push = report
                 return
             except Exception as err:
-                live = await asyncio.gather(*(self.replicas.clients[u].healthz() for u in urls))
-                lost = [u for u, ok in zip(urls, live, strict=True) if not ok]
-                if attempt == 2 or not lost or len(lost) == len(urls):
+                if attempt == 2:
+                    raise
+                lost = await self.replicas.unreachable(urls)
+                if not lost or len(lost) == len(urls):
                     raise
                 for url in lost:
                     self.replicas.mark_down(url, f"weight sync v{version} failed: {err}")
@@ -184,10 +185,8 @@ class RLVRController:
         await self.replicas.probe_down()
         await self.replicas.wait_for_serving(self.spec.rollout.replica_wait_s)
         versions = await self.replicas.versions()
-        unreachable = [url for url, v in versions.items() if v is None]
-        for url in unreachable:
-            if not await self.replicas.clients[url].healthz():
-                self.replicas.mark_down(url, "does not answer")
+        for url in await self.replicas.unreachable([url for url, v in versions.items() if v is None]):
+            self.replicas.mark_down(url, "does not answer")
         stale = [url for url, v in versions.items() if url in self.replicas.serving
                  and (v != self.version or not self.synced_once)]
         if stale:

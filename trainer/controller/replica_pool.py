@@ -123,6 +123,11 @@ class ReplicaPool:
             self.failures_total += 1
             self.log(f"rollout replica {url} is down ({reason}); it gets no work until it answers again")
 
+    async def unreachable(self, urls: Sequence[str]) -> list[str]:
+        """Those of `urls` that do not answer a liveness probe now."""
+        live = await asyncio.gather(*(self.clients[u].healthz() for u in urls))
+        return [u for u, ok in zip(urls, live, strict=True) if not ok]
+
     async def probe_down(self) -> list[str]:
         """Members marked down that answer again; they leave `down` (the caller re-syncs them)."""
         async def live(url: str) -> bool:

@@ -85,6 +85,9 @@ class FakeReplicas:
     def mark_down(self, url: str, reason: str) -> None:
         raise AssertionError(f"{url} marked down: {reason}")
 
+    async def unreachable(self, urls: Sequence[str]) -> list[str]:
+        return []  # the fake replica always answers
+
 
 class FakePusher:
     def __init__(self, replicas: FakeReplicas) -> None:
