@@ -30,4 +30,17 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     || { echo "[setup] import check failed" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
+
+# Headless Chromium for tests/browser.py (the report.html check). Outside the stamp on purpose: it runs
+# every time and costs one `[ -x ]` test when the browser is already there.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's chromium (headless browser for the HTML report checks)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+      >/dev/null || echo "[setup] WARNING: apt-get could not install chromium; the browser tests will skip" >&2
+  else
+    echo "[setup] WARNING: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get);" \
+         "the browser tests will skip" >&2
+  fi
+fi
 echo "[setup] environment ready: $VENV"
