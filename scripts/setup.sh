@@ -37,7 +37,7 @@ if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[setup] installing Debian's chromium (headless browser for the HTML report checks)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
-      >/dev/null || echo "[setup] WARNING: apt-get could not install chromium; the browser tests will skip" >&2
+      >/dev/null || echo "[setup] WARNING: apt-get could not install chromium; tests/test_browser.py fails until it is installed" >&2
   else
     echo "[setup] WARNING: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get);" \
          "the browser tests will skip" >&2
