@@ -23,3 +23,4 @@ bench: setup
 	$(PY) bench/learner.py
 	$(PY) bench/e2e.py
 	$(PY) bench/multihost.py
+	$(PY) bench/operator.py --startup

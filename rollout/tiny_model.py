@@ -4,18 +4,21 @@ Used by the test suite, the benchmarks and the local mode: everything is built f
 downloaded. The tokenizer is a real `PreTrainedTokenizerFast` (built with the `tokenizers` library) over
 digits, arithmetic operators, letters and a few special tokens, so prompts such as "12+7*3=" encode one
 character per token, and it survives `save_pretrained` / `AutoTokenizer.from_pretrained` unchanged.
+
+`TinyModelSpec` is part of the job spec, which the operator parses: torch, tokenizers and transformers are
+imported inside the builders, so importing this module stays light.
 """
 
 from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -67,6 +70,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     the vocabulary, so the saved tokenizer (used by vLLM and the controller) encodes like this one.
     Characters outside the set are dropped, as Qwen2Tokenizer does.
     """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     for char in CHARACTERS:
         vocab[_byte_level_symbol(char)] = len(vocab)
@@ -97,6 +104,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_tiny_model(spec: TinyModelSpec | None = None) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Builds the model and tokenizer; the weights depend only on `spec` (CPU RNG forked and seeded)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
     spec = spec or TinyModelSpec()
     tokenizer = build_tokenizer()
     config = Qwen2Config(

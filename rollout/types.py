@@ -8,16 +8,21 @@ token t under the distribution it was actually drawn from, i.e. log-softmax of t
 the token's temperature (the request temperature, or T_high / T_low under dual-temperature decoding),
 after top-k and top-p masking. For greedy requests (temperature 0) it is the log-softmax of the raw
 logits (T = 1), matching vLLM's `processed_logprobs` mode.
+
+The job spec (and so the operator) imports `SamplingParams` from here: torch is imported only where
+`RolloutBatch` builds its tensors.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    import torch
 
 FinishReason = Literal["stop", "length", "abort"]
 FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "abort")
@@ -236,6 +241,8 @@ class RolloutBatch:
         cls, requests: list[GenerateRequest], results: list[GenerateResult], pad_token_id: int = 0
     ) -> RolloutBatch:
         """Pairs `results[i]` with `requests[i]` (matched by request_id) and pads every sample."""
+        import torch
+
         if len(requests) != len(results):
             raise ValueError(f"results: expected {len(requests)} results, got {len(results)}")
         rows: list[tuple[list[int], SampleResult, int]] = []

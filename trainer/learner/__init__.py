@@ -7,12 +7,12 @@
     for name, tensor in learner.export_weights(): ...  # HF names, streamed
     learner.save(path, data_state); learner.load(path)
 
-Configs and batches import without megatron-core; `Learner` (and megatron) loads on first use.
+The configs are plain pydantic and import without torch (the operator reads them through the job spec);
+`LearnerBatch` (torch) and `Learner` (megatron) load on first use.
 """
 
 from typing import Any
 
-from forkrl.trainer.learner.batch import LearnerBatch
 from forkrl.trainer.learner.config import (
     LearnerSpec,
     MicroBatchSpec,
@@ -34,6 +34,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "LearnerBatch":
+        from forkrl.trainer.learner.batch import LearnerBatch
+
+        return LearnerBatch
     if name in ("Learner", "TokenStats"):
         from forkrl.trainer.learner import learner
 
