@@ -28,8 +28,8 @@ PHASES = ("rollout", "verify", "logprobs", "update", "sync", "step")
 
 
 def run_schedule(spec_data: dict, mode: str, steps: int, workdir: Path) -> dict[str, float]:
-    from forkrl.trainer.controller.main import run
-    from forkrl.trainer.controller.recorder import read_records
+    from forkrl.trainer.controller.loop import run
+    from forkrl.trainer.controller.recorder import read_step_records
     from forkrl.trainer.spec import parse_spec
 
     data = {**spec_data, "name": f"bench-{mode.replace('_', '-')}"}
@@ -46,10 +46,10 @@ def run_schedule(spec_data: dict, mode: str, steps: int, workdir: Path) -> dict[
         os.chdir(cwd)
     if exit_code != 0:
         raise SystemExit(f"{mode} run failed with exit code {exit_code}")
-    records = read_records(workdir / "runs" / spec.name / "metrics.jsonl", "train")[1:]  # drop warm-up step
-    out = {phase: statistics.fmean(r[f"time/{phase}"] for r in records) for phase in PHASES}
-    out["tokens_per_second"] = statistics.fmean(r["tokens_per_second"] for r in records)
-    out["lag"] = max(r["weight_version_lag/max"] for r in records)
+    records = read_step_records(workdir / "runs" / spec.name / "metrics.jsonl")[1:]  # drop warm-up step
+    out = {phase: statistics.fmean(getattr(r.time, phase) for r in records) for phase in PHASES}
+    out["tokens_per_second"] = statistics.fmean(r.tokens_per_second for r in records)
+    out["lag"] = max(r.staleness.lag_max for r in records)
     return out
 
 

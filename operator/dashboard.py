@@ -7,19 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from forkrl.trainer.controller.recorder import GAUGES, LABELLED
+from forkrl.trainer.metrics import prometheus as m
 
 RUN = 'run=~"$run"'
-STEP_SECONDS = f"rate(forkrl_trainer_step_duration_seconds_bucket{{{RUN}}}[10m])"
-
-
-def _gauge(key: str) -> str:
-    return GAUGES[key][0]
-
-
-def _labelled(prefix: str) -> tuple[str, str]:
-    name, _, label = LABELLED[prefix]
-    return name, label
+STEP_SECONDS = f"rate({m.STEP_DURATION}_bucket{{{RUN}}}[10m])"
 
 
 def _panel(
@@ -48,21 +39,22 @@ def _panel(
 
 
 def panels() -> list[dict[str, Any]]:
-    entropy, quantile = _labelled("entropy/p")
-    clip, clip_type = _labelled("clip_frac")
-    kl, kl_type = _labelled("kl")
-    phase_seconds, phase = _labelled("time/")
-    evaluation, dataset = _labelled("eval/")
+    entropy, quantile = m.ENTROPY
+    clip, clip_type = m.CLIP_RATIO
+    kl, kl_type = m.KL
+    phase_seconds, phase = m.PHASE_SECONDS
+    evaluation, dataset = m.EVAL_ACCURACY
     specs: list[tuple[str, list[tuple[str, str]], str, str]] = [
-        ("Reward", [(f"{_gauge('reward/mean')}{{{RUN}}}", "{{run}}")], "short", "Mean shaped reward per step."),
+        ("Reward", [(f"{m.REWARD}{{{RUN}}}", "{{run}}")], "short",
+         "Mean verifier reward of the step's generated samples."),
         (
             "Accuracy",
             [
-                (f"{_gauge('accuracy')}{{{RUN}}}", "{{run}} train"),
+                (f"{m.ACCURACY}{{{RUN}}}", "{{run}} train"),
                 (f"{evaluation}{{{RUN}}}", f"{{{{run}}}} eval {{{{{dataset}}}}}"),
             ],
             "percentunit",
-            "Training accuracy per step and held-out avg@k.",
+            "Accuracy of the generated samples per step (before dynamic sampling) and held-out avg@k.",
         ),
         (
             "Token entropy percentiles",
@@ -73,8 +65,8 @@ def panels() -> list[dict[str, Any]]:
         (
             "Forking threshold and selected tokens",
             [
-                (f"{_gauge('forking/threshold')}{{{RUN}}}", "{{run}} threshold (nats)"),
-                (f"{_gauge('forking/selected_frac')}{{{RUN}}}", "{{run}} selected ratio"),
+                (f"{m.FORKING_THRESHOLD}{{{RUN}}}", "{{run}} threshold (nats)"),
+                (f"{m.SELECTED_RATIO}{{{RUN}}}", "{{run}} selected ratio"),
             ],
             "short",
             "Entropy threshold of the top-rho mask and the fraction of tokens that get gradient.",
@@ -89,7 +81,7 @@ def panels() -> list[dict[str, Any]]:
             "KL",
             [
                 (f"{kl}{{{RUN}}}", f"{{{{run}}}} ref {{{{{kl_type}}}}}"),
-                (f"{_gauge('mismatch/kl_k3')}{{{RUN}}}", "{{run}} rollout vs learner"),
+                (f"{m.MISMATCH_KL}{{{RUN}}}", "{{run}} rollout vs learner"),
             ],
             "short",
             "KL to the reference policy per token type, and the train-inference mismatch.",
@@ -117,28 +109,28 @@ def panels() -> list[dict[str, Any]]:
         ),
         (
             "Throughput",
-            [(f"{_gauge('tokens_per_second')}{{{RUN}}}", "{{run}} tokens/s")],
+            [(f"{m.TOKENS_PER_SECOND}{{{RUN}}}", "{{run}} tokens/s")],
             "short",
             "Generated tokens per second.",
         ),
         (
             "Weights",
             [
-                (f"{_gauge('weight_version')}{{{RUN}}}", "{{run}} version"),
-                (f"{_gauge('weight_version_lag/max')}{{{RUN}}}", "{{run}} max lag"),
+                (f"{m.WEIGHT_VERSION}{{{RUN}}}", "{{run}} version"),
+                (f"{m.VERSION_LAG}{{{RUN}}}", "{{run}} max lag"),
             ],
             "short",
             "Policy weight version and the largest version lag of a sample.",
         ),
         (
             "Loss and gradient norm",
-            [(f"{_gauge('loss')}{{{RUN}}}", "{{run}} loss"), (f"{_gauge('grad_norm')}{{{RUN}}}", "{{run}} grad norm")],
+            [(f"{m.LOSS}{{{RUN}}}", "{{run}} loss"), (f"{m.GRAD_NORM}{{{RUN}}}", "{{run}} grad norm")],
             "short",
             "",
         ),
         (
             "Response length",
-            [(f"{_gauge('response_length/mean')}{{{RUN}}}", "{{run}}")],
+            [(f"{m.RESPONSE_LENGTH}{{{RUN}}}", "{{run}}")],
             "short",
             "Mean response length in tokens.",
         ),
@@ -168,7 +160,7 @@ def dashboard() -> dict[str, Any]:
                     "multi": True,
                     "includeAll": True,
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": {"query": f"label_values({_gauge('step')}, run)", "refId": "runs"},
+                    "query": {"query": f"label_values({m.STEP}, run)", "refId": "runs"},
                     "refresh": 2,
                 },
             ]

@@ -36,7 +36,7 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from forkrl.trainer.controller.main import train_main
+    from forkrl.trainer.controller.loop import train_main
 
     return train_main(args.spec, resume=args.resume, quiet=args.quiet)
 

@@ -66,7 +66,7 @@ def build_cold_start(changes: dict) -> str:
     import torch
     import transformers
 
-    from forkrl.trainer.controller.main import prepare_policy
+    from forkrl.trainer.controller.loop import prepare_policy
 
     spec = main_job(changes)
     key = hashlib.sha256(json.dumps([spec.model.model_dump(mode="json"), spec.cold_start.model_dump(mode="json"),

@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
-from forkrl.trainer.controller.recorder import GAUGES, LABELLED
+from forkrl.trainer.metrics import EvalRecord
+from forkrl.trainer.metrics.prometheus import StepMetrics
 from tests.cluster.controlplane import ControlPlane, KubectlError
 from tests.operator.harness import CHART, OPERATOR_NAMESPACE, REPO, get_job
+from tests.trainer.metrics.builders import step_record
 
 JOB_CHART = REPO / "helm" / "rlvrjob"
 
@@ -89,11 +92,12 @@ def test_dashboard_charts_metrics_the_controller_exports(forkrl_cluster: Control
         "Phase times",
     ):
         assert wanted in titles
-    exported = (
-        {name for name, _, _ in GAUGES.values()}
-        | {name for name, _, _ in LABELLED.values()}
-        | {"forkrl_trainer_step_duration_seconds_bucket"}
-    )
+    # What a trainer really exports once it has recorded a step and an evaluation.
+    registry = CollectorRegistry()
+    trainer_metrics = StepMetrics("unit", registry)
+    trainer_metrics.observe(step_record(1))
+    trainer_metrics.observe_eval(EvalRecord(step=1, phase="after_rl", dataset="heldout", avg=0.5))
+    exported = {sample.name for family in registry.collect() for sample in family.samples}
     used = {
         word for panel in dashboard["panels"] for target in panel["targets"] for word in _metric_names(target["expr"])
     }

@@ -38,6 +38,7 @@ from forkrl.trainer.controller.placement import (
 )
 from forkrl.trainer.learner.batch import LearnerBatch
 from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.metrics.records import LearnerStepMetrics
 from forkrl.trainer.objectives.config import ObjectiveConfig
 
 FAILURE_SETTLE_S = 30.0
@@ -125,7 +126,7 @@ class LearnerRank:
         stats = self.learner.compute_logprobs(batch, which)
         return (stats.logp, stats.entropy) if self.rank == 0 else None
 
-    def train_step(self, batch: LearnerBatch) -> dict[str, float] | None:
+    def train_step(self, batch: LearnerBatch) -> LearnerStepMetrics | None:
         metrics = self.learner.train_step(batch)
         return metrics if self.rank == 0 else None
 
@@ -309,7 +310,8 @@ class LearnerGroup:
         """(logp, entropy), both [B, S] token-aligned like batch.input_ids."""
         return self._all("compute_logprobs", batch, which)
 
-    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
+    def train_step(self, batch: LearnerBatch) -> LearnerStepMetrics:
+        """One optimizer update on the global mini-batch (every rank); rank 0's exact metrics."""
         return self._all("train_step", batch)
 
     def open_weight_senders(self, group_prefix: str, backend: str, timeout_s: float) -> list[dict[str, Any]]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from forkrl.rollout.network import LOCAL_BIND_HOST
-from forkrl.trainer.controller.loop import RLVRController
 from forkrl.trainer.controller.replica_pool import ReplicaPool
 from forkrl.trainer.controller.services import (
     LocalProcess,
@@ -19,10 +19,16 @@ from forkrl.trainer.controller.services import (
     start_verifier,
     verifier_config,
 )
+from forkrl.trainer.controller.step import RLVRController
 from forkrl.trainer.controller.weight_push import WeightPusher
 from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.data.stream import PromptStream
 from forkrl.trainer.spec import RLVRJobSpec
+
+if TYPE_CHECKING:  # imported when the run starts: Ray and the verifier client are heavy
+    from forkrl.rollout.verifier.client import VerifierClient
+    from forkrl.trainer.controller.learner_group import LearnerGroup
+    from forkrl.trainer.controller.protocols import Tokenizer
 
 
 @dataclass
@@ -31,14 +37,14 @@ class LocalRun:
 
     spec: RLVRJobSpec
     policy_path: str
-    tokenizer: Any
+    tokenizer: Tokenizer
     train_rows: list[PromptRow]
-    log: Any
+    log: Callable[[str], None]
     verifier_process: LocalProcess | None = None
     replica_processes: list[LocalProcess] = field(default_factory=list)
     replicas: ReplicaPool | None = None
-    verifier: Any = None
-    learners: Any = None
+    verifier: VerifierClient | None = None
+    learners: LearnerGroup | None = None
     controller: RLVRController | None = None
 
     @property

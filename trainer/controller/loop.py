@@ -1,322 +1,248 @@
-"""`RLVRController`: one RL step, read top to bottom like CleanRL's update loop.
-
-    prompts -> rollout (n per prompt) -> verifier -> overlong shaping -> GRPO advantages
-    -> dynamic sampling (refill) -> old/ref log-probs -> mini-batch updates -> weight sync
-    -> periodic evaluation -> checkpoint
-
-Learner calls are blocking Ray calls; rollout and verification are async HTTP. In the one-step
-off-policy schedule the rollout of step t+1 runs while step t updates (samples lag one version).
-"""
+"""`forkrl train`: the training loop. Prepares data and the starting policy, starts the run's services
+(`LocalRun`), runs the RL steps (step.py) with evaluation and checkpoints, and writes the report.
+SIGTERM/SIGINT finish the current step, checkpoint and exit 0; `--resume` continues."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-import torch
-
-from forkrl.rollout.types import SamplingParams
-from forkrl.trainer.controller.batching import (
-    ScoredBatch,
-    drop_stale_groups,
-    mini_batches,
-    score_batch,
-    to_learner_batch,
+from forkrl.rollout.network import LOCAL_BIND_HOST
+from forkrl.trainer.controller.checkpoints import CheckpointStore
+from forkrl.trainer.controller.cluster_status import StatusReporter
+from forkrl.trainer.controller.learner_group import LearnerFailure
+from forkrl.trainer.controller.local_run import LocalRun
+from forkrl.trainer.controller.progress import Progress
+from forkrl.trainer.controller.recorder import Recorder, read_eval_records, read_step_records
+from forkrl.trainer.controller.setup import (
+    PreflightError,
+    count_parameters,
+    estimated_checkpoint_bytes,
+    load_dataset,
+    load_datasets,
+    preflight_checkpoint_dir,
+    starting_model,
 )
-from forkrl.trainer.controller.rollout_phase import (
-    PhaseTimes,
-    build_requests,
-    collect_groups,
-    generate_and_verify,
-    groups_to_batch,
-)
-from forkrl.trainer.controller.weight_push import PushReport, WeightPusher
+from forkrl.trainer.controller.step import ControllerState, RLVRController
 from forkrl.trainer.data.schema import PromptRow
-from forkrl.trainer.data.stream import PromptStream
-from forkrl.trainer.dynamic_sampling import DynamicSampler
-from forkrl.trainer.evaluation import EvalResult, score_dataset
-from forkrl.trainer.spec import RLVRJobSpec
+from forkrl.trainer.metrics.records import EvalRecord
+from forkrl.trainer.spec import RLVRJobSpec, SpecError, load_spec
 
-# Learner metrics whose names the controller uses for its own step-level values.
-_LEARNER_RENAMES = {"tokens_per_second": "learner/tokens_per_second", "step_seconds": "learner/step_seconds",
-                    "weight_version": "learner/weight_version"}
+StepHook = Callable[[LocalRun, int], Awaitable[None]]
+"""Called after every step with the run and the step number (tests inject faults here)."""
 
 
-@dataclass
-class CollectedBatch:
-    """A step's training data and what it cost."""
+def prepare_policy(spec: RLVRJobSpec, run_dir: Path, log) -> tuple[str, Any, dict[str, Any]]:
+    """The checkpoint RL starts from (after the optional cold start) and the tokenizer."""
+    from forkrl.trainer.controller.cold_start import run_cold_start, save_checkpoint, sft_examples
+    from forkrl.trainer.data.templates import render_prompt
 
-    scored: ScoredBatch
-    stats: dict[str, float]
-    times: PhaseTimes
-    generated_with_version: int
-    lag: torch.Tensor | None = None
-    """[B] weight versions between each trained sample's weights and the update's (set before the update)."""
+    model, tokenizer, path = starting_model(spec, run_dir)
+    if not spec.cold_start.enabled:
+        if path is not None:
+            return str(path), tokenizer, {}
+        target = run_dir / "base_model"
+        if not (target / "config.json").exists():
+            save_checkpoint(model, tokenizer, target)
+        return str(target), tokenizer, {}
+    target = run_dir / "cold_start_model"
+    if (target / "config.json").exists():
+        log(f"cold start: reusing {target}")
+        return str(target), tokenizer, {}
+    if model is None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+    assert spec.cold_start.dataset is not None
+    rows = load_dataset(spec.cold_start.dataset, log=log)
+    examples = sft_examples(rows, lambda r: render_prompt(r, spec.data.template, tokenizer), tokenizer)
+    start = time.monotonic()
+    losses = run_cold_start(model, examples, tokenizer.pad_token_id, spec.cold_start.steps,
+                            spec.cold_start.batch_size, spec.cold_start.lr, spec.seed, log)
+    save_checkpoint(model, tokenizer, target)
+    return str(target), tokenizer, {"cold_start_seconds": time.monotonic() - start,
+                                    "cold_start_final_loss": losses[-1]}
 
 
-@dataclass
-class RLVRController:
-    """Drives the learner group, the replica pool and the verifier for one run."""
+async def evaluate(controller: RLVRController, eval_sets: dict[str, list[PromptRow]], phase: str,
+                   recorder: Recorder, log: Callable[[str], None]) -> None:
+    results = await controller.evaluate(eval_sets, phase)
+    for name, result in results.items():
+        low, high = result.ci95
+        log(f"eval {phase} {name}: avg@{result.samples_per_problem} {result.avg_at_k:.4f} "
+            f"(95% CI {low:.4f}-{high:.4f}) " + " ".join(f"pass@{k} {v:.4f}" for k, v in result.pass_at_k.items()))
+        recorder.record_eval(EvalRecord(step=controller.step, phase=phase, dataset=name, avg=result.avg_at_k,
+                                        pass_at={str(k): v for k, v in result.pass_at_k.items()}))
 
-    spec: RLVRJobSpec
-    tokenizer: Any
-    learners: Any
-    replicas: Any
-    verifier: Any
-    stream: PromptStream
-    log: Callable[[str], None] = print
-    version: int = 0
-    step: int = 0
-    eval_history: list[dict[str, Any]] = field(default_factory=list)
-    repushed_total: int = 0
-    """Replicas found serving a stale version and re-pushed (restarts, new replicas)."""
-    entropy_sample: list[float] = field(default_factory=list)
-    """Response-token entropies of the latest batch (the report's histogram)."""
-    pusher: WeightPusher | None = None
-    """Set by the run: how weights reach the replicas (broadcast from the stage senders, or a directory)."""
-    synced_once: bool = False
-    """False until the first sync of this process: every replica then gets the learner's weights, whatever
-    version it reports (it may have loaded another checkpoint, or serve a run that crashed)."""
-    last_push: PushReport | None = None
-    inflight_cursor: dict[str, int] | None = None
-    """Off-policy: the prompt cursor before the in-flight rollout took its prompts (None when none runs)."""
 
-    # ------------------------------------------------------------------ text <-> tokens
-    def render(self, row: PromptRow) -> list[int]:
-        from forkrl.trainer.data.templates import render_prompt
+INFLIGHT_ROLLOUT = "inflight_rollout.pt"
 
-        text = render_prompt(row, self.spec.data.template, self.tokenizer)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+async def checkpoint(controller: RLVRController, store: CheckpointStore, info: dict[str, Any],
+                     log: Callable[[str], None], pending: asyncio.Future | None = None) -> None:
+    """Off-policy, `pending` is the next step's rollout, already complete (the sync waited for it): it was
+    generated with the weights before this step's update, which a resumed run no longer has, so it is saved
+    and reused; the cursor stored is the one it started from (its prompts are not skipped without it)."""
+    start = time.monotonic()
+    target = store.new(controller.step)
+    state = controller.state_dict()
+    data_state: dict[str, Any] = {"stream": state.stream}
+    if pending is not None and state.stream_after_inflight is not None:
+        data_state["stream_after_inflight"] = state.stream_after_inflight
+        if pending.done() and not pending.cancelled() and pending.exception() is None:
+            await asyncio.to_thread(torch_save, pending.result(), target.path / INFLIGHT_ROLLOUT)
+    await asyncio.to_thread(controller.learners.save, str(target.learner_dir), data_state)
+    store.commit(target, state.step, state.version, state.eval_history, info)
+    log(f"checkpoint step {controller.step} -> {target.path} ({time.monotonic() - start:.1f}s)")
 
-    # ----------------------------------------------------------------------- rollout
-    async def collect(self, step: int) -> CollectedBatch:
-        """Generate, score and filter until the step's batch is full (DAPO dynamic sampling)."""
-        spec = self.spec
-        ds = spec.dynamic_sampling
-        sampler: DynamicSampler = DynamicSampler(
-            spec.schedule.train_batch_size, ds.max_gen_batches if ds.enabled else 1,
-            ds.mode if ds.enabled else "refill",
-        )
-        times = PhaseTimes()
-        version = self.version
 
-        def make_requests(rows: list[PromptRow], round_index: int):
-            return build_requests(rows, self.render, spec.schedule.samples_per_prompt, spec.model.max_response_tokens,
-                                  spec.rollout.sampling, spec.seed, f"s{step}r{round_index}",
-                                  spec.model.max_prompt_tokens)
+def torch_save(value: Any, path: Path) -> None:
+    import torch
 
-        per_round = max(spec.schedule.train_batch_size,
-                        round(spec.schedule.train_batch_size * ds.gen_batch_multiplier))
-        stats = await collect_groups(self.stream.take, make_requests, self.replicas, self.verifier, self.decode,
-                                     sampler, per_round, ds.enabled, times)
-        groups = sampler.take()
-        rollout, rewards, correct = groups_to_batch(groups, self.tokenizer.pad_token_id)
-        scored = score_batch(rollout, rewards, correct, spec.overlong, spec.advantage, spec.model.max_response_tokens)
-        return CollectedBatch(scored, stats, times, version)
+    torch.save(value, path)
 
-    # ------------------------------------------------------------------------ update
-    def update(self, scored: ScoredBatch) -> tuple[dict[str, float], dict[str, float]]:
-        """Old/ref log-probs, then epochs x mini-batches of learner steps. Returns (metrics, phase times)."""
-        spec = self.spec
-        batch = to_learner_batch(scored)
-        start = time.perf_counter()
-        old_logp, old_entropy = self.learners.compute_logprobs(batch, "policy")
-        batch.old_logp, batch.old_entropy = old_logp, old_entropy
-        self.entropy_sample = old_entropy[batch.response_mask.bool()][:20000].tolist()
-        if spec.objective.needs_reference:
-            batch.ref_logp = self.learners.compute_logprobs(batch, "reference")[0]
-        logprob_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        sequences = spec.schedule.mini_batch_size * spec.schedule.samples_per_prompt
-        reports = [self.learners.train_step(mb) for _ in range(spec.schedule.epochs)
-                   for mb in mini_batches(batch, min(sequences, batch.num_sequences))]
-        update_seconds = time.perf_counter() - start
-        metrics: dict[str, float] = {}
-        keys = {k for r in reports for k in r}
-        for key in keys:
-            values = [r[key] for r in reports if isinstance(r.get(key), int | float)]
-            if not values:
-                continue
-            name = _LEARNER_RENAMES.get(key, key)
-            # The objective library's metrics arrive as `objective/<name>`; chart them under their own names.
-            if name.startswith("objective/") and name.removeprefix("objective/") not in keys:
-                name = name.removeprefix("objective/")
-            metrics[name] = sum(values) / len(values)
-        return metrics, {"time/logprobs": logprob_seconds, "time/update": update_seconds}
 
-    async def sync_weights(self) -> float:
-        """Push the learner's weights as the next version to every serving replica; returns seconds.
+def inflight_rollout(path: Path, data_state: dict[str, Any]) -> asyncio.Future | None:
+    """The saved in-flight rollout of an off-policy checkpoint as a finished task, or None."""
+    file = path / INFLIGHT_ROLLOUT
+    if "stream_after_inflight" not in data_state or not file.exists():
+        return None
+    import torch
 
-        A replica that cannot be reached any more is marked down (it is re-synced when it answers again)
-        and the sync is repeated for the others; the step fails only when no replica can be synced.
-        """
-        start = time.perf_counter()
-        self.version += 1
-        await self._push(self.replicas.serving, self.version)
-        return time.perf_counter() - start
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    future.set_result(torch.load(file, weights_only=False))
+    return future
 
-    async def _push(self, urls: list[str], version: int) -> None:
-        assert self.pusher is not None, "RLVRController.pusher is set by the run before the first step"
-        for attempt in (1, 2):
-            try:
-                report = await self.pusher.push([self.replicas.clients[u] for u in urls], version)
-                self.last_push = report
-                return
-            except Exception as err:
-                if attempt == 2:
-                    raise
-                lost = await self.replicas.unreachable(urls)
-                if not lost or len(lost) == len(urls):
-                    raise
-                for url in lost:
-                    self.replicas.mark_down(url, f"weight sync v{version} failed: {err}")
-                urls = [u for u in urls if u not in lost]
 
-    async def ensure_replicas_current(self) -> list[str]:
-        """Bring back replicas that answer again, then re-push the current weights to every serving replica
-        whose version differs (restarted, new, or back from a network cut) before it serves."""
-        await asyncio.to_thread(self.replicas.refresh)
-        await self.replicas.probe_down()
-        await self.replicas.wait_for_serving(self.spec.rollout.replica_wait_s)
-        versions = await self.replicas.versions()
-        for url in await self.replicas.unreachable([url for url, v in versions.items() if v is None]):
-            self.replicas.mark_down(url, "does not answer")
-        stale = [url for url, v in versions.items() if url in self.replicas.serving
-                 and (v != self.version or not self.synced_once)]
-        if stale:
-            if self.synced_once:
-                self.log(f"replicas {stale} serve version {[versions[u] for u in stale]}, expected "
-                         f"{self.version}: re-pushing weights")
-            await self._push(stale, self.version)
-            self.repushed_total += len(stale) if self.synced_once else 0
-        self.synced_once = True
-        return stale
+async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, after_step: StepHook | None = None
+              ) -> int:
+    """The whole local run; returns the process exit code."""
+    from forkrl.trainer.controller.model_export import export_model
+    from forkrl.trainer.controller.summary import finish_run
 
-    # ------------------------------------------------------------------------ the step
-    def step_record(self, collected: CollectedBatch, learner_metrics: dict[str, float], times: dict[str, float],
-                    step_seconds: float) -> dict[str, float]:
-        scored = collected.scored
-        lengths = scored.rollout.response_lengths.double()
-        assert collected.lag is not None, "update_and_sync measures the lag before the update"
-        lag = collected.lag
-        # An empty batch (filter_only kept no group) has no per-sample statistics: they are left out rather
-        # than written as NaN.
-        per_sample = {
-            "reward/mean": float(scored.shaped.mean()),
-            "reward/correctness_mean": float(scored.rewards.mean()),
-            "advantage/abs_mean": float(scored.advantages.abs().mean()),
-            "response_length/mean": float(lengths.mean()),
-            "response_length/max": float(lengths.max()),
-            "finish/length_frac": sum(r == "length" for r in scored.rollout.finish_reasons) / len(lengths),
-        } if len(lengths) else {}
-        record = {
-            **learner_metrics,
-            **collected.stats,
-            "step": float(self.step),
-            "samples": float(scored.rollout.num_samples),
-            **per_sample,
-            "weight_version": float(self.version),
-            "replicas": float(len(self.replicas.serving)),
-            "replicas/down": float(len(self.replicas.down)),
-            "replicas/failures_total": float(self.replicas.failures_total),
-            "replicas/repushed_total": float(self.repushed_total),
-            "weight_version_lag/max": float(lag.max()) if len(lag) else 0.0,
-            "weight_version_lag/mean": float(lag.double().mean()) if len(lag) else 0.0,
-            "weight_version_lag/per_sample": lag.tolist(),
-            "sync/senders": float(self.last_push.senders if self.last_push else 0),
-            "sync/bytes": float(self.last_push.bytes if self.last_push else 0),
-            "time/rollout": collected.times.rollout,
-            "time/verify": collected.times.verify,
-            "time/step": step_seconds,
-            "tokens_per_second": collected.times.generated_tokens / max(step_seconds, 1e-9),
-            **times,
-        }
-        return record
+    run_dir = spec.run_dir()
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        # A fresh run never appends to an old one: keep the old directory under a new name.
+        previous = run_dir.with_name(f"{run_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(previous)
+        print(f"forkrl train: moved the previous run to {previous} (use --resume to continue it)", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mode = "quiet" if quiet else spec.observability.progress
+    if mode == "bar" and not sys.stderr.isatty():
+        mode = "lines"
+    progress = Progress(spec.schedule.steps, 0, mode)
+    log = progress.log
+    store = CheckpointStore(spec.checkpoint_dir(), spec.checkpoint.keep_last)
+    preflight_checkpoint_dir(store.root, 0)  # writable at all: fail before any work
+    train_rows, eval_sets = load_datasets(spec, log)
+    policy_path, tokenizer, info = prepare_policy(spec, run_dir, log)
+    preflight_checkpoint_dir(store.root, estimated_checkpoint_bytes(count_parameters(policy_path)))
 
-    async def train_step_sync(self) -> dict[str, float]:
-        """On-policy: rollout with the current weights, update, sync."""
-        start = time.perf_counter()
-        await self.ensure_replicas_current()
-        collected = await self.collect(self.step)
-        metrics, times = await self.update_and_sync(collected)
-        return self.step_record(collected, metrics, times, time.perf_counter() - start)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    async def update_and_sync(self, collected: CollectedBatch) -> tuple[dict[str, float], dict[str, float]]:
-        """The update and the weight sync of a step; a batch left empty (dynamic sampling, stale samples)
-        trains nothing, so the weights and their version stay as they are."""
-        if not self.prepare(collected):
-            return {}, {"time/logprobs": 0.0, "time/update": 0.0, "time/sync": 0.0}
-        metrics, times = await asyncio.to_thread(self.update, collected.scored)
-        times["time/sync"] = await self.sync_weights()
-        return metrics, times
+    def request_stop(signum: int) -> None:
+        log(f"received {signal.Signals(signum).name}: finishing the current step, then checkpointing")
+        stop.set()
 
-    def prepare(self, collected: CollectedBatch) -> bool:
-        """Drop stale samples before they are used and measure the lag of the rest; False if none is left.
+    # In a pod (the operator sets FORKRL_NAMESPACE) Prometheus scrapes from outside: listen on all interfaces.
+    metrics_addr = "0.0.0.0" if os.environ.get("FORKRL_NAMESPACE") else LOCAL_BIND_HOST
+    recorder = Recorder(spec.name, run_dir, spec.observability.metrics_port, spec.observability.tensorboard,
+                        metrics_addr, log=log)
+    reporter = StatusReporter.from_env(log)
+    local = LocalRun(spec, policy_path, tokenizer, train_rows, log)
+    pending: asyncio.Future | None = None
+    try:
+        controller = await local.start()
+        # After ray.init, which installs its own SIGTERM handler (it would abort the driver).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, request_stop, signum)
+        state = store.latest() if resume else None
+        if resume and state is None:
+            log(f"--resume: no checkpoint under {store.root}; starting from the beginning")
+        if state is not None:
+            data_state = controller.learners.load(str(state.learner_dir))
+            if spec.schedule.mode != "sync":
+                pending = inflight_rollout(state.path, data_state)
+            # With the in-flight rollout reused its prompts were taken already: the stream continues after them.
+            controller.load_state_dict(ControllerState(state.step, state.version, data_state["stream"],
+                                                       state.eval_history, data_state.get("stream_after_inflight")),
+                                       inflight_restored=pending is not None)
+            info = {**state.info, **info}
+            progress.advance_to(controller.step)
+            log(f"resumed from {state.path} (step {state.step}, weight version {state.version})")
+            recorder.rewind_to(state.step)
+        elif spec.eval.datasets and spec.eval.before_training:
+            await evaluate(controller, eval_sets, "before_rl", recorder, log)
+        while controller.step < spec.schedule.steps and not stop.is_set():
+            if spec.schedule.mode == "sync":
+                record = await controller.train_step_sync()
+            else:
+                # A stop request still lets the next rollout run: the checkpoint saves it, so a resumed run
+                # trains on the samples the uninterrupted one would have.
+                last_step = controller.step + 1 >= spec.schedule.steps
+                record, pending = await controller.train_step_off_policy(pending, last_step)
+            controller.step = record.step
+            recorder.record_step(record)
+            progress.update(record)
+            if after_step is not None:
+                await after_step(local, controller.step)
+            last = controller.step >= spec.schedule.steps
+            if spec.eval.interval and controller.step % spec.eval.interval == 0 and not last:
+                await evaluate(controller, eval_sets, f"step_{controller.step}", recorder, log)
+            if controller.step % spec.checkpoint.interval == 0 or last or stop.is_set():
+                await checkpoint(controller, store, info, log, pending)
+            if reporter is not None:
+                latest = store.latest()
+                reporter.report(controller.step, controller.version, record.generated.reward_mean,
+                                record.generated.accuracy, str(latest.path) if latest else None)
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        if stop.is_set() and controller.step < spec.schedule.steps:
+            log(f"stopped at step {controller.step}; continue with: forkrl train <spec> --resume")
+            return 0
+        if spec.eval.datasets:
+            await evaluate(controller, eval_sets, "after_rl", recorder, log)
+        final = run_dir / "final_model"
+        await asyncio.to_thread(export_model, controller.learners.write_weights, policy_path, tokenizer, final)
+        finish_run(spec, run_dir, controller.eval_history, read_step_records(recorder.jsonl_path),
+                   read_eval_records(recorder.jsonl_path), info, controller.entropy_sample, log,
+                   metrics_url=recorder.url)
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        progress.close()
+        recorder.close()
+        await local.stop()
 
-        A sample may lag at most schedule.max_staleness versions behind the weights the update starts from
-        (`self.version`); a staler one (a replica that served old weights) is dropped with its group."""
-        max_staleness = self.spec.schedule.max_staleness
-        collected.scored, dropped = drop_stale_groups(collected.scored, self.version, max_staleness)
-        collected.lag = self.version - collected.scored.rollout.weight_version
-        collected.stats["staleness/dropped_groups"] = float(dropped)
-        if dropped:
-            self.log(f"step {self.step + 1}: dropped {dropped} groups generated more than schedule.max_staleness="
-                     f"{max_staleness} weight versions before {self.version}")
-        if collected.scored.rollout.num_samples == 0:
-            self.log(f"step {self.step + 1}: no sample left to train on; the weights stay at version {self.version}")
-            return False
-        return True
 
-    async def train_step_off_policy(self, pending: asyncio.Task | None, last: bool = False
-                                    ) -> tuple[dict[str, float], asyncio.Task | None]:
-        """One-step off-policy: the rollout of step t+1 overlaps the update of step t. `last`: no step follows
-        (the run's last, or a stop was requested), so no rollout is started whose samples would go unused."""
-        start = time.perf_counter()
-        if pending is None:
-            await self.ensure_replicas_current()
-            pending = asyncio.create_task(self.collect(self.step))
-        collected = await pending
-        next_rollout = None
-        self.inflight_cursor = None
-        if not last:
-            # Evaluation and checkpoints ran since the last sync: a replica restarted meanwhile must get the
-            # current weights before it serves the next rollout.
-            await self.ensure_replicas_current()
-            self.inflight_cursor = self.stream.state.to_dict()
-            next_rollout = asyncio.create_task(self.collect(self.step + 1))
-        train = self.prepare(collected)
-        metrics, times = {}, {"time/logprobs": 0.0, "time/update": 0.0, "time/sync": 0.0}
-        if train:
-            metrics, times = await asyncio.to_thread(self.update, collected.scored)
-        if next_rollout is not None:
-            await asyncio.wait({next_rollout})  # replicas must be idle before new weights are installed
-        if train:
-            await asyncio.to_thread(self.replicas.refresh)  # replicas that joined get the new weights too
-            times["time/sync"] = await self.sync_weights()
-        await self.ensure_replicas_current()  # joined or restarted replicas: current before they serve
-        return self.step_record(collected, metrics, times, time.perf_counter() - start), next_rollout
-
-    # -------------------------------------------------------------------- evaluation
-    async def evaluate(self, datasets: dict[str, list[PromptRow]], phase: str) -> dict[str, EvalResult]:
-        """avg@k / pass@k per data set at the eval temperature and top-p; also per-problem accuracies."""
-        ev = self.spec.eval
-        sampling = SamplingParams(temperature=ev.temperature, top_p=ev.top_p)
-        results: dict[str, EvalResult] = {}
-        for name, rows in datasets.items():
-            times = PhaseTimes()
-            kept, requests, _ = build_requests(rows, self.render, ev.samples_per_problem,
-                                               ev.max_response_tokens or self.spec.model.max_response_tokens,
-                                               sampling, self.spec.seed, f"eval/{name}",
-                                               self.spec.model.max_prompt_tokens)
-            groups = await generate_and_verify(kept, requests, self.replicas, self.verifier, self.decode, times)
-            result = score_dataset(name, [g.correct for g in groups], ev.pass_k)
-            results[name] = result
-            self.eval_history.append({"phase": phase, "step": self.step, **result.row(),
-                                      "per_problem": [sum(g.correct) / len(g.correct) for g in groups]})
-        return results
+def train_main(spec_path: str, resume: bool = False, quiet: bool = False) -> int:
+    """Entry point of `forkrl train`: exit 0 on success or a clean stop, 2 on a bad spec or pre-flight."""
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(spec, resume, quiet))
+    except PreflightError as err:
+        print(f"forkrl train: {err}", file=sys.stderr)
+        return 2
+    except LearnerFailure as err:
+        if err.during == "setup":
+            hint = "the learner could not start: fix the spec or the cluster named above, then run again"
+        else:
+            hint = (f"the run stopped; continue from the last checkpoint with `forkrl train {spec_path} --resume` "
+                    "once the learner nodes are back")
+        print(f"forkrl train: {err}\nforkrl train: {hint}", file=sys.stderr)
+        return 1

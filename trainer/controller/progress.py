@@ -8,19 +8,34 @@ from typing import Literal, TextIO
 
 from tqdm import tqdm
 
+from forkrl.trainer.metrics.records import StepRecord
+
 ProgressMode = Literal["bar", "lines", "quiet"]
 
 
-def _fmt(values: dict[str, float], key: str, spec: str = ".3f") -> str:
-    value = values.get(key)
+def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def step_summary(step: int, total: int, values: dict[str, float]) -> str:
+def step_fields(record: StepRecord) -> dict[str, str]:
+    """The few numbers shown per step: generated reward and accuracy, entropy mean, forking threshold,
+    the fraction of tokens with policy gradient, generated tokens/s and the step's seconds."""
+    learner = record.learner
+    forking = learner.forking if learner is not None else None
+    return {
+        "reward": _fmt(record.generated.reward_mean),
+        "acc": _fmt(record.generated.accuracy),
+        "H": _fmt(record.entropy.mean if record.entropy is not None else None),
+        "tau": _fmt(forking.threshold if forking is not None else None),
+        "sel": _fmt(learner.pg_tokens / max(learner.response_tokens, 1) if learner is not None else None, ".2f"),
+        "tok/s": _fmt(record.tokens_per_second, ".0f"),
+    }
+
+
+def step_summary(total: int, record: StepRecord) -> str:
     """A compact one-line summary of a step."""
-    return (f"step {step}/{total} reward {_fmt(values, 'reward/mean')} acc {_fmt(values, 'accuracy')} "
-            f"H {_fmt(values, 'entropy/mean')} tau {_fmt(values, 'forking/threshold')} "
-            f"tok/s {_fmt(values, 'tokens_per_second', '.0f')} {_fmt(values, 'time/step', '.1f')}s")
+    shown = " ".join(f"{k} {v}" for k, v in step_fields(record).items())
+    return f"step {record.step}/{total} {shown} {record.time.step:.1f}s"
 
 
 class Progress:
@@ -35,17 +50,12 @@ class Progress:
             self._bar = tqdm(total=total_steps, initial=initial_step, desc="forkrl", unit="step", file=self.stream,
                              dynamic_ncols=True)
 
-    def update(self, step: int, values: dict[str, float]) -> None:
+    def update(self, record: StepRecord) -> None:
         if self._bar is not None:
-            self._bar.set_postfix_str(
-                f"R={_fmt(values, 'reward/mean')} acc={_fmt(values, 'accuracy')} H={_fmt(values, 'entropy/mean')} "
-                f"tau={_fmt(values, 'forking/threshold')} sel={_fmt(values, 'forking/selected_frac', '.2f')} "
-                f"tok/s={_fmt(values, 'tokens_per_second', '.0f')}",
-                refresh=False,
-            )
+            self._bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in step_fields(record).items()), refresh=False)
             self._bar.update(1)
         elif self.mode == "lines":
-            print(step_summary(step, self.total, values), file=self.stream, flush=True)
+            print(step_summary(self.total, record), file=self.stream, flush=True)
 
     def advance_to(self, step: int) -> None:
         """Resume: the bar starts at `step`."""

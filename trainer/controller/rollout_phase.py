@@ -6,15 +6,17 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from forkrl.rollout.types import GenerateRequest, GenerateResult, RolloutBatch, SamplingParams
 from forkrl.rollout.verifier.schemas import CodeItem, MathItem, VerifyResult
+from forkrl.trainer.controller.protocols import Replicas, Verifier
 from forkrl.trainer.data.schema import PromptRow, code_tests
 from forkrl.trainer.dynamic_sampling import DynamicSampler
+from forkrl.trainer.metrics.records import DynamicSamplingStats, SampleStats
 
 
 def request_seed(run_seed: int, *parts: object) -> int:
@@ -48,7 +50,6 @@ class PhaseTimes:
     rollout: float = 0.0
     verify: float = 0.0
     generated_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def build_requests(rows: Sequence[PromptRow], render: Callable[[PromptRow], list[int]], n: int, max_new: int,
@@ -81,9 +82,9 @@ def verify_items(row: PromptRow, ids: Sequence[str], responses: Sequence[str]) -
     raise ValueError(f"row {row.source}:{row.index} has task {row.task!r}; the verifier scores math or code")
 
 
-async def generate_and_verify(rows: Sequence[PromptRow], requests: Sequence[GenerateRequest], replicas: Any,
-                              verifier: Any, decode: Callable[[list[int]], str], times: PhaseTimes
-                              ) -> list[Group]:
+async def generate_and_verify(rows: Sequence[PromptRow], requests: Sequence[GenerateRequest],
+                              replicas: Replicas, verifier: Verifier, decode: Callable[[list[int]], str],
+                              times: PhaseTimes) -> list[Group]:
     """Generate every request, score every sample exactly once (ids checked), return the groups."""
     start = time.perf_counter()
     results: list[GenerateResult] = await replicas.generate(list(requests))
@@ -114,25 +115,39 @@ def groups_to_batch(groups: Sequence[Group], pad_token_id: int) -> tuple[Rollout
     return rollout, rewards, correct
 
 
+def sample_stats(groups: Sequence[Group]) -> SampleStats:
+    """What the samples of `groups` scored and how long they ran (zeros when there is none)."""
+    correct = [c for g in groups for c in g.correct]
+    rewards = [r for g in groups for r in g.rewards]
+    lengths = [len(s.token_ids) for g in groups for s in g.result.samples]
+    truncated = [s.finish_reason == "length" for g in groups for s in g.result.samples]
+    count = len(correct)
+    return SampleStats(samples=count, accuracy=sum(correct) / max(count, 1), reward_mean=sum(rewards) / max(count, 1),
+                       response_length_mean=sum(lengths) / max(len(lengths), 1),
+                       response_length_max=max(lengths, default=0),
+                       truncated_frac=sum(truncated) / max(len(truncated), 1))
+
+
 async def collect_groups(take_rows: Callable[[int], list[PromptRow]], make_requests: Callable[..., Any],
-                         replicas: Any, verifier: Any, decode: Callable[[list[int]], str], sampler: DynamicSampler,
-                         prompts_per_round: int, filter_groups: bool, times: PhaseTimes) -> dict[str, float]:
-    """Run generation rounds until the sampler is full; returns round statistics for the step record."""
-    all_correct: list[bool] = []
+                         replicas: Replicas, verifier: Verifier, decode: Callable[[list[int]], str],
+                         sampler: DynamicSampler, prompts_per_round: int, filter_groups: bool, times: PhaseTimes
+                         ) -> tuple[SampleStats, DynamicSamplingStats]:
+    """Run generation rounds until the sampler is full. Returns what every generated sample scored (before
+    dynamic sampling dropped any group) and what the rounds dropped."""
+    generated: list[Group] = []
     skipped = 0
     while not sampler.is_full:
         round_index = sampler.begin_round()
         rows, requests, too_long = make_requests(take_rows(prompts_per_round), round_index)
         skipped += too_long
         groups = await generate_and_verify(rows, requests, replicas, verifier, decode, times)
-        all_correct += [c for g in groups for c in g.correct]
+        generated += groups
         metric = [[float(c) for c in g.correct] for g in groups] if filter_groups else [[0.0, 1.0]] * len(groups)
         sampler.add(groups, metric)
-    dropped = sum(s.dropped_all_max + s.dropped_all_min for s in sampler.history)
-    return {
-        "dynamic_sampling/rounds": float(sampler.rounds),
-        "dynamic_sampling/dropped_groups": float(dropped),
-        "dynamic_sampling/dropped_all_correct": float(sum(s.dropped_all_max for s in sampler.history)),
-        "accuracy": sum(all_correct) / max(len(all_correct), 1),
-        "prompts_skipped_too_long": float(skipped),
-    }
+    rounds = DynamicSamplingStats(
+        rounds=sampler.rounds,
+        dropped_groups=sum(s.dropped_all_max + s.dropped_all_min for s in sampler.history),
+        dropped_all_correct=sum(s.dropped_all_max for s in sampler.history),
+        prompts_skipped_too_long=skipped,
+    )
+    return sample_stats(generated), rounds

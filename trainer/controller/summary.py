@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from forkrl.trainer.controller.report import write_report
 from forkrl.trainer.evaluation import paired_difference_ci
+from forkrl.trainer.metrics.records import EvalRecord, StepRecord
 from forkrl.trainer.spec import RLVRJobSpec
 
 
@@ -29,26 +31,29 @@ def compare_phases(eval_history: list[dict[str, Any]], before: str = "before_rl"
 
 
 def finish_run(spec: RLVRJobSpec, run_dir: Path, eval_history: list[dict[str, Any]],
-               train_records: list[dict[str, Any]], info: dict[str, Any], entropy_sample: list[float],
-               log, metrics_url: str | None = None) -> dict[str, Any]:
+               steps: Sequence[StepRecord], evals: Sequence[EvalRecord], info: dict[str, Any],
+               entropy_sample: list[float], log: Callable[[str], None], metrics_url: str | None = None
+               ) -> dict[str, Any]:
     """Print the before/after numbers, write summary.json and the HTML report.
 
-    metrics_url: where the run served Prometheus metrics (None when it did not)."""
+    eval_history: the controller's evaluations with per-problem accuracies (the paired comparison);
+    steps, evals: the run's records (the report's plots); metrics_url: where the run served Prometheus
+    metrics (None when it did not)."""
     comparison = compare_phases(eval_history)
     for dataset, c in comparison.items():
         verdict = "significant" if c["ci95_low"] > 0 else "not significant"
         log(f"{dataset}: accuracy after cold start {c['before']:.4f} -> after RL {c['after']:.4f} "
             f"({c['difference'] * 100:+.1f} points, 95% CI {c['ci95_low'] * 100:+.1f} to {c['ci95_high'] * 100:+.1f}; "
             f"{verdict}) on {int(c['problems'])} held-out problems")
-    summary = {"name": spec.name, "steps": len(train_records), "objective": spec.objective.name,
+    summary = {"name": spec.name, "steps": len(steps), "objective": spec.objective.name,
                "metrics_url": metrics_url, "comparison": comparison, **info}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = [{k: v for k, v in row.items() if k != "per_problem"} for row in eval_history]
-    flat = {"objective": spec.objective.name, "steps": len(train_records)}
+    flat = {"objective": spec.objective.name, "steps": len(steps)}
     for dataset, c in comparison.items():
         flat.update({f"{dataset} before": c["before"], f"{dataset} after": c["after"],
                      f"{dataset} difference": c["difference"]})
     if spec.observability.report:
-        report = write_report(run_dir, spec.name, train_records, table, entropy_sample, flat)
+        report = write_report(run_dir, spec.name, steps, evals, table, entropy_sample, flat)
         log(f"report: {report}")
     return summary

@@ -15,9 +15,10 @@ import torch
 LOSS_FIELDS = ("advantages", "old_logp", "ref_logp", "rollout_logp", "old_entropy")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class LearnerBatch:
-    """One mini-batch of sequences (prompt + response), right-padded.
+    """One mini-batch of sequences (prompt + response), right-padded. Frozen: a batch with more fields
+    (the old-policy log-probs) is a new batch, `dataclasses.replace`d, so its checks run again.
 
     input_ids: [B, S] int64; seq_lens: [B] valid tokens per row; response_mask: [B, S] (0/1).
     advantages, old_logp, ref_logp, rollout_logp, old_entropy: [B, S] float or None (token-aligned;

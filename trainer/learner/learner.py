@@ -32,9 +32,11 @@ from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, to
 from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
 from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
 from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, initialize_parallel
+from forkrl.trainer.learner.step_metrics import LossSummary, summarize_losses
 from forkrl.trainer.learner.weights import export_hf_weights, import_hf_weights
+from forkrl.trainer.metrics.records import LearnerStepMetrics
 from forkrl.trainer.objectives import ForkingConfig, LossContext, ObjectiveConfig, mini_batch_context
-from forkrl.trainer.objectives.normalizers import needs_token_split, token_split_masks
+from forkrl.trainer.objectives.normalizers import needs_token_split, token_split
 
 
 @dataclasses.dataclass
@@ -83,7 +85,6 @@ class Learner:
         self.optimizer, self.scheduler = build_optimizer(self.model, spec, self.dtype)
         self.weight_version = 0
         self.consumed_sequences = 0
-        self._last_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------- setup
     def _build_reference(self, max_len: int) -> list[torch.nn.Module] | None:
@@ -191,12 +192,13 @@ class Learner:
                     chunk.to("cpu")
 
     # -------------------------------------------------------------------------------- train
-    def _select_tokens(self, mbs: list[MicroBatch]) -> list[torch.Tensor] | None:
+    def _select_tokens(self, mbs: list[MicroBatch]) -> tuple[list[torch.Tensor] | None, list[float]]:
         """The objective's token split computed before the loss (see objectives.normalizers.needs_token_split),
-        set on the micro-batches of the last stage so that the normaliser and the loss count the same tokens."""
+        set on the micro-batches of the last stage so that the normaliser and the loss count the same tokens.
+        Returns (masks or None, the forking thresholds that made them)."""
         cfg = self.objective
         if not needs_token_split(cfg):
-            return None
+            return None, []
         if isinstance(cfg, ForkingConfig) and cfg.entropy_source == "old":
             if any("old_entropy" not in mb.fields for mb in mbs):
                 raise ValueError("forking entropy_source='old' needs LearnerBatch.old_entropy")
@@ -205,32 +207,34 @@ class Learner:
             results = self._forward_stats(mbs, "policy")
             entropies = [r["entropy"] for r in results] if self.layout.is_last_stage else []
         if not self.layout.is_last_stage:
-            return None
-        masks = token_split_masks(cfg, entropies, [mb.response_mask for mb in mbs], group=self._dp_group)
+            return None, []
+        masks, thresholds = token_split(cfg, entropies, [mb.response_mask for mb in mbs], group=self._dp_group)
         for mb, mask in zip(mbs, masks, strict=True):
             mb.selection_mask = mask
-        return masks
+        return masks, thresholds
 
-    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
+    def train_step(self, batch: LearnerBatch) -> LearnerStepMetrics:
         """One optimizer step on the global mini-batch `batch` (forward + backward + Adam)."""
         start = time.perf_counter()
-        metrics = self.forward_backward(batch)
-        metrics.update(self.optimizer_step())
-        metrics["step_seconds"] = time.perf_counter() - start
-        metrics["tokens_per_second"] = float(batch.seq_lens.sum()) / metrics["step_seconds"]
-        self._last_metrics = metrics
-        return metrics
+        losses = self.forward_backward(batch)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        grad_norm = self.optimizer_step()
+        seconds = time.perf_counter() - start
+        fields = {f.name: getattr(losses, f.name) for f in dataclasses.fields(losses)}
+        return LearnerStepMetrics(**fields, grad_norm=grad_norm, lr=lr, weight_version=self.weight_version,
+                                  seconds=seconds, tokens_per_second=float(batch.seq_lens.sum()) / seconds,
+                                  peak_memory_mib=self.peak_memory_mib())
 
-    def forward_backward(self, batch: LearnerBatch) -> dict[str, float]:
+    def forward_backward(self, batch: LearnerBatch) -> LossSummary:
         """Gradients of the mini-batch loss, reduced over DP, without an optimizer step.
 
         The loss of every micro-batch is already normalised by global counts, so the reduced
-        gradient is exactly that of the whole mini-batch's loss (`metrics['loss']`).
+        gradient is exactly that of the whole mini-batch's loss (`LossSummary.loss`).
         """
         if self.objective.needs_reference and batch.ref_logp is None:
             batch = dataclasses.replace(batch, ref_logp=self.compute_logprobs(batch, "reference").logp)
         mbs = self._micro_batches(batch)
-        selection = self._select_tokens(mbs)
+        selection, thresholds = self._select_tokens(mbs)
         ctx = LossContext()
         if self.layout.is_last_stage:
             ctx = mini_batch_context(
@@ -247,43 +251,28 @@ class Learner:
         forward_step = train_forward_step(self.objective, ctx, self._stats_config(self.objective.entropy_coef > 0))
         reports = self._schedule(self.model, forward_step, mbs, forward_only=False)
         self.consumed_sequences += batch.num_sequences
-        return self._reduce_reports(reports)
+        summary = summarize_losses(reports, self._dp_group, thresholds) if self.layout.is_last_stage else None
+        if self.layout.pp > 1:  # every stage returns the last stage's summary
+            box = [summary]
+            dist.broadcast_object_list(box, src=self.layout.pp_last_global_rank, group=self.layout.pp_group)
+            summary = box[0]
+        assert summary is not None
+        return summary
 
-    def optimizer_step(self) -> dict[str, float]:
-        """Clip, step Adam and the LR schedule on the accumulated gradients."""
-        lr = float(self.optimizer.param_groups[0]["lr"])
+    def optimizer_step(self) -> float:
+        """Clip, step Adam and the LR schedule on the accumulated gradients; returns the gradient norm
+        before clipping (nan when the step was skipped)."""
         updated, grad_norm, _ = self.optimizer.step()
         if updated:
             self.scheduler.step(increment=1)
             self.weight_version += 1
-        return {
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "lr": lr,
-            "weight_version": float(self.weight_version),
-        }
+        return float(grad_norm) if grad_norm is not None else float("nan")
 
-    def _reduce_reports(self, reports: list[dict]) -> dict[str, float]:
-        """Sum losses and token counts over micro-batches and DP; average the objective metrics."""
-        values: dict[str, float] = {}
-        if self.layout.is_last_stage:
-            values = {"loss": 0.0, "tokens": 0.0, "selected_tokens": 0.0, "micro_batches": float(len(reports))}
-            for report in reports:
-                for key in ("loss", "tokens", "selected_tokens"):
-                    values[key] += report[key]
-                for key, value in report["metrics"].items():
-                    values[f"objective/{key}"] = values.get(f"objective/{key}", 0.0) + float(value)
-            if self.layout.dp > 1:
-                gathered: list[dict[str, float]] = [{} for _ in range(self.layout.dp)]
-                dist.all_gather_object(gathered, values, group=self.layout.dp_group)
-                keys = sorted({k for g in gathered for k in g})
-                values = {k: sum(g.get(k, 0.0) for g in gathered) for k in keys}
-            for key in [k for k in values if k.startswith("objective/")]:
-                values[key] /= max(values["micro_batches"], 1.0)
-        if self.layout.pp > 1:
-            box = [values]
-            dist.broadcast_object_list(box, src=self.layout.pp_last_global_rank, group=self.layout.pp_group)
-            values = box[0]
-        return values
+    def peak_memory_mib(self) -> float:
+        """This rank's peak memory: CUDA allocated on GPU, the process's peak resident set on CPU."""
+        if self.use_gpu:
+            return torch.cuda.max_memory_allocated() / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     # ------------------------------------------------------------------------ weights & state
     def export_weights(
@@ -312,15 +301,9 @@ class Learner:
         destroy_parallel()
 
     def metrics(self) -> dict[str, float]:
-        """Last step's metrics plus counters and this rank's peak memory."""
-        peak = (
-            torch.cuda.max_memory_allocated() / 2**20
-            if self.use_gpu
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        )
+        """Counters and this rank's peak memory."""
         return {
-            **self._last_metrics,
             "weight_version": float(self.weight_version),
             "consumed_sequences": float(self.consumed_sequences),
-            "peak_memory_mib": float(peak),
+            "peak_memory_mib": self.peak_memory_mib(),
         }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,6 +19,7 @@ from megatron.core.utils import get_attr_wrapped_model
 
 from forkrl.trainer.learner.batch import MicroBatch
 from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.learner.step_metrics import MicroBatchReport
 from forkrl.trainer.objectives import LossContext, LossInputs, ObjectiveConfig, compute_policy_loss
 from forkrl.trainer.vocab_parallel import vocab_parallel_logprobs_and_entropy
 
@@ -105,17 +105,19 @@ def token_sum_norm_length(cfg: ObjectiveConfig, spec: LearnerSpec) -> int | None
 
 def _policy_loss(
     cfg: ObjectiveConfig, ctx: LossContext, stats: TokenStatsConfig, mb: MicroBatch, logits: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+) -> tuple[torch.Tensor, torch.Tensor, MicroBatchReport]:
     logp, entropy = token_logprobs_and_entropy(logits, mb, stats)
     out = compute_policy_loss(cfg, loss_inputs(mb, logp, entropy), ctx)
     loss = out.loss if out.loss._base is None else out.loss.clone()
-    selected = out.token_mask if out.token_mask is not None else mb.response_mask.bool()
-    report = {
-        "loss": float(loss.detach()),
-        "tokens": float(mb.response_mask.sum()),
-        "selected_tokens": float((selected.bool() & mb.response_mask.bool()).sum()),
-        "metrics": out.metrics,
-    }
+    response = mb.response_mask.bool()
+    selected = out.token_mask.bool() if out.token_mask is not None else response
+    report = MicroBatchReport(
+        loss=float(loss.detach()),
+        tokens=int(response.sum()),
+        pg_tokens=int((selected & response).sum()),
+        metrics=out.metrics,
+        entropy=entropy.detach()[response].float(),
+    )
     # Token count 0: megatron then neither divides the loss nor rescales gradients (see optimizer.py).
     return loss, torch.zeros((), dtype=torch.int, device=loss.device), report
 

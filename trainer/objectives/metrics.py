@@ -59,6 +59,8 @@ def loss_metrics(
         if high is None:
             high = topk_token_mask(inputs.entropy, mask, cfg.metrics_high_entropy_rho)[0]
     low = mask & ~high if high is not None else None
+    if high is not None:
+        metrics["high_tokens"] = float((high & mask).sum())
     if terms.clipped is not None:
         metrics["clip_frac"] = _masked_mean(terms.clipped.float(), mask)
         if high is not None:

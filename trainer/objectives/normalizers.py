@@ -65,19 +65,31 @@ def token_split_masks(
     `mini_batch_context` and as `LossInputs.selection_mask` of each micro-batch.
     Forking: the selected (forking) tokens. Archer: the reasoning (high-entropy) tokens of each response.
     """
+    return token_split(cfg, entropies, response_masks, group)[0]
+
+
+def token_split(
+    cfg: ObjectiveConfig,
+    entropies: list[torch.Tensor],
+    response_masks: list[torch.Tensor],
+    group: dist.ProcessGroup | None = None,
+) -> tuple[list[torch.Tensor], list[float]]:
+    """`token_split_masks` and the forking thresholds that made them: one for scope `mini_batch_global`, one
+    per micro-batch otherwise (nan where nothing was selected); none for Archer (a threshold per response)."""
     if len(entropies) != len(response_masks):
         raise ValueError(f"entropies ({len(entropies)}) and response_masks ({len(response_masks)}) differ in length")
     if isinstance(cfg, ArcherConfig):
         # Per response: no communication, whatever the data-parallel layout.
         return [reasoning_token_mask(e, m.bool(), cfg.rho, cfg.tie_rule)
-                for e, m in zip(entropies, response_masks, strict=True)]
+                for e, m in zip(entropies, response_masks, strict=True)], []
     if not isinstance(cfg, ForkingConfig):
         raise ValueError(f"objective {cfg.name!r} has no precomputed token split")
     if cfg.scope == "mini_batch_global":
-        masks, _, _ = global_forking_masks(entropies, response_masks, cfg.rho, cfg.select, cfg.tie_rule, group=group)
-        return masks
-    return [topk_token_mask(e, m, cfg.rho, cfg.select, cfg.tie_rule)[0]
-            for e, m in zip(entropies, response_masks, strict=True)]
+        masks, tau, _ = global_forking_masks(entropies, response_masks, cfg.rho, cfg.select, cfg.tie_rule, group=group)
+        return masks, [tau]
+    splits = [topk_token_mask(e, m, cfg.rho, cfg.select, cfg.tie_rule) for e, m in zip(entropies, response_masks,
+                                                                                       strict=True)]
+    return [mask for mask, _ in splits], [float(tau) for _, tau in splits]
 
 
 def _forking_token_count(

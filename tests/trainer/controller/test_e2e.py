@@ -20,9 +20,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from forkrl.trainer.controller.recorder import read_records
+from forkrl.trainer.controller.recorder import read_eval_records, read_records, read_step_records
 from forkrl.trainer.controller.setup import PreflightError, preflight_checkpoint_dir
 from forkrl.trainer.spec import load_spec
+from tests.browser import check_page
 
 SMOKE = Path(__file__).parent / "smoke.yaml"
 STEPS = 3
@@ -55,23 +56,28 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None:
-    records = read_records(reference_run / "metrics.jsonl", "train")
-    assert [int(r["step"]) for r in records] == [1, 2, 3]
+    records = read_step_records(reference_run / "metrics.jsonl")
+    assert [r.step for r in records] == [1, 2, 3]
     for r in records:
-        assert r["samples"] == 16  # 4 prompts x 4 samples, no dynamic sampling
-        assert r["weight_version"] == r["step"] and r["weight_version_lag/max"] == 0
+        assert r.trained is not None and r.learner is not None and r.entropy is not None
+        assert r.generated.samples == r.trained.samples == 16  # 4 prompts x 4 samples, no dynamic sampling
+        assert r.weight_version == r.step and r.staleness.lag_max == 0
         # The learner's log-probs of the sampled tokens equal the rollout engine's: same weights, same math.
-        assert abs(r["mismatch/kl_k1"]) < 1e-4 and r["mismatch/kl_k3"] < 1e-6
+        assert r.learner.mismatch is not None
+        assert abs(r.learner.mismatch.k1) < 1e-4 and r.learner.mismatch.k3 < 1e-6
         # Rewards are {1, 0}: their mean is the accuracy; shaping only lowers it.
-        assert r["reward/correctness_mean"] == pytest.approx(r["accuracy"])
-        assert r["reward/mean"] <= r["reward/correctness_mean"] + 1e-12
+        assert r.trained.reward_mean == pytest.approx(r.trained.accuracy)
+        assert r.trained.shaped_reward_mean <= r.trained.reward_mean + 1e-12
         # rho = 0.5 per micro-batch: k = ceil(0.5 N) of N tokens -> just above one half.
-        assert 0.5 <= r["forking/selected_frac"] <= 0.5 + 1 / 8
-        assert r["entropy/p10"] <= r["entropy/p50"] <= r["forking/threshold"] + 1e-6 <= r["entropy/p99"] + 2e-6
-        assert r["response_length/max"] <= 12
-        assert r["time/step"] >= r["time/rollout"] + r["time/update"]
-    evals = read_records(reference_run / "metrics.jsonl", "eval")
-    assert len(evals) == 2 and all("eval/heldout/avg" in e for e in evals)
+        forking = r.learner.forking
+        assert forking is not None and 0.5 <= forking.selected_frac <= 0.5 + 1 / 8
+        assert r.learner.pg_tokens / r.learner.response_tokens == pytest.approx(forking.selected_frac)
+        # Each micro-batch's threshold is its median entropy: inside the step's entropy range.
+        assert r.entropy.p10 <= forking.threshold_min <= forking.threshold <= forking.threshold_max <= r.entropy.p99
+        assert r.generated.response_length_max <= 12
+        assert r.time.step >= r.time.rollout + r.time.update
+    evals = read_eval_records(reference_run / "metrics.jsonl")
+    assert [(e.phase, e.dataset, e.step) for e in evals] == [("before_rl", "heldout", 0), ("after_rl", "heldout", 3)]
     summary = json.loads((reference_run / "summary.json").read_text())
     assert set(summary["comparison"]["heldout"]) >= {"before", "after", "difference", "ci95_low", "ci95_high"}
     assert re.fullmatch(r"http://127\.0\.0\.1:[1-9]\d*/metrics", summary["metrics_url"])
@@ -79,8 +85,11 @@ def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None
     weights = _final_weights(reference_run)
     assert weights and all(torch.equal(final.state_dict()[name], w) for name, w in weights.items())
     report = (reference_run / "report.html").read_text()
-    for png in ("reward.png", "threshold.png", "entropy_hist.png"):
+    for png in ("reward.png", "heldout.png", "entropy.png", "length.png", "clip.png", "selected.png", "time.png",
+                "entropy_hist.png"):
         assert png in report and (reference_run / png).stat().st_size > 1000
+    check = check_page(reference_run / "report.html")
+    assert check.problems() == [] and len(check.images) >= 8, check.problems()
     assert json.loads(json.dumps(load_spec(reference_run.parent.parent / "spec.yaml").model_dump()))
 
 
@@ -131,8 +140,8 @@ def test_off_policy_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_pat
     process = forkrl_train(reference)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
-    reference_records = read_records(reference.parent / "runs/smoke/metrics.jsonl", "train")
-    assert [r["weight_version_lag/max"] for r in reference_records] == [0, 1, 1]
+    reference_records = read_step_records(reference.parent / "runs/smoke/metrics.jsonl")
+    assert [r.staleness.lag_max for r in reference_records] == [0, 1, 1]
 
     spec = write_spec(tmp_path / "interrupted", schedule=OFF_POLICY)
     run_dir = spec.parent / "runs" / "smoke"
@@ -151,10 +160,10 @@ def test_off_policy_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_pat
     resumed = forkrl_train(spec, "--resume")
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
-    records = read_records(run_dir / "metrics.jsonl", "train")
-    assert [int(r["step"]) for r in records] == list(range(1, STEPS + 1))
+    records = read_step_records(run_dir / "metrics.jsonl")
+    assert [r.step for r in records] == list(range(1, STEPS + 1))
     # The resumed steps trained on the very samples of the uninterrupted run.
-    assert [r["reward/mean"] for r in records] == [r["reward/mean"] for r in reference_records]
+    assert [r.trained for r in records] == [r.trained for r in reference_records]
     expected, got = _final_weights(reference.parent / "runs" / "smoke"), _final_weights(run_dir)
     assert expected.keys() == got.keys() and expected
     for name in expected:
@@ -163,7 +172,7 @@ def test_off_policy_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_pat
 
 def test_faults_verifier_kill_replica_restart_and_membership(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
-    from forkrl.trainer.controller.main import run
+    from forkrl.trainer.controller.loop import run
 
     monkeypatch.chdir(tmp_path)
     spec = load_spec(write_spec(tmp_path, schedule={"steps": 4}))
@@ -184,12 +193,12 @@ def test_faults_verifier_kill_replica_restart_and_membership(tmp_path: Path, mon
             seen["verifier_alive"] = local.verifier_process.alive()
 
     assert asyncio.run(run(spec, quiet=True, after_step=after_step)) == 0
-    records = read_records(Path("runs/smoke/metrics.jsonl"), "train")
-    assert [int(r["step"]) for r in records] == [1, 2, 3, 4]
-    assert all(r["samples"] == 16 for r in records)  # nothing lost, nothing scored twice
+    records = read_step_records(Path("runs/smoke/metrics.jsonl"))
+    assert [r.step for r in records] == [1, 2, 3, 4]
+    assert all(r.generated.samples == 16 for r in records)  # nothing lost, nothing scored twice
     assert seen["restarted_version"] == 0
-    assert records[2]["replicas/repushed_total"] == 1  # the restarted replica was detected and re-pushed
-    assert records[3]["replicas/repushed_total"] == 2  # the new replica got weights before serving
+    assert records[2].replicas.repushed_total == 1  # the restarted replica was detected and re-pushed
+    assert records[3].replicas.repushed_total == 2  # the new replica got weights before serving
     assert seen["final_versions"] == {seen["new"].url: 4}
     assert seen["verifier_alive"] is True
 

@@ -38,8 +38,8 @@ def check_against_hf(model: dict[str, Any], result: dict[str, Any], atol: float)
     logp_err = (result["logp"].double() - model["logp"])[mask].abs()
     entropy_err = (result["entropy"].double() - model["entropy"])[mask].abs()
     assert float(logp_err.max()) < atol and float(entropy_err.max()) < atol
-    assert torch.isfinite(torch.tensor(result["metrics"]["loss"]))
-    assert result["metrics"]["grad_norm"] > 0
+    assert torch.isfinite(torch.tensor(result["metrics"].loss))
+    assert result["metrics"].grad_norm > 0
     moved = max(float((result["after"][k] - result["before"][k]).abs().max()) for k in result["before"])
     assert moved > 0
 

@@ -121,7 +121,7 @@ def test_global_forking_equals_one_call_on_the_concatenated_batch(setup: dict[st
     whole = compute_policy_loss(parse_objective(per_micro_batch), _inputs(setup, slice(None)))
     assert setup["losses"][index]["loss"] == pytest.approx(float(whole.loss), abs=1e-5)
     tokens = int(batch.response_mask.sum())
-    assert setup["losses"][index]["metrics"]["selected_tokens"] == num_selected(tokens, 0.2)
+    assert setup["losses"][index]["metrics"].pg_tokens == num_selected(tokens, 0.2)
 
 
 def test_forking_scopes_differ(setup: dict[str, Any]) -> None:
@@ -136,4 +136,54 @@ def test_reference_model_is_frozen_initial_policy(setup: dict[str, Any]) -> None
     assert torch.equal(ref["before_ref"], ref["before_policy"])
     assert torch.equal(ref["after_ref"], ref["before_ref"])  # frozen through the optimizer step
     assert float((ref["after_policy"] - ref["before_policy"])[mask].abs().max()) > 1e-4  # the policy moved
-    assert ref["metrics"]["objective/kl"] == pytest.approx(0.0, abs=1e-7)  # ref == policy before the step
+    assert ref["metrics"].kl.all == pytest.approx(0.0, abs=1e-7)  # ref == policy before the step
+
+
+# ------------------------------------------------------------------ the learner's metrics are exact
+ENTROPY_TOL = 1e-4  # the learner's fp32 entropies vs the transformers model's
+
+
+@pytest.mark.parametrize("index", range(len(OBJECTIVES)), ids=[str(o) for o in OBJECTIVES])
+def test_entropy_percentiles_are_exact_over_the_whole_mini_batch(setup: dict[str, Any], index: int) -> None:
+    """One global order statistic per percentile over both DP ranks' micro-batches, not a mean of
+    per-micro-batch percentiles (which differs here by more than the tolerance)."""
+    batch = setup["batch"]
+    values = setup["entropy"][batch.response_mask.bool()]
+    got = setup["losses"][index]["metrics"].entropy
+    for p, value in got.quantiles().items():
+        assert value == pytest.approx(float(torch.quantile(values, p / 100)), abs=ENTROPY_TOL)
+    assert got.mean == pytest.approx(float(values.mean()), abs=ENTROPY_TOL)
+    per_micro_batch = [torch.quantile(setup["entropy"][r][batch.response_mask[r].bool()], 0.9)
+                       for r in _micro_batch_rows(batch)]
+    assert abs(float(torch.stack(per_micro_batch).mean()) - got.p90) > 10 * ENTROPY_TOL
+
+
+def test_forking_thresholds_are_the_ones_applied(setup: dict[str, Any]) -> None:
+    batch = setup["batch"]
+    mask = batch.response_mask.bool()
+    # Global scope: one threshold, the k-th largest entropy of the whole mini-batch.
+    _, tau = topk_token_mask(setup["entropy"], mask, 0.2)
+    forking = setup["losses"][1]["metrics"].forking
+    assert forking.threshold == pytest.approx(tau, abs=ENTROPY_TOL)
+    assert forking.threshold_min == forking.threshold_max == forking.threshold
+    # Per micro-batch: each micro-batch's own threshold; the record keeps their range and mean.
+    taus = [topk_token_mask(setup["entropy"][r], mask[r], 0.2)[1] for r in _micro_batch_rows(batch)]
+    forking = setup["losses"][0]["metrics"].forking
+    assert forking.threshold_min == pytest.approx(min(taus), abs=ENTROPY_TOL)
+    assert forking.threshold_max == pytest.approx(max(taus), abs=ENTROPY_TOL)
+    assert forking.threshold == pytest.approx(sum(taus) / len(taus), abs=ENTROPY_TOL)
+    assert forking.threshold_min < forking.threshold_max
+
+
+def test_token_fractions_are_weighted_by_tokens_over_micro_batches_and_ranks(setup: dict[str, Any]) -> None:
+    """DAPO's clip fraction and ratio extremes equal one library call on the whole batch."""
+    index = OBJECTIVES.index({"name": "dapo"})
+    whole = compute_policy_loss(parse_objective(OBJECTIVES[index]), _inputs(setup, slice(None))).metrics
+    got = setup["losses"][index]["metrics"]
+    tokens = int(setup["batch"].response_mask.sum())
+    assert got.response_tokens == tokens
+    assert got.clip_frac.all == pytest.approx(whole["clip_frac"], abs=1.5 / tokens)  # one token may flip
+    assert got.clip_frac.all > 0
+    assert got.ratio.max == pytest.approx(whole["ratio/max"], rel=1e-3)
+    assert got.ratio.min == pytest.approx(whole["ratio/min"], rel=1e-3)
+    assert got.ratio.mean == pytest.approx(whole["ratio/mean"], rel=1e-4)

@@ -25,7 +25,7 @@ def one_step_per_batch(model_dir: str, batches: list) -> Any:
     for batch in batches:
         learner = Learner(make_spec(RUN), parse_objective({"name": "dapo"}), model_dir)
         stats = learner.compute_logprobs(batch)
-        loss = learner.forward_backward(batch)["loss"]
+        loss = learner.forward_backward(batch).loss
         grads = dict(learner.export_grads())
         learner.optimizer_step()
         out.append({"logp": stats.logp, "entropy": stats.entropy, "loss": loss, "grads": grads,

@@ -6,6 +6,7 @@ Everything the learner is compared against is computed here, in the test process
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -85,4 +86,4 @@ def with_old_logp(batch: LearnerBatch, logp: torch.Tensor, seed: int, noise: flo
     """The batch with old log-probs = current ones + noise, so ratios are off 1 and some tokens clip."""
     gen = torch.Generator().manual_seed(seed)
     old = (logp + noise * torch.randn(logp.shape, generator=gen, dtype=torch.float64)) * batch.response_mask
-    return LearnerBatch(**{**batch.__dict__, "old_logp": old.float()})
+    return dataclasses.replace(batch, old_logp=old.float())

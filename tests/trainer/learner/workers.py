@@ -79,10 +79,10 @@ def layout_runs(model_dir: str, batch: LearnerBatch, objective: dict, runs: list
         stats = learner.compute_logprobs(batch)
         result["logp"], result["entropy"] = stats.logp, stats.entropy
         metrics = learner.forward_backward(batch)
-        result["loss"] = metrics["loss"]
+        result["loss"] = metrics.loss
         if not run.get("distributed", True) or learner.layout.dp == 1:
             result["grads"] = dict(learner.export_grads())
-        result["step"] = learner.optimizer_step()
+        result["grad_norm"] = learner.optimizer_step()
         result["params"] = dict(learner.export_weights())
         learner.close()
         out.append(result)
@@ -95,7 +95,7 @@ def objective_losses(model_dir: str, batch: LearnerBatch, objectives: list[dict]
     for objective in objectives:
         learner = Learner(make_spec(run), parse_objective(objective), model_dir)
         metrics = learner.forward_backward(batch)
-        out.append({"objective": objective, "loss": metrics["loss"], "metrics": metrics})
+        out.append({"objective": objective, "loss": metrics.loss, "metrics": metrics})
         learner.close()
     return _rank0(out)
 
@@ -128,12 +128,12 @@ def resume_runs(model_dir: str, batches: list[LearnerBatch], ckpt_root: str, tot
     objective = {"name": "dapo"}
     tp2 = {"tp": 2, "distributed": True}
     straight = Learner(make_spec(tp2), parse_objective(objective), model_dir)
-    straight_losses = [straight.train_step(batches[i])["loss"] for i in range(total)]
+    straight_losses = [straight.train_step(batches[i]).loss for i in range(total)]
     straight_params = dict(straight.export_weights())
     straight.close()
 
     first = Learner(make_spec(tp2), parse_objective(objective), model_dir)
-    resumed_losses = [first.train_step(batches[i])["loss"] for i in range(stop)]
+    resumed_losses = [first.train_step(batches[i]).loss for i in range(stop)]
     first.save(root / "ckpt", data_state={"next_batch": stop, "epoch": 0})
     rng_after_save = torch.rand(3)
     first.close()
@@ -142,14 +142,14 @@ def resume_runs(model_dir: str, batches: list[LearnerBatch], ckpt_root: str, tot
     torch.manual_seed(999)  # the load must restore the RNG, whatever happened in between
     cursor = second.load(root / "ckpt")
     rng_after_load = torch.rand(3)
-    resumed_losses += [second.train_step(batches[i])["loss"] for i in range(cursor["next_batch"], total)]
+    resumed_losses += [second.train_step(batches[i]).loss for i in range(cursor["next_batch"], total)]
     resumed_params = dict(second.export_weights())
     version = second.weight_version
     second.close()
 
     resharded = Learner(make_spec({"tp": 1, "distributed": True}), parse_objective(objective), model_dir)
     resharded_cursor = resharded.load(root / "ckpt")
-    resharded_losses = [resharded.train_step(batches[i])["loss"] for i in range(stop, total)]
+    resharded_losses = [resharded.train_step(batches[i]).loss for i in range(stop, total)]
     resharded_params = dict(resharded.export_weights())
     resharded.close()
     return _rank0(

@@ -16,16 +16,18 @@ import yaml
 
 from forkrl.rollout.types import GenerateRequest, GenerateResult, SampleResult
 from forkrl.rollout.verifier.schemas import CodeItem, MathItem, Reason, VerifyResult
-from forkrl.trainer.controller.loop import RLVRController
+from forkrl.trainer.controller.step import RLVRController
 from forkrl.trainer.controller.weight_push import PushReport
 from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.data.stream import PromptStream
 from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.launch import run_world
 from forkrl.trainer.learner.learner import Learner
+from forkrl.trainer.metrics import LearnerStepMetrics
 from forkrl.trainer.spec import RLVRJobSpec, parse_spec
 from tests.trainer.learner.tiny import save_tiny_model
 from tests.trainer.learner.workers import make_spec
+from tests.trainer.metrics.builders import learner_metrics
 
 SMOKE = Path(__file__).parent / "smoke.yaml"
 URL = "fake://replica-0"
@@ -132,7 +134,7 @@ class OneRankLearners:
         stats = self.call(self.learner.compute_logprobs, batch, model)
         return stats.logp, stats.entropy
 
-    def train_step(self, batch: Any) -> dict[str, float]:
+    def train_step(self, batch: Any) -> LearnerStepMetrics:
         self.trained.append(batch.num_sequences)
         return self.call(self.learner.train_step, batch)
 
@@ -187,13 +189,21 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_filter_only_step_trains_a_ragged_batch_and_skips_an_empty_one(model_dir: str) -> None:
     out = run_world(filter_only_steps, 1, model_dir)[0]
     first = out["first"]
-    assert first["samples"] == 6 and first["dynamic_sampling/dropped_groups"] == 1
+    assert first.trained.samples == 6 and first.dynamic_sampling.dropped_groups == 1
+    # Accuracy and reward of everything generated (8 samples, 5 correct) vs of what was trained on (the
+    # all-correct group dropped: 3 of 6) are reported apart, each under its own name.
+    assert first.generated.samples == 8 and first.generated.accuracy == 5 / 8 and first.generated.reward_mean == 5 / 8
+    assert first.trained.accuracy == 0.5 and first.trained.reward_mean == 0.5
+    # Two optimizer updates: the learner's version is the last one's, an integer, not their mean (1.5).
+    assert first.learner.updates == 2 and first.learner.weight_version == 2
+    assert first.entropy is not None and first.entropy.p10 <= first.entropy.p50 <= first.entropy.p99
     # mini_batch_size 2 prompts x 2 samples = 4 sequences per optimizer step: 6 sequences -> 4, then 2.
     assert out["trained_first"] == [4, 2]
     assert out["moved_first"] > 1e-4
     # Nothing informative in step 2: no optimizer step, no new weight version, a record all the same.
     second = out["second"]
-    assert second["samples"] == 0 and second["dynamic_sampling/dropped_groups"] == 4
+    assert second.trained is None and second.learner is None and second.entropy is None
+    assert second.generated.samples == 8 and second.dynamic_sampling.dropped_groups == 4
     assert out["trained"] == [4, 2] and out["learner_version"] == 2
     assert out["moved_second"] == 0.0
     assert out["version"] == 1 and out["pushed"] == [0, 1]
@@ -208,9 +218,9 @@ class FakeLearners:
     def compute_logprobs(self, batch: Any, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(batch.input_ids.shape), torch.zeros(batch.input_ids.shape)
 
-    def train_step(self, batch: Any) -> dict[str, float]:
+    def train_step(self, batch: Any) -> LearnerStepMetrics:
         self.trained.append(batch.input_ids)
-        return {"loss": 0.0}
+        return learner_metrics()
 
 
 class LaggingReplicas(FakeReplicas):
@@ -245,8 +255,8 @@ def test_stale_groups_are_dropped_before_the_update() -> None:
     assert [t.shape[0] for t in learners.trained] == [6]
     prompt_1 = CharTokenizer()("1*1=")["input_ids"]
     assert not any(row[: len(prompt_1)].tolist() == prompt_1 for row in learners.trained[0])
-    assert record["staleness/dropped_groups"] == 1 and record["samples"] == 6
-    assert record["weight_version_lag/max"] == 1 and record["weight_version_lag/per_sample"] == [0, 0, 1, 1, 0, 0]
+    assert record.staleness.dropped_groups == 1 and record.trained.samples == 6
+    assert record.staleness.lag_max == 1 and record.staleness.lag_per_sample == [0, 0, 1, 1, 0, 0]
     assert ctl.version == 4
 
 
@@ -260,8 +270,8 @@ def test_all_stale_batch_trains_nothing() -> None:
                          PromptStream(rows, seed=0, shuffle=False), log=lambda _: None, version=5)
     ctl.pusher = FakePusher(replicas)
     record = asyncio.run(ctl.train_step_sync())
-    assert learners.trained == [] and ctl.version == 5 and record["samples"] == 0
-    assert record["staleness/dropped_groups"] == 2
+    assert learners.trained == [] and ctl.version == 5 and record.trained is None
+    assert record.staleness.dropped_groups == 2
 
 
 class RestartingReplicas(FakeReplicas):
@@ -302,3 +312,28 @@ def test_off_policy_resyncs_before_each_rollout_and_starts_none_after_the_last_s
     assert replicas.served == [0, 0, 1] and ctl.version == 3
     # Nothing in flight at the end: the stream holds exactly the prompts of the 3 trained steps.
     assert ctl.stream.state.position == 6 and ctl.inflight_cursor is None
+
+
+def test_controller_state_round_trips_with_and_without_the_inflight_rollout() -> None:
+    spec = job_spec(dynamic_sampling={"enabled": False})
+    rows = [PromptRow(prompt=f"{i}/{i}=", answer="10", source="t", index=i) for i in range(10)]
+
+    def fresh() -> RLVRController:
+        return RLVRController(spec, CharTokenizer(), FakeLearners(), FakeReplicas(), ScriptedVerifier(),
+                              PromptStream(rows, seed=0, shuffle=False), log=lambda _: None)
+
+    ctl = fresh()
+    ctl.stream.take(4)
+    ctl.step, ctl.version, ctl.eval_history = 3, 2, [{"phase": "before_rl"}]
+    ctl.inflight_cursor = ctl.stream.state.to_dict()  # the next rollout takes 2 more prompts
+    ctl.stream.take(2)
+    state = ctl.state_dict()
+    assert (state.step, state.version, state.stream["position"]) == (3, 2, 4)
+    assert state.stream_after_inflight is not None and state.stream_after_inflight["position"] == 6
+    for restored, position in ((False, 4), (True, 6)):
+        other = fresh()
+        other.load_state_dict(state, inflight_restored=restored)
+        assert (other.step, other.version, other.eval_history) == (3, 2, [{"phase": "before_rl"}])
+        assert other.stream.state.position == position and other.inflight_cursor is None
+    ctl.inflight_cursor = None  # synchronous mode: the cursor is the stream's own
+    assert ctl.state_dict().stream["position"] == 6 and ctl.state_dict().stream_after_inflight is None
