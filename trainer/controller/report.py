@@ -1,7 +1,7 @@
 """The end-of-run report: `runs/<name>/report.html` with PNG plots read from the typed step and eval records
-(rewards and accuracy, held-out accuracy, entropy percentiles and the forking threshold, response length,
-clip fraction and KL per token type, the selected-token fraction, step time by phase, the entropy
-histogram) and the evaluation table. Every plot labels its axes with units."""
+(rewards and accuracy, held-out accuracy and pass@k, entropy percentiles and the forking threshold,
+response length, clip fraction and KL per token type, the selected-token fraction, the learning rate,
+step time by phase, the entropy histogram) and the evaluation table. Every plot labels its axes with units."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the headless backend
+from matplotlib.ticker import MaxNLocator
 
 from forkrl.trainer.metrics.records import ENTROPY_QUANTILES, EvalRecord, StepRecord
 
@@ -76,6 +77,9 @@ FIGURES = (
     Figure("selected.png", "Tokens with policy gradient", "fraction of response tokens",
            "Fraction of response tokens that received policy gradient (the forking tokens for 80/20).",
            (Series("selected", _learner(lambda m: m.pg_tokens / max(m.response_tokens, 1))),)),
+    Figure("lr.png", "Learning rate", "learning rate (per optimizer update)",
+           "The optimizer's learning rate at the step's last update (warm-up, then the configured decay).",
+           (Series("lr", _learner(lambda m: m.lr)),)),
     Figure("time.png", "Step time by phase", "seconds",
            "Wall time of each phase of a step; off-policy the rollout overlaps the update, so phases can sum to "
            "more than the step.",
@@ -105,11 +109,15 @@ def _eval_plot(path: Path, evals: Sequence[EvalRecord]) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for dataset in sorted({e.dataset for e in evals}):
-        points = sorted((e.step, e.avg) for e in evals if e.dataset == dataset)
-        steps, values = zip(*points, strict=True)
-        ax.plot(steps, values, "-o", label=f"{dataset} avg@k")
+        records = sorted((e for e in evals if e.dataset == dataset), key=lambda e: e.step)
+        line = ax.plot([e.step for e in records], [e.avg for e in records], "-o", label=f"{dataset} avg@k")[0]
+        for k in sorted({k for e in records for k in e.pass_at}, key=int):
+            if k == "1":  # pass@1 is avg@k's unbiased estimate: the same curve
+                continue
+            points = [(e.step, e.pass_at[k]) for e in records if k in e.pass_at]
+            ax.plot(*zip(*points, strict=True), "--", marker=".", color=line.get_color(), label=f"{dataset} pass@{k}")
     ax.set_ylim(0, 1)
-    _finish(fig, ax, path, "Held-out accuracy", "RL step (0 = before RL)", "accuracy (fraction correct)", True)
+    _finish(fig, ax, path, "Held-out accuracy", "RL step (0 = before RL)", "fraction of problems solved", True)
     plt.close(fig)
     return True
 
@@ -119,13 +127,17 @@ def _histogram(path: Path, entropies: Sequence[float]) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     ax.hist(entropies, bins=60, log=True, color="tab:purple")
-    _finish(fig, ax, path, "Token entropy (last training step)", "entropy (nats)", "tokens (log scale)", False)
+    _finish(fig, ax, path, "Token entropy (last training step)", "entropy (nats)", "tokens (log scale)", False,
+            integer_x=False)
     plt.close(fig)
     return True
 
 
-def _finish(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str, legend: bool) -> None:
+def _finish(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str, legend: bool,
+            integer_x: bool = True) -> None:
     ax.set_title(title)
+    if integer_x:  # RL steps
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -141,7 +153,8 @@ def write_report(run_dir: Path, name: str, steps: Sequence[StepRecord], evals: S
     run_dir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str]] = []
     if _eval_plot(run_dir / "heldout.png", evals):
-        figures.append(("heldout.png", "Held-out avg@k accuracy before RL, at every eval.interval and after RL"))
+        figures.append(("heldout.png", "Held-out avg@k accuracy and pass@k before RL, at every eval.interval and "
+                                        "after RL"))
     for figure in FIGURES:
         if _line_plot(run_dir / figure.file, steps, figure):
             figures.append((figure.file, figure.caption))

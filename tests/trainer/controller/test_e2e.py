@@ -85,11 +85,11 @@ def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None
     weights = _final_weights(reference_run)
     assert weights and all(torch.equal(final.state_dict()[name], w) for name, w in weights.items())
     report = (reference_run / "report.html").read_text()
-    for png in ("reward.png", "heldout.png", "entropy.png", "length.png", "clip.png", "selected.png", "time.png",
-                "entropy_hist.png"):
+    for png in ("reward.png", "heldout.png", "entropy.png", "length.png", "clip.png", "selected.png", "lr.png",
+                "time.png", "entropy_hist.png"):
         assert png in report and (reference_run / png).stat().st_size > 1000
     check = check_page(reference_run / "report.html")
-    assert check.problems() == [] and len(check.images) >= 8, check.problems()
+    assert check.problems() == [] and len(check.images) >= 9, check.problems()
     assert json.loads(json.dumps(load_spec(reference_run.parent.parent / "spec.yaml").model_dump()))
 
 

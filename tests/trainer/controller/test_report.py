@@ -14,7 +14,7 @@ from tests.trainer.metrics.builders import step_record
 def test_report_shows_every_plot_in_a_browser(tmp_path: Path) -> None:
     steps = [step_record(step) for step in range(1, 6)]
     steps[2] = step_record(3, trained=False)  # a step that trained nothing leaves gaps, not errors
-    evals = [EvalRecord(step=s, phase=p, dataset="heldout", avg=a)
+    evals = [EvalRecord(step=s, phase=p, dataset="heldout", avg=a, pass_at={"1": a, "4": min(1.0, 2 * a)})
              for s, p, a in ((0, "before_rl", 0.2), (2, "step_2", 0.3), (5, "after_rl", 0.45))]
     eval_rows = [{"phase": e.phase, "dataset": e.dataset, "avg@4": e.avg} for e in evals]
     page = write_report(tmp_path, "unit <run>", steps, evals, eval_rows, [0.1, 0.5, 2.0] * 50, {"steps": 5})
@@ -34,11 +34,11 @@ def test_report_leaves_out_plots_without_data(tmp_path: Path) -> None:
     check = check_page(page)
     assert check.problems() == [], check.problems()
     drawn = {image.src for image in check.images}
-    assert drawn == {"reward.png", "length.png", "time.png"}
+    assert drawn == {"reward.png", "length.png", "time.png"}  # no learner metrics: no lr, clip, KL
     assert not (tmp_path / "clip.png").exists() and not (tmp_path / "heldout.png").exists()
 
 
 def test_every_plot_names_its_axes_with_units() -> None:
     for figure in FIGURES:
         assert figure.ylabel and figure.title and figure.caption, figure.file
-        assert any(unit in figure.ylabel for unit in ("fraction", "nats", "tokens", "seconds", "reward")), figure
+        assert any(unit in figure.ylabel for unit in ("fraction", "nats", "tokens", "seconds", "reward", "learning rate")), figure
