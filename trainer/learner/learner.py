@@ -32,9 +32,9 @@ from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, to
 from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
 from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
 from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, initialize_parallel
-from forkrl.trainer.learner.step_metrics import LossSummary, summarize_losses
+from forkrl.trainer.learner.step_metrics import summarize_losses
 from forkrl.trainer.learner.weights import export_hf_weights, import_hf_weights
-from forkrl.trainer.metrics.records import LearnerStepMetrics
+from forkrl.trainer.metrics.records import LearnerStepMetrics, LossMetrics
 from forkrl.trainer.objectives import ForkingConfig, LossContext, ObjectiveConfig, mini_batch_context
 from forkrl.trainer.objectives.normalizers import needs_token_split, token_split
 
@@ -225,11 +225,11 @@ class Learner:
                                   seconds=seconds, tokens_per_second=float(batch.seq_lens.sum()) / seconds,
                                   peak_memory_mib=self.peak_memory_mib())
 
-    def forward_backward(self, batch: LearnerBatch) -> LossSummary:
+    def forward_backward(self, batch: LearnerBatch) -> LossMetrics:
         """Gradients of the mini-batch loss, reduced over DP, without an optimizer step.
 
         The loss of every micro-batch is already normalised by global counts, so the reduced
-        gradient is exactly that of the whole mini-batch's loss (`LossSummary.loss`).
+        gradient is exactly that of the whole mini-batch's loss (`LossMetrics.loss`).
         """
         if self.objective.needs_reference and batch.ref_logp is None:
             batch = dataclasses.replace(batch, ref_logp=self.compute_logprobs(batch, "reference").logp)

@@ -1,7 +1,7 @@
 """From the loss reports of one mini-batch's micro-batches (on every data-parallel rank) to one exact
-`LossSummary`: counts are summed, fractions are weighted by the tokens they count, ratio extremes are
-taken over all tokens, and the entropy percentiles are order statistics of the whole mini-batch found by
-radix selection (a few KiB of communication, no token is gathered).
+`LossMetrics` (trainer/metrics/records.py): counts are summed, fractions are weighted by the tokens they
+count, ratio extremes are taken over all tokens, and the entropy percentiles are order statistics of the
+whole mini-batch found by radix selection (a few KiB of communication, no token is gathered).
 
 Collective over the data-parallel group; runs on the last pipeline stage, which holds the losses.
 """
@@ -21,6 +21,7 @@ from forkrl.trainer.metrics.records import (
     ByTokenType,
     EntropyPercentiles,
     ForkingStats,
+    LossMetrics,
     MismatchKL,
     RatioStats,
 )
@@ -44,24 +45,6 @@ class MicroBatchReport:
     metrics: dict[str, float]
     entropy: torch.Tensor
     """[response tokens] fp32, detached, on the loss's device."""
-
-
-@dataclass(frozen=True)
-class LossSummary:
-    """The loss-side half of a `LearnerStepMetrics` (the optimizer adds grad norm, lr, version, time)."""
-
-    loss: float
-    response_tokens: int
-    pg_tokens: int
-    high_tokens: int = 0
-    entropy: EntropyPercentiles | None = None
-    ratio: RatioStats | None = None
-    clip_frac: ByTokenType | None = None
-    dual_clip_frac: float | None = None
-    kl: ByTokenType | None = None
-    mismatch: MismatchKL | None = None
-    forking: ForkingStats | None = None
-    other: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,7 +132,7 @@ def exact_percentiles(values: torch.Tensor, total: int, group: dist.ProcessGroup
 
 
 def summarize_losses(reports: Sequence[MicroBatchReport], group: dist.ProcessGroup | None,
-                     split_thresholds: Sequence[float] = ()) -> LossSummary:
+                     split_thresholds: Sequence[float] = ()) -> LossMetrics:
     """The mini-batch's loss metrics over this rank's micro-batches and every rank of `group` (None = no DP).
 
     split_thresholds: forking thresholds computed before the loss (the global selection), in addition to
@@ -186,7 +169,7 @@ def _by_type(part: _Partial, name: str) -> ByTokenType | None:
     return ByTokenType(all=overall, high=part.mean(f"{name}/high"), low=part.mean(f"{name}/low"))
 
 
-def _summary(part: _Partial, entropy: EntropyPercentiles | None) -> LossSummary:
+def _summary(part: _Partial, entropy: EntropyPercentiles | None) -> LossMetrics:
     ratio = None
     if (mean := part.mean("ratio/mean")) is not None:
         ratio = RatioStats(mean=mean, min=part.ratio_min, max=part.ratio_max)
@@ -202,7 +185,7 @@ def _summary(part: _Partial, entropy: EntropyPercentiles | None) -> LossSummary:
              "clip_frac", "kl", *_HIGH_KEYS, *_LOW_KEYS}
     other = {k: v for k in sorted(part.sums) if k not in typed and (v := part.mean(k)) is not None}
     other.update(part.summed)
-    return LossSummary(
+    return LossMetrics(
         loss=part.loss, response_tokens=part.tokens, pg_tokens=part.pg_tokens, high_tokens=part.high_tokens,
         entropy=entropy, ratio=ratio, clip_frac=_by_type(part, "clip_frac"), dual_clip_frac=part.mean("dual_clip_frac"),
         kl=_by_type(part, "kl"), mismatch=mismatch, forking=forking, other=other,

@@ -10,6 +10,7 @@ from forkrl.trainer.metrics.records import (
     EvalRecord,
     ForkingStats,
     LearnerStepMetrics,
+    LossMetrics,
     MismatchKL,
     PhaseSeconds,
     RatioStats,
@@ -23,6 +24,6 @@ from forkrl.trainer.metrics.records import (
 
 __all__ = [
     "ENTROPY_QUANTILES", "ByTokenType", "DynamicSamplingStats", "EntropyPercentiles", "EvalRecord", "ForkingStats",
-    "LearnerStepMetrics", "MismatchKL", "PhaseSeconds", "RatioStats", "ReplicaStats", "SampleStats",
+    "LearnerStepMetrics", "LossMetrics", "MismatchKL", "PhaseSeconds", "RatioStats", "ReplicaStats", "SampleStats",
     "StalenessStats", "StepRecord", "SyncStats", "TrainedStats", "flatten", "unflatten",
 ]

@@ -71,29 +71,18 @@ class ForkingStats:
     threshold_max: float | None = None
 
 
-@dataclass(frozen=True)
-class LearnerStepMetrics:
-    """One optimizer update on a global mini-batch, exact over its micro-batches and data-parallel ranks:
-    fractions and means are token-weighted over all of them, entropy percentiles come from one global
-    selection, never from averaging per-micro-batch values."""
+@dataclass(frozen=True, kw_only=True)
+class LossMetrics:
+    """The loss side of one optimizer update on a global mini-batch, exact over its micro-batches and
+    data-parallel ranks: fractions and means are token-weighted over all of them, entropy percentiles come
+    from one global selection, never from averaging per-micro-batch values."""
 
     loss: float
     response_tokens: int
     pg_tokens: int
     """Response tokens that received policy gradient (all of them for DAPO; the forking tokens for 80/20)."""
-    grad_norm: float
-    lr: float
-    weight_version: int
-    """The learner's weight version after the update (the synced version plus updates since)."""
-    seconds: float
-    tokens_per_second: float
-    """Prompt and response tokens processed per second of the update (forward + backward + optimizer)."""
-    peak_memory_mib: float
-    """Rank 0's peak memory so far: CUDA allocated on GPU, resident set on CPU."""
     high_tokens: int = 0
     """Response tokens on the high-entropy side of the split the by-type metrics use (the rest are low)."""
-    updates: int = 1
-    """Optimizer updates this record covers (a step's combined record: epochs x mini-batches)."""
     entropy: EntropyPercentiles | None = None
     """Current-policy entropy of the mini-batch (one update only: percentiles do not combine)."""
     ratio: RatioStats | None = None
@@ -104,6 +93,24 @@ class LearnerStepMetrics:
     forking: ForkingStats | None = None
     other: dict[str, float] = field(default_factory=dict)
     """Objective-specific token-weighted means (`archer/reasoning_frac`, `cov/zeroed_frac`, `tis/weight_mean`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerStepMetrics(LossMetrics):
+    """One optimizer update (or a step's updates combined): the loss side plus what the optimizer and the
+    clock measured."""
+
+    grad_norm: float
+    lr: float
+    weight_version: int
+    """The learner's weight version after the update (the synced version plus updates since)."""
+    seconds: float
+    tokens_per_second: float
+    """Prompt and response tokens processed per second of the update (forward + backward + optimizer)."""
+    peak_memory_mib: float
+    """Rank 0's peak memory so far: CUDA allocated on GPU, resident set on CPU."""
+    updates: int = 1
+    """Optimizer updates this record covers (a step's combined record: epochs x mini-batches)."""
 
     @staticmethod
     def combine(updates: Sequence[LearnerStepMetrics]) -> LearnerStepMetrics:

@@ -41,4 +41,5 @@ def test_report_leaves_out_plots_without_data(tmp_path: Path) -> None:
 def test_every_plot_names_its_axes_with_units() -> None:
     for figure in FIGURES:
         assert figure.ylabel and figure.title and figure.caption, figure.file
-        assert any(unit in figure.ylabel for unit in ("fraction", "nats", "tokens", "seconds", "reward", "learning rate")), figure
+        units = ("fraction", "nats", "tokens", "seconds", "reward", "learning rate")
+        assert any(unit in figure.ylabel for unit in units), figure
