@@ -1,7 +1,8 @@
 """The RLVRJob CustomResourceDefinition, generated from the pydantic models (`forkrl crd`).
 
     forkrl crd                 # print the CRD YAML
-    forkrl crd --write         # regenerate every generated file of the charts (CRD, values schema, RBAC, dashboard)
+    forkrl crd --write         # regenerate every generated file of the charts (CRD, values schema, RBAC, dashboards,
+                               # docs/metrics.md)
     forkrl crd --check         # exit 1 when a generated file in the repository is stale
 
 The schema is structural (see schema.py); cross-field rules are CEL (see cel.py); the status schema
@@ -147,6 +148,7 @@ def values_schema() -> dict[str, Any]:
 def generated_files() -> dict[Path, str]:
     """Every generated file of the charts, by path relative to the repository root."""
     from forkrl.operator.dashboard import dashboard_json
+    from forkrl.operator.metrics_docs import METRICS_DOC_PATH, metrics_markdown
     from forkrl.operator.rbac import cluster_role_rules_yaml
 
     return {
@@ -154,6 +156,7 @@ def generated_files() -> dict[Path, str]:
         VALUES_SCHEMA_PATH: json.dumps(values_schema(), indent=2) + "\n",
         RBAC_RULES_PATH: GENERATED_HEADER + cluster_role_rules_yaml(),
         DASHBOARD_PATH: dashboard_json(),
+        METRICS_DOC_PATH: metrics_markdown(),
     }
 
 

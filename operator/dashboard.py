@@ -10,7 +10,7 @@ from typing import Any
 from forkrl.trainer.metrics import prometheus as m
 
 RUN = 'run=~"$run"'
-STEP_SECONDS = f"rate({m.STEP_DURATION}_bucket{{{RUN}}}[10m])"
+STEP_SECONDS = f"rate({m.STEP_DURATION.name}_bucket{{{RUN}}}[10m])"
 
 
 def _panel(
@@ -39,18 +39,18 @@ def _panel(
 
 
 def panels() -> list[dict[str, Any]]:
-    entropy, quantile = m.ENTROPY
-    clip, clip_type = m.CLIP_RATIO
-    kl, kl_type = m.KL
-    phase_seconds, phase = m.PHASE_SECONDS
-    evaluation, dataset = m.EVAL_ACCURACY
+    entropy, quantile = m.ENTROPY.name, "quantile"
+    clip, clip_type = m.CLIP_RATIO.name, "token_type"
+    kl, kl_type = m.KL.name, "token_type"
+    phase_seconds, phase = m.PHASE_SECONDS.name, "phase"
+    evaluation, dataset = m.EVAL_ACCURACY.name, "dataset"
     specs: list[tuple[str, list[tuple[str, str]], str, str]] = [
-        ("Reward", [(f"{m.REWARD}{{{RUN}}}", "{{run}}")], "short",
+        ("Reward", [(f"{m.REWARD.name}{{{RUN}}}", "{{run}}")], "short",
          "Mean verifier reward of the step's generated samples."),
         (
             "Accuracy",
             [
-                (f"{m.ACCURACY}{{{RUN}}}", "{{run}} train"),
+                (f"{m.ACCURACY.name}{{{RUN}}}", "{{run}} train"),
                 (f"{evaluation}{{{RUN}}}", f"{{{{run}}}} eval {{{{{dataset}}}}}"),
             ],
             "percentunit",
@@ -65,8 +65,8 @@ def panels() -> list[dict[str, Any]]:
         (
             "Forking threshold and selected tokens",
             [
-                (f"{m.FORKING_THRESHOLD}{{{RUN}}}", "{{run}} threshold (nats)"),
-                (f"{m.SELECTED_RATIO}{{{RUN}}}", "{{run}} selected ratio"),
+                (f"{m.FORKING_THRESHOLD.name}{{{RUN}}}", "{{run}} threshold (nats)"),
+                (f"{m.SELECTED_RATIO.name}{{{RUN}}}", "{{run}} selected ratio"),
             ],
             "short",
             "Entropy threshold of the top-rho mask and the fraction of tokens that get gradient.",
@@ -81,7 +81,7 @@ def panels() -> list[dict[str, Any]]:
             "KL",
             [
                 (f"{kl}{{{RUN}}}", f"{{{{run}}}} ref {{{{{kl_type}}}}}"),
-                (f"{m.MISMATCH_KL}{{{RUN}}}", "{{run}} rollout vs learner"),
+                (f"{m.MISMATCH_KL.name}{{{RUN}}}", "{{run}} rollout vs learner"),
             ],
             "short",
             "KL to the reference policy per token type, and the train-inference mismatch.",
@@ -109,28 +109,28 @@ def panels() -> list[dict[str, Any]]:
         ),
         (
             "Throughput",
-            [(f"{m.TOKENS_PER_SECOND}{{{RUN}}}", "{{run}} tokens/s")],
+            [(f"{m.GENERATION_TPS.name}{{{RUN}}}", "{{run}} tokens/s")],
             "short",
             "Generated tokens per second.",
         ),
         (
             "Weights",
             [
-                (f"{m.WEIGHT_VERSION}{{{RUN}}}", "{{run}} version"),
-                (f"{m.VERSION_LAG}{{{RUN}}}", "{{run}} max lag"),
+                (f"{m.WEIGHT_VERSION.name}{{{RUN}}}", "{{run}} version"),
+                (f"{m.WEIGHT_LAG.name}{{{RUN}}}", "{{run}} max lag"),
             ],
             "short",
             "Policy weight version and the largest version lag of a sample.",
         ),
         (
             "Loss and gradient norm",
-            [(f"{m.LOSS}{{{RUN}}}", "{{run}} loss"), (f"{m.GRAD_NORM}{{{RUN}}}", "{{run}} grad norm")],
+            [(f"{m.LOSS.name}{{{RUN}}}", "{{run}} loss"), (f"{m.GRAD_NORM.name}{{{RUN}}}", "{{run}} grad norm")],
             "short",
             "",
         ),
         (
             "Response length",
-            [(f"{m.RESPONSE_LENGTH}{{{RUN}}}", "{{run}}")],
+            [(f"{m.RESPONSE_LENGTH.name}{{{RUN}}}", "{{run}}")],
             "short",
             "Mean response length in tokens.",
         ),
@@ -160,7 +160,7 @@ def dashboard() -> dict[str, Any]:
                     "multi": True,
                     "includeAll": True,
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": {"query": f"label_values({m.STEP}, run)", "refId": "runs"},
+                    "query": {"query": f"label_values({m.STEP.name}, run)", "refId": "runs"},
                     "refresh": 2,
                 },
             ]

@@ -1,58 +1,62 @@
-"""Prometheus metrics of one verifier service (`forkrl_verifier_*`, labels `run` and `replica`)."""
+"""Prometheus metrics of one verifier service (`forkrl_verifier_<what>_<unit>`, labels `run` and `replica`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from forkrl.rollout.metric_spec import Kind, MetricSpec
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+_BASE = ("run", "replica")
+
+
+def _spec(name: str, kind: Kind, help: str, *labels: str, buckets: tuple[float, ...] | None = None) -> MetricSpec:
+    return MetricSpec(name, kind, help, (*_BASE, *labels), buckets)
+
+
+REQUESTS = _spec("forkrl_verifier_requests_total", "counter", "HTTP requests by route and status code.", "route",
+                 "status")
+REQUEST_SECONDS = _spec("forkrl_verifier_request_duration_seconds", "histogram", "HTTP request latency by route.",
+                        "route", buckets=_LATENCY_BUCKETS)
+ITEMS = _spec("forkrl_verifier_items_total", "counter", "Scored items by task and reason (internal_error: the "
+              "verifier failed, not the model).", "task", "reason")
+ITEM_SECONDS = _spec("forkrl_verifier_item_duration_seconds", "histogram",
+                     "Time to score one item (excluding queueing) by task.", "task", buckets=_LATENCY_BUCKETS)
+SANDBOX_KILLS = _spec("forkrl_verifier_sandbox_kills_total", "counter",
+                      "Sandboxed programs killed at a wall-clock or output limit.")
+WORKER_RESTARTS = _spec("forkrl_verifier_worker_restarts_total", "counter",
+                        "Worker processes replaced, by cause (crash, timeout).", "cause")
+REJECTED_ITEMS = _spec("forkrl_verifier_rejected_items_total", "counter",
+                       "Items refused with 429 because the queue was full.")
+QUEUE_DEPTH = _spec("forkrl_verifier_queue_depth_items", "gauge", "Items waiting for a worker.")
+INFLIGHT = _spec("forkrl_verifier_inflight_items", "gauge", "Items being scored by a worker.")
+WORKERS = _spec("forkrl_verifier_worker_processes", "gauge", "Live worker processes.")
+VERIFIER_METRICS = (REQUESTS, REQUEST_SECONDS, ITEMS, ITEM_SECONDS, SANDBOX_KILLS, WORKER_RESTARTS, REJECTED_ITEMS,
+                    QUEUE_DEPTH, INFLIGHT, WORKERS)
 
 
 class VerifierMetrics:
     """A private registry per service instance, so several apps in one process never collide."""
 
     def __init__(self, run: str, replica: str) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = r = CollectorRegistry()
         self._base = {"run": run, "replica": replica}
-        base = ["run", "replica"]
-        self.requests = Counter(
-            "forkrl_verifier_requests_total", "HTTP requests by route and status code.",
-            [*base, "route", "status"], registry=self.registry,
-        )  # fmt: skip
-        self.request_seconds = Histogram(
-            "forkrl_verifier_request_duration_seconds", "HTTP request latency by route.",
-            [*base, "route"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.items = Counter(
-            "forkrl_verifier_items_total", "Scored items by task and reason.",
-            [*base, "task", "reason"], registry=self.registry,
-        )  # fmt: skip
-        self.item_seconds = Histogram(
-            "forkrl_verifier_item_duration_seconds", "Time to score one item (excluding queueing) by task.",
-            [*base, "task"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.sandbox_kills = Counter(
-            "forkrl_verifier_sandbox_kills_total", "Sandboxed programs killed at a wall-clock or output limit.",
-            base, registry=self.registry,
-        )  # fmt: skip
-        self.worker_restarts = Counter(
-            "forkrl_verifier_worker_restarts_total", "Worker processes replaced, by cause (crash, timeout).",
-            [*base, "cause"], registry=self.registry,
-        )  # fmt: skip
-        self.rejected_items = Counter(
-            "forkrl_verifier_rejected_items_total", "Items refused with 429 because the queue was full.",
-            base, registry=self.registry,
-        )  # fmt: skip
-        self.queue_depth = Gauge(
-            "forkrl_verifier_queue_depth", "Items waiting for a worker.", base, registry=self.registry
-        )
-        self.inflight = Gauge(
-            "forkrl_verifier_inflight_items", "Items being scored by a worker.", base, registry=self.registry
-        )
-        self.workers = Gauge("forkrl_verifier_workers", "Live worker processes.", base, registry=self.registry)
+        self.requests = REQUESTS.counter(r)
+        self.request_seconds = REQUEST_SECONDS.histogram(r)
+        self.items = ITEMS.counter(r)
+        self.item_seconds = ITEM_SECONDS.histogram(r)
+        self.sandbox_kills = SANDBOX_KILLS.counter(r)
+        self.worker_restarts = WORKER_RESTARTS.counter(r)
+        self.rejected_items = REJECTED_ITEMS.counter(r)
+        self.queue_depth = QUEUE_DEPTH.gauge(r)
+        self.inflight = INFLIGHT.gauge(r)
+        self.workers = WORKERS.gauge(r)
 
         for counter in (self.sandbox_kills, self.rejected_items):
             counter.labels(**self._base)  # exported as 0 before the first event

@@ -72,6 +72,7 @@ def test_monitoring_objects_are_gated_on_values(forkrl_cluster: ControlPlane) ->
     assert monitored[("ServiceMonitor", "demo-forkrl")]["spec"]["endpoints"][0]["port"] == "metrics"
     pod_monitor = monitored[("PodMonitor", "demo-forkrl")]["spec"]
     assert pod_monitor["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert pod_monitor["jobLabel"] == "forkrl.dev/job"  # series of a job's pods carry job=<RLVRJob name>
     assert [e["port"] for e in pod_monitor["podMetricsEndpoints"]] == ["metrics", "http"]
     no_dashboard = render(forkrl_cluster, CHART, "--set", "grafanaDashboard.enabled=false")
     assert ("ConfigMap", "demo-forkrl-dashboard") not in no_dashboard

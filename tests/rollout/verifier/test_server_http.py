@@ -110,14 +110,14 @@ def test_metrics_count_items_by_task_and_reason(verifier_server: ServerProcess) 
     text = httpx.get(f"{verifier_server.url}/metrics").text
     for name in (
         "forkrl_verifier_requests_total",
-        "forkrl_verifier_queue_depth",
+        "forkrl_verifier_queue_depth_items",
         "forkrl_verifier_inflight_items",
         "forkrl_verifier_sandbox_kills_total",
         "forkrl_verifier_worker_restarts_total",
         "forkrl_verifier_request_duration_seconds_bucket",
     ):
         assert name in text
-    assert _metric(verifier_server, "forkrl_verifier_workers", **labels) == 2
+    assert _metric(verifier_server, "forkrl_verifier_worker_processes", **labels) == 2
 
 
 def test_client_round_trip_with_chunking(verifier_server: ServerProcess) -> None:

@@ -47,13 +47,15 @@ def test_prometheus_jsonl_and_tensorboard(tmp_path: Path) -> None:
         'forkrl_trainer_clip_ratio{run="unit",token_type="all"}': 0.0625,
         'forkrl_trainer_kl_nats{run="unit",token_type="low"}': 0.0125,
         'forkrl_trainer_phase_seconds{phase="rollout",run="unit"}': 2.0,
-        'forkrl_trainer_samples_total{run="unit"}': 16.0,
-        'forkrl_trainer_dropped_groups_total{run="unit"}': 3.0,
+        'forkrl_trainer_generated_samples_total{run="unit"}': 16.0,
+        'forkrl_trainer_dropped_groups_total{reason="dynamic_sampling",run="unit"}': 3.0,
         'forkrl_trainer_forking_threshold_nats{run="unit"}': learner.forking.threshold,
         'forkrl_trainer_selected_token_ratio{run="unit"}': 80 / 400,
         'forkrl_trainer_eval_accuracy_ratio{dataset="heldout",run="unit"}': 0.4,
         'forkrl_trainer_step_duration_seconds_count{run="unit"}': 1.0,
         'forkrl_trainer_weight_version{run="unit"}': 1.0,
+        'forkrl_learner_loss{run="unit"}': learner.loss,
+        'forkrl_learner_peak_memory_bytes{run="unit"}': learner.peak_memory_mib * 2**20,
     }
     exported = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     for series, value in expected.items():
