@@ -1,15 +1,16 @@
 """Pure builders: an RLVRJob (its effective spec, uid and attempt) -> the manifests of its children.
 
-Every child carries owner reference, `app.kubernetes.io/*` labels, `forkrl.dev/job` and the hash of
-its own manifest (`forkrl.dev/desired-hash`), so the reconciler can tell whether a live object is
-already what it would apply. Nothing here talks to the API server.
+Every child carries an owner reference (except a retained checkpoint claim), `app.kubernetes.io/*`
+labels, `forkrl.dev/job` and the hash of its own manifest (`forkrl.dev/desired-hash`), so the
+reconciler can tell whether a live object is already what it would apply. Nothing here talks to the
+API server.
 
 | child | name | purpose |
 |---|---|---|
 | ServiceAccount, Role, RoleBinding | `<job>-controller` | the controller may get/patch only `<job>-status` |
 | ConfigMap | `<job>-config` | `spec.yaml` for `forkrl train`, `verifier.yaml` for the verifier |
 | ConfigMap | `<job>-status` | written by the controller (progress); created empty here |
-| PersistentVolumeClaim | `<job>-checkpoints` | only with `cluster.storage.create_claim` |
+| PersistentVolumeClaim | `<job>-checkpoints` | with `cluster.storage.create_claim`; outlives the job (`retain`) |
 | Service + Deployment | `<job>-rollout` | rollout replicas (headless Service: one DNS record per replica) |
 | Service + Deployment | `<job>-verifier` | reward verifier (absent with `spec.verifier.endpoint`) |
 | RayJob | `<job>` / `<job>-r<n>` | controller (head) + learner workers, one per attempt |
@@ -28,6 +29,8 @@ from forkrl.operator import workloads
 from forkrl.operator.context import JobContext, controller_spec
 from forkrl.operator.names import (
     HASH_ANNOTATION,
+    JOB_UID_ANNOTATION,
+    RETAINED_LABEL,
     SERVICE_PORT,
     SPEC_FILE,
     VERIFIER_FILE,
@@ -103,18 +106,32 @@ def controller_rbac(ctx: JobContext) -> list[Manifest]:
 
 
 def claim(ctx: JobContext) -> Manifest | None:
+    """The checkpoint claim. Retained (the default): no owner reference, labelled `forkrl.dev/retained`,
+    annotated with the uid of the job using it. A claim that exists keeps its own spec (immutable)."""
     created = ctx.cluster.storage.create_claim
     if created is None:
         return None
-    spec: dict[str, Any] = {"accessModes": [created.access_mode], "resources": {"requests": {"storage": created.size}}}
-    if created.storage_class_name is not None:
-        spec["storageClassName"] = created.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": metadata(ctx.names, ctx.names.claim, ctx.uid, "storage"),
-        "spec": spec,
+    live = ctx.live_claim_spec or {}
+    storage = ((live.get("resources") or {}).get("requests") or {}).get("storage")
+    spec: dict[str, Any] = {
+        "accessModes": list(live.get("accessModes") or [created.access_mode]),
+        "resources": {"requests": {"storage": storage or created.size}},
     }
+    if created.storage_class_name is not None:
+        spec["storageClassName"] = live.get("storageClassName") or created.storage_class_name
+    if created.retain:
+        meta = metadata(
+            ctx.names,
+            ctx.names.claim,
+            ctx.uid,
+            "storage",
+            extra_labels={RETAINED_LABEL: "true"},
+            annotations={JOB_UID_ANNOTATION: ctx.uid},
+            owned=False,
+        )
+    else:
+        meta = metadata(ctx.names, ctx.names.claim, ctx.uid, "storage")
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
 
 
 def service(ctx: JobContext, component: str, name: str, headless: bool) -> Manifest:

@@ -93,7 +93,12 @@ class VerifierPods(Placement):
 
 
 class CreatedClaim(_Spec):
-    """A checkpoint PersistentVolumeClaim the operator creates (named `<job>-checkpoints`, deleted with the job)."""
+    """A checkpoint PersistentVolumeClaim the operator creates, named `<job>-checkpoints`.
+
+    Retained by default: it carries no owner reference, so deleting the RLVRJob (or `helm uninstall` of
+    its chart) keeps the checkpoints; a job created again with the same name reuses it. Retained claims
+    are labelled `forkrl.dev/job=<job>` and `forkrl.dev/retained=true` (`kubectl delete pvc -l ...`).
+    """
 
     size: str = Field("100Gi", pattern=QUANTITY_PATTERN, description="Requested storage.")
     storage_class_name: str | None = Field(
@@ -101,6 +106,11 @@ class CreatedClaim(_Spec):
     )
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = Field(
         "ReadWriteMany", description="The head and every learner pod mount it, so usually ReadWriteMany."
+    )
+    retain: bool = Field(
+        True,
+        description="Keep the claim (and the checkpoints on it) when the RLVRJob is deleted; a job created again "
+        "with the same name reuses it. false: the claim is owned by the RLVRJob and deleted with it.",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from forkrl.operator.cluster_spec import ClusterSpec
 from forkrl.operator.names import JobNames
@@ -20,6 +21,9 @@ class JobContext:
     attempt: int = 0
     # spec.suspend of the live RayJob: with Kueue, Kueue owns it after creation and the operator keeps it.
     live_ray_job_suspend: bool | None = None
+    # spec of the live checkpoint claim: a claim's spec is immutable, so an existing one (also a retained
+    # claim adopted by a job created again under its name) keeps its size, access mode and class.
+    live_claim_spec: dict[str, Any] | None = None
 
     @property
     def cluster(self) -> ClusterSpec:

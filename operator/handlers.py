@@ -111,8 +111,8 @@ def register(registry: kopf.OperatorRegistry, config: HandlerConfig) -> None:
             logger.warning("resync of %s/%s failed: %s", namespace, name, err)
 
     @kopf.on.delete(**job, id="sweep")
-    async def sweep(name: str, namespace: str, memo: Any, **kwargs: Any) -> None:
-        await _reconciler(memo).sweep(namespace, name, children_of(_indices(kwargs), namespace, name))
+    async def sweep(name: str, namespace: str, uid: str, memo: Any, **kwargs: Any) -> None:
+        await _reconciler(memo).sweep(namespace, name, uid, children_of(_indices(kwargs), namespace, name))
 
     # ------------------------------------------------------------------ children
     async def index_child(namespace: str, labels: Any, body: Any, **_: Any) -> dict[tuple[str, str], Any]:

@@ -4,11 +4,16 @@ the reconciler and the tests agree)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from forkrl.operator.resource import API_VERSION, KIND
 
 FIELD_MANAGER = "forkrl-operator"
 JOB_LABEL = "forkrl.dev/job"
+# On a checkpoint claim kept after its job (no owner reference); the operator never deletes these.
+RETAINED_LABEL = "forkrl.dev/retained"
+# The uid of the RLVRJob that last applied a retained claim (tells an adopted claim from its own).
+JOB_UID_ANNOTATION = "forkrl.dev/job-uid"
 RAY_JOB_LABEL = "forkrl.dev/ray-job"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 HASH_ANNOTATION = "forkrl.dev/desired-hash"
@@ -85,6 +90,12 @@ def selector(job: str, component: str) -> dict[str, str]:
     return {JOB_LABEL: job, COMPONENT_LABEL: component}
 
 
+def owned_by(child: dict[str, Any], uid: str) -> bool:
+    """Whether a (live) child has an owner reference to the RLVRJob with this uid."""
+    refs = child.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
 def owner_reference(job: str, uid: str) -> dict[str, object]:
     return {
         "apiVersion": API_VERSION,
@@ -103,13 +114,16 @@ def metadata(
     component: str,
     extra_labels: dict[str, str] | None = None,
     annotations: dict[str, str] | None = None,
+    owned: bool = True,
 ) -> dict[str, object]:
+    """Labels and owner reference of a child; `owned=False` for one that outlives the job (a retained claim)."""
     meta: dict[str, object] = {
         "name": name,
         "namespace": names.namespace,
         "labels": {**labels(names.job, component), **(extra_labels or {})},
-        "ownerReferences": [owner_reference(names.job, uid)],
     }
+    if owned:
+        meta["ownerReferences"] = [owner_reference(names.job, uid)]
     if annotations:
         meta["annotations"] = dict(annotations)
     return meta

@@ -26,8 +26,9 @@ from forkrl.operator.context import JobContext
 from forkrl.operator.drift import merge_diff, needs_apply
 from forkrl.operator.kube import Kube, KubeError
 from forkrl.operator.metrics import OperatorMetrics
-from forkrl.operator.names import RAY_JOB_LABEL, JobNames
+from forkrl.operator.names import JOB_UID_ANNOTATION, RAY_JOB_LABEL, JobNames, owned_by
 from forkrl.operator.observe import Children, children_of, describe_pod_failure, now, observe
+from forkrl.operator.quantity import quantities_equal
 from forkrl.operator.resource import TERMINAL_PHASES, RLVRJobResourceSpec
 from forkrl.operator.spec_changes import settle
 from forkrl.operator.status import derive
@@ -129,13 +130,20 @@ class Reconciler:
             )
             self.metrics.status_writes.inc()
 
-    async def sweep(self, namespace: str, name: str, children: Children) -> None:
-        """On deletion: delete every labelled child still there (the garbage collector would too)."""
+    async def sweep(self, namespace: str, name: str, uid: str, children: Children) -> None:
+        """On deletion: delete every child this job owns (the garbage collector would too). A retained
+        claim has no owner reference and stays; so do children of an earlier job of the same name."""
         for kind, objects in children.items():
             for child, summary in objects.items():
                 deleting = summary.get("metadata", {}).get("deletionTimestamp")
-                if not deleting and await self.call(self.kube.delete, kind, namespace, child):
+                if deleting or not owned_by(summary, uid):
+                    continue
+                if await self.call(self.kube.delete, kind, namespace, child):
                     self.metrics.deletes.labels(kind=kind).inc()
+        self.forget(namespace, name)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is kept in memory for a job that is gone (its lock, its phase in the gauge)."""
         self.queue.forget((namespace, name))
         self._phases.pop((namespace, name), None)
         self._update_phase_gauge()
@@ -174,7 +182,10 @@ class Reconciler:
         attempt = int(new_status.get("retries") or 0)
         live_ray_job = children.get("RayJob", {}).get(names.ray_job(attempt))
         live_suspend = (live_ray_job or {}).get("spec", {}).get("suspend") if live_ray_job else None
-        ctx = JobContext(names, meta["uid"], spec, attempt, live_suspend)
+        live_claim = children.get("PersistentVolumeClaim", {}).get(names.claim)
+        ctx = JobContext(
+            names, meta["uid"], spec, attempt, live_suspend, live_claim_spec=(live_claim or {}).get("spec")
+        )
         for manifest in build_children(ctx):
             live = children.get(manifest["kind"], {}).get(manifest["metadata"]["name"])
             if live is not None and live["metadata"].get("deletionTimestamp"):
@@ -184,6 +195,8 @@ class Reconciler:
                 if live is None:
                     message = f"created {manifest['kind']} {manifest['metadata']['name']}"
                     self.post_event(body, "Normal", "Created", message)
+                elif manifest["kind"] == "PersistentVolumeClaim" and adopted(live, ctx.uid):
+                    self.post_event(body, "Normal", "AdoptedClaim", adoption_message(ctx, live))
         for other, summary in children.get("RayJob", {}).items():
             if other != ctx.ray_job_name and not summary["metadata"].get("deletionTimestamp"):
                 await self.call(self.kube.delete, "RayJob", namespace, other)
@@ -236,6 +249,21 @@ class Reconciler:
             counts[phase] = counts.get(phase, 0) + 1
         for phase in ("Pending", "Running", "Succeeded", "Failed", "Suspended"):
             self.metrics.jobs.labels(phase=phase).set(counts.get(phase, 0))
+
+
+def adopted(live_claim: dict[str, Any], uid: str) -> bool:
+    """Whether a live claim was last used by another RLVRJob (a retained claim a new job takes over)."""
+    annotations = live_claim.get("metadata", {}).get("annotations") or {}
+    return annotations.get(JOB_UID_ANNOTATION) != uid and not owned_by(live_claim, uid)
+
+
+def adoption_message(ctx: JobContext, live_claim: dict[str, Any]) -> str:
+    storage = ((live_claim.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+    message = f"reusing the retained PersistentVolumeClaim {ctx.names.claim} ({storage}) of an earlier {ctx.names.job}"
+    created = ctx.cluster.storage.create_claim
+    if created is not None and storage is not None and not quantities_equal(created.size, str(storage)):
+        message += f"; it keeps its size {storage} (the spec asks {created.size}, a claim cannot shrink)"
+    return message
 
 
 __all__ = ["Children", "KubeError", "Reconciler", "children_of", "observe"]

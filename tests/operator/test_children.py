@@ -91,6 +91,41 @@ def test_external_verifier_and_pod_monitor_change_the_set() -> None:
     assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}}}
 
 
+def test_a_created_claim_is_retained_by_default_and_owned_only_with_retain_false() -> None:
+    retained = by_kind(context({"cluster": {"storage": {"create_claim": {"size": "50Gi"}}}}))
+    meta = retained[("PersistentVolumeClaim", "exp-checkpoints")]["metadata"]
+    assert "ownerReferences" not in meta  # the garbage collector never deletes it
+    assert meta["labels"]["forkrl.dev/retained"] == "true" and meta["labels"]["forkrl.dev/job"] == "exp"
+    assert meta["annotations"]["forkrl.dev/job-uid"] == UID
+    # Every other child is still owned.
+    assert all(m["metadata"]["ownerReferences"] for key, m in retained.items() if key[0] != "PersistentVolumeClaim")
+    owned = by_kind(context({"cluster": {"storage": {"create_claim": {"size": "50Gi", "retain": False}}}}))
+    meta = owned[("PersistentVolumeClaim", "exp-checkpoints")]["metadata"]
+    assert [ref["uid"] for ref in meta["ownerReferences"]] == [UID]
+    assert "forkrl.dev/retained" not in meta["labels"] and "forkrl.dev/job-uid" not in meta.get("annotations", {})
+
+
+def test_an_existing_claim_keeps_its_own_spec() -> None:
+    """A claim's spec is immutable (it may only grow): a claim adopted by a job created again under the same
+    name keeps its size, access mode and class, whatever the new spec asks."""
+    overrides = {"cluster": {"storage": {"create_claim": {"size": "50Gi", "storage_class_name": "fast"}}}}
+    spec = RLVRJobResourceSpec.model_validate({**deep_merge(BASE_SPEC, overrides), "name": "exp"})
+    live = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "80Gi"}},
+        "storageClassName": "standard",
+        "volumeName": "pv-1",
+        "volumeMode": "Filesystem",
+    }
+    ctx = JobContext(JobNames("exp", "team"), UID, spec, live_claim_spec=live)
+    claim = by_kind(ctx)[("PersistentVolumeClaim", "exp-checkpoints")]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "80Gi"}},
+        "storageClassName": "standard",
+    }  # only the fields the operator sets; volumeName and volumeMode stay the server's
+
+
 def test_ray_job_targets_kuberay_http_mode_without_kuberay_retries() -> None:
     ray_job = by_kind(context())[("RayJob", "exp")]
     spec = ray_job["spec"]

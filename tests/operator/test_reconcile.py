@@ -350,7 +350,8 @@ def test_deleting_the_job_leaves_no_child_behind(
     forkrl_cluster: ControlPlane, k8s_namespace: str, module_operator: OperatorProcess
 ) -> None:
     cluster, ns = forkrl_cluster, k8s_namespace
-    monitored = {"storage": {"create_claim": {"size": "1Gi"}}, "monitoring": {"pod_monitor": True}}
+    # An owned claim (retain: false) goes too; test_lifecycle.py keeps a retained one.
+    monitored = {"storage": {"create_claim": {"size": "1Gi", "retain": False}}, "monitoring": {"pod_monitor": True}}
     apply(cluster, rlvrjob("exp", ns, {"cluster": monitored}))
     want = expected("exp") | {("PersistentVolumeClaim", "exp-checkpoints"), ("PodMonitor", "exp")}
 
