@@ -43,4 +43,16 @@ if [ ! -x /usr/bin/chromium ]; then
          "the browser tests will skip" >&2
   fi
 fi
+# Debian's prometheus package brings promtool, which checks and unit-tests the chart's alert rules
+# (tests/monitoring/test_alerts.py). Outside the stamp, like chromium: one `command -v` when present.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's prometheus (promtool, for the alert rule tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+      >/dev/null || echo "[setup] WARNING: apt-get could not install prometheus; tests/monitoring/test_alerts.py fails until promtool is installed" >&2
+  else
+    echo "[setup] WARNING: promtool is missing and cannot be installed here (needs root and apt-get);" \
+         "the alert rule tests will skip" >&2
+  fi
+fi
 echo "[setup] environment ready: $VENV"
