@@ -9,13 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from forkrl.trainer.metrics import EvalRecord
-from forkrl.trainer.metrics.prometheus import StepMetrics
 from tests.cluster.controlplane import ControlPlane, KubectlError
+from tests.monitoring.exported import exported_series
 from tests.operator.harness import CHART, OPERATOR_NAMESPACE, REPO, get_job
-from tests.trainer.metrics.builders import step_record
 
 JOB_CHART = REPO / "helm" / "rlvrjob"
 
@@ -33,7 +30,7 @@ def test_operator_chart_runs_one_recreated_replica_as_its_service_account(forkrl
         ("ClusterRoleBinding", "demo-forkrl"),
         ("Deployment", "demo-forkrl"),
         ("Service", "demo-forkrl-metrics"),
-        ("ConfigMap", "demo-forkrl-dashboard"),
+        ("ConfigMap", "demo-forkrl-dashboards"),
     }
     deployment = objects[("Deployment", "demo-forkrl")]["spec"]
     assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
@@ -75,34 +72,41 @@ def test_monitoring_objects_are_gated_on_values(forkrl_cluster: ControlPlane) ->
     assert pod_monitor["jobLabel"] == "forkrl.dev/job"  # series of a job's pods carry job=<RLVRJob name>
     assert [e["port"] for e in pod_monitor["podMetricsEndpoints"]] == ["metrics", "http"]
     no_dashboard = render(forkrl_cluster, CHART, "--set", "grafanaDashboard.enabled=false")
-    assert ("ConfigMap", "demo-forkrl-dashboard") not in no_dashboard
+    assert ("ConfigMap", "demo-forkrl-dashboards") not in no_dashboard
 
 
-def test_dashboard_charts_metrics_the_controller_exports(forkrl_cluster: ControlPlane) -> None:
-    config_map = render(forkrl_cluster, CHART)[("ConfigMap", "demo-forkrl-dashboard")]
+def test_dashboards_chart_metrics_the_components_export(forkrl_cluster: ControlPlane) -> None:
+    config_map = render(forkrl_cluster, CHART)[("ConfigMap", "demo-forkrl-dashboards")]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
-    dashboard = json.loads(config_map["data"]["forkrl-run.json"])
-    titles = [panel["title"] for panel in dashboard["panels"]]
+    dashboards = {key: json.loads(text) for key, text in config_map["data"].items()}
+    assert set(dashboards) == {"forkrl-experiment.json", "forkrl-services.json"}
+    titles = [panel["title"] for dashboard in dashboards.values() for panel in dashboard["panels"]]
     for wanted in (
         "Reward",
         "Accuracy",
         "Token entropy percentiles",
-        "Forking threshold and selected tokens",
-        "Clip fractions",
-        "KL",
-        "Phase times",
+        "Forking threshold",
+        "Clip fraction by token type",
+        "KL by token type",
+        "Step time by phase",
+        "Rollout queue",
+        "Verifier item latency",
+        "Reconciles by outcome",
+        "Learner peak memory",
     ):
         assert wanted in titles
-    # What a trainer really exports once it has recorded a step and an evaluation.
-    registry = CollectorRegistry()
-    trainer_metrics = StepMetrics("unit", registry)
-    trainer_metrics.observe(step_record(1))
-    trainer_metrics.observe_eval(EvalRecord(step=1, phase="after_rl", dataset="heldout", avg=0.5))
-    exported = {sample.name for family in registry.collect() for sample in family.samples}
+    # What the controller, a rollout replica, a verifier and the operator really export once they have worked
+    # (tests/monitoring/test_dashboards.py also checks labels, legends and that promtool parses each query).
+    exported = set(exported_series())
     used = {
-        word for panel in dashboard["panels"] for target in panel["targets"] for word in _metric_names(target["expr"])
+        word
+        for dashboard in dashboards.values()
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for word in _metric_names(target["expr"])
     }
     assert used and used <= exported, used - exported
+    assert {name.split("_")[1] for name in used} == {"trainer", "learner", "rollout", "verifier", "operator"}
 
 
 def _metric_names(expr: str) -> set[str]:

@@ -1,7 +1,7 @@
 """The Prometheus view of the step records, exported by the controller: `forkrl_trainer_*` (the RL step) and
 `forkrl_learner_*` (the step's optimizer updates, as the learner reported them in `StepRecord.learner`).
 Every metric is set in `StepMetrics.observe` from a named field of a `StepRecord` or `EvalRecord`; the
-Grafana dashboards and alert rules (operator/dashboard.py, helm/forkrl/templates/prometheusrule.yaml) query
+Grafana dashboards and alert rules (operator/dashboards, helm/forkrl/templates/prometheusrule.yaml) query
 these names, and docs/metrics.md lists them."""
 
 from __future__ import annotations
