@@ -8,6 +8,8 @@ Two replicas must never reconcile at once. kopf's peering is not a Lease: the re
 `--priority` works and the others pause; *equal* priorities pause everyone. So either run one replica
 (the chart uses `strategy: Recreate`) or give every replica a distinct priority (`--priority` defaults to
 a random one when `--peering` is given). `--standalone` ignores peering altogether.
+
+    python -m forkrl.operator --standalone --no-finalizer   # deleting a job never waits for the operator
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--peering-lifetime", type=int, default=60, help="seconds a silent peer is still believed alive"
     )
     parser.add_argument("--resync-seconds", type=float, default=30.0, help="period of the level-triggered resync")
+    parser.add_argument(
+        "--finalizer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold a deleted RLVRJob until the operator has swept its children (default). --no-finalizer: "
+        "a deletion completes even while the operator is down and the garbage collector deletes the children "
+        "(needs --standalone)",
+    )
     parser.add_argument("--metrics-port", type=int, default=8081, help="Prometheus /metrics port (-1: off)")
     parser.add_argument("--liveness-port", type=int, default=8080, help="/healthz port (-1: off)")
     parser.add_argument("--bind", default="0.0.0.0", help="address of the metrics and liveness endpoints")
@@ -62,6 +72,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resync_seconds <= 0:
         parser.error("--resync-seconds must be positive")
+    if not args.finalizer and not args.standalone:
+        # Without kopf's timers the resync is a loop of our own, which kopf's peering cannot pause.
+        parser.error("--no-finalizer needs --standalone (one replica, no peering)")
     return args
 
 
@@ -88,7 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = kopf.OperatorRegistry()
     register(
         registry,
-        HandlerConfig(resync_seconds=args.resync_seconds, peering_lifetime=args.peering_lifetime, identity=identity),
+        HandlerConfig(
+            resync_seconds=args.resync_seconds,
+            peering_lifetime=args.peering_lifetime,
+            identity=identity,
+            finalizer=args.finalizer,
+            namespaces=tuple(args.namespace),
+        ),
     )
     # Without --standalone or --peering, kopf uses the peering object "default" when it exists.
     peering: dict[str, object] = {"priority": args.priority if args.priority is not None else random.randint(1, 10**6)}

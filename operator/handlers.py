@@ -1,7 +1,12 @@
 """kopf handlers of the forkrl operator, registered onto an explicit registry by `register()`.
 
-- RLVRJob: create / update of `spec` / resume (operator start) / a periodic timer -> reconcile;
-  delete -> sweep the children (the finalizer `forkrl.dev/finalizer` holds the object until then).
+- RLVRJob: create / update of `spec` / resume (operator start) / a periodic resync -> reconcile;
+  delete -> sweep the children the job owns (the finalizer `forkrl.dev/finalizer` holds the object until
+  then). With `finalizer=False` no finalizer is added (one left by an earlier run is removed): a job
+  deleted while the operator is down goes at once and the garbage collector deletes its children through
+  their owner references. kopf's timers always add a finalizer, so the resync is then the operator's own
+  loop over an index of the jobs (which does not know kopf's peering pause: one replica only).
+- Operator start: a sweep of the children of jobs that no longer exist (cleanup.sweep_orphans).
 - Children (RayJob, Deployment, Service, ConfigMap, ServiceAccount, Role, RoleBinding, PVC, PodMonitor):
   watched with a server-side label selector `forkrl.dev/job`; each kind feeds a kopf index keyed by
   (namespace, job) that the reconciler reads instead of the API server, and its events trigger the
@@ -13,32 +18,24 @@ Nothing is kept in memory that the next reconcile cannot rebuild from the cluste
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
+from forkrl.operator.cleanup import sweep_orphans
 from forkrl.operator.drift import plain, summarize
-from forkrl.operator.kube import KINDS
+from forkrl.operator.kube import CHILD_KINDS, KINDS
 from forkrl.operator.names import COMPONENT_LABEL, JOB_LABEL, JobNames
 from forkrl.operator.reconcile import Reconciler, children_of
 from forkrl.operator.resource import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("forkrl.operator")
 FINALIZER = "forkrl.dev/finalizer"
-CHILD_KINDS = (
-    "RayJob",
-    "Deployment",
-    "Service",
-    "ConfigMap",
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "PersistentVolumeClaim",
-    "PodMonitor",
-)
 # Children whose every change matters to the phase; for the others only a deletion does.
 STATUS_KINDS = frozenset({"RayJob", "Deployment"})
 LEARNER_PODS = f"{JOB_LABEL},{COMPONENT_LABEL} in (learner,controller)"
@@ -49,6 +46,10 @@ class HandlerConfig:
     resync_seconds: float = 30.0
     peering_lifetime: int = 60
     identity: str = "forkrl-operator"
+    # False: no finalizer on RLVRJobs; deletion never waits for the operator (see the module doc).
+    finalizer: bool = True
+    # Namespaces served (empty: all); the start-up orphan sweep looks only there.
+    namespaces: tuple[str, ...] = ()
 
 
 def _indices(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def register(registry: kopf.OperatorRegistry, config: HandlerConfig) -> None:
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -93,6 +94,16 @@ def register(registry: kopf.OperatorRegistry, config: HandlerConfig) -> None:
             group, version, plural = KINDS[kind]
             settings.watching.label_selectors[group, version, plural] = JOB_LABEL
         settings.watching.label_selectors["", "v1", "pods"] = LEARNER_PODS
+        reconciler = _reconciler(memo)
+        memo.background = [asyncio.create_task(_sweep_orphans(reconciler, config.namespaces))]
+        if not config.finalizer:
+            loop = resync_forever(reconciler, kwargs["jobs"], _indices(kwargs), config.resync_seconds)
+            memo.background.append(asyncio.create_task(loop))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_background(memo: Any, **_: Any) -> None:
+        for task in getattr(memo, "background", ()):
+            task.cancel()
 
     # ------------------------------------------------------------------ the RLVRJob
     async def reconcile(name: str, namespace: str, memo: Any, **kwargs: Any) -> None:
@@ -103,16 +114,30 @@ def register(registry: kopf.OperatorRegistry, config: HandlerConfig) -> None:
     kopf.on.create(**job, id="create", backoff=3)(reconcile)
     kopf.on.update(**job, id="update", field="spec", backoff=3)(reconcile)
 
-    @kopf.timer(**job, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds)
-    async def resync(name: str, namespace: str, memo: Any, logger: logging.Logger, **kwargs: Any) -> None:
-        try:
-            await reconcile(name=name, namespace=namespace, memo=memo, **kwargs)
-        except Exception as err:  # the next tick retries; a timer error would only be logged by kopf as well
-            logger.warning("resync of %s/%s failed: %s", namespace, name, err)
+    if config.finalizer:
 
-    @kopf.on.delete(**job, id="sweep")
+        @kopf.timer(**job, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds)
+        async def resync(name: str, namespace: str, memo: Any, logger: logging.Logger, **kwargs: Any) -> None:
+            try:
+                await reconcile(name=name, namespace=namespace, memo=memo, **kwargs)
+            except Exception as err:  # the next tick retries; a timer error would only be logged by kopf too
+                logger.warning("resync of %s/%s failed: %s", namespace, name, err)
+
+    else:
+
+        @kopf.index(**job, id="jobs")
+        async def index_job(name: str, namespace: str, **_: Any) -> dict[tuple[str, str], bool]:
+            return {(namespace, name): True}
+
+    # optional: called when kopf sees the deletion, and no finalizer waits for it.
+    @kopf.on.delete(**job, id="sweep", optional=not config.finalizer)
     async def sweep(name: str, namespace: str, uid: str, memo: Any, **kwargs: Any) -> None:
         await _reconciler(memo).sweep(namespace, name, uid, children_of(_indices(kwargs), namespace, name))
+
+    @kopf.on.event(**job, id="gone")
+    async def gone(type: str | None, name: str, namespace: str, memo: Any, **_: Any) -> None:
+        if type == "DELETED":
+            _reconciler(memo).forget(namespace, name)
 
     # ------------------------------------------------------------------ children
     async def index_child(namespace: str, labels: Any, body: Any, **_: Any) -> dict[tuple[str, str], Any]:
@@ -183,3 +208,26 @@ def summarize_pod(body: Any) -> dict[str, Any]:
             "containerStatuses": plain(status.get("containerStatuses") or []),
         },
     }
+
+
+async def _sweep_orphans(reconciler: Reconciler, namespaces: tuple[str, ...]) -> None:
+    try:
+        await sweep_orphans(reconciler, namespaces)
+    except Exception as err:  # never fatal: the next start sweeps again
+        log.warning("sweeping the children of deleted jobs failed: %s", err)
+
+
+async def resync_forever(
+    reconciler: Reconciler, jobs: Mapping[tuple[str, str], Any], indices: dict[str, Any], interval: float
+) -> None:
+    """Reconcile every job in the `jobs` index every `interval` seconds (the resync without kopf's timers)."""
+
+    async def one(namespace: str, name: str) -> None:
+        try:
+            await reconciler.request(namespace, name, lambda: children_of(indices, namespace, name))
+        except Exception as err:  # the next round retries
+            log.warning("resync of %s/%s failed: %s", namespace, name, err)
+
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.gather(*(one(namespace, name) for namespace, name in list(jobs)))

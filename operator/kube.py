@@ -32,6 +32,18 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "RayJob": ("ray.io", "v1", "rayjobs"),
     "PodMonitor": ("monitoring.coreos.com", "v1", "podmonitors"),
 }
+# Kinds of the children of an RLVRJob (all labelled forkrl.dev/job), in the order they are watched.
+CHILD_KINDS = (
+    "RayJob",
+    "Deployment",
+    "Service",
+    "ConfigMap",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "PersistentVolumeClaim",
+    "PodMonitor",
+)
 REQUEST_TIMEOUT_S = 30.0
 
 
@@ -51,9 +63,14 @@ class KubeError(RuntimeError):
         return self.status == 404
 
 
-def object_path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+def object_path(
+    kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None
+) -> str:
+    """The API path of an object, or of a collection (no name; no namespace: every namespace)."""
     group, version, plural = KINDS[kind]
     base = f"/api/{version}" if group == "" else f"/apis/{group}/{version}"
+    if namespace is None:
+        return f"{base}/{plural}"
     path = f"{base}/namespaces/{namespace}/{plural}"
     if name is not None:
         path += f"/{name}"
@@ -123,6 +140,17 @@ class Kube:
             if err.not_found:
                 return None
             raise
+
+    def list_objects(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Objects of a kind in a namespace (None: all namespaces); [] when the kind is not served (CRD absent)."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        try:
+            items = self.request("GET", object_path(kind, namespace), query=query).get("items") or []
+        except KubeError as err:
+            if err.not_found:
+                return []
+            raise
+        return [{**item, "kind": kind} for item in items]
 
     def merge_patch(
         self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: str | None = None
