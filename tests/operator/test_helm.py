@@ -25,6 +25,7 @@ def render(cluster: ControlPlane, chart: Any, *args: str) -> dict[tuple[str, str
 def test_operator_chart_runs_one_recreated_replica_as_its_service_account(forkrl_cluster: ControlPlane) -> None:
     objects = render(forkrl_cluster, CHART)
     assert set(objects) == {
+        ("CustomResourceDefinition", "rlvrjobs.forkrl.dev"),  # crds.manage (see test_crd_upgrade.py)
         ("ServiceAccount", "demo-forkrl"),
         ("ClusterRole", "demo-forkrl"),
         ("ClusterRoleBinding", "demo-forkrl"),

@@ -198,8 +198,8 @@ def test_forkrl_crd_command_prints_writes_and_checks(tmp_path: Path, capsys: pyt
     assert main(["crd", "--check"]) == 0
     assert main(["crd", "--write", "--root", str(tmp_path)]) == 0
     assert main(["crd", "--check", "--root", str(tmp_path)]) == 0
-    crd = tmp_path / "helm/forkrl/crds/rlvrjobs.forkrl.dev.yaml"
+    crd = tmp_path / "helm/forkrl/files/crds/rlvrjobs.forkrl.dev.yaml"
     crd.write_text(crd.read_text().replace("maximum: 1.0", "maximum: 2.0", 1))
     capsys.readouterr()
     assert main(["crd", "--check", "--root", str(tmp_path)]) == 1
-    assert "stale: helm/forkrl/crds/rlvrjobs.forkrl.dev.yaml" in capsys.readouterr().err
+    assert "stale: helm/forkrl/files/crds/rlvrjobs.forkrl.dev.yaml" in capsys.readouterr().err
