@@ -21,27 +21,31 @@ def rollable(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + ".") for prefix in ROLLABLE)
 
 
-def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+def changed_paths(old: Any, new: Any) -> list[str]:
     """Dotted paths of the leaves that differ (lists compare as wholes)."""
+    return [".".join(keys) for keys in _changed_keys(old, new, ())]
+
+
+def _changed_keys(old: Any, new: Any, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Key paths of the leaves that differ, as tuples: map keys may hold dots (`kubernetes.io/hostname`)."""
     if isinstance(old, dict) and isinstance(new, dict):
         paths = []
         for key in sorted(old.keys() | new.keys()):
-            path = f"{prefix}.{key}" if prefix else key
-            paths += changed_paths(old.get(key), new.get(key), path)
+            paths += _changed_keys(old.get(key), new.get(key), (*prefix, key))
         return paths
     return [] if old == new else [prefix]
 
 
-def _get(data: Any, path: str) -> Any:
-    for part in path.split("."):
+def _get(data: Any, keys: tuple[str, ...]) -> Any:
+    for part in keys:
         if not isinstance(data, dict):
             return None
         data = data.get(part)
     return data
 
 
-def _set(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
+def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    *parents, last = keys
     for part in parents:
         data = data.setdefault(part, {})
     if value is None:
@@ -60,9 +64,10 @@ def settle(accepted: dict[str, Any] | None, current: dict[str, Any]) -> tuple[di
         return copy.deepcopy(current), []
     effective = copy.deepcopy(accepted)
     refused = []
-    for path in changed_paths(accepted, current):
+    for keys in _changed_keys(accepted, current, ()):
+        path = ".".join(keys)
         if rollable(path):
-            _set(effective, path, _get(current, path))
+            _set(effective, keys, _get(current, keys))
         else:
-            refused.append(f"{path} ({_show(_get(accepted, path))} -> {_show(_get(current, path))})")
+            refused.append(f"{path} ({_show(_get(accepted, keys))} -> {_show(_get(current, keys))})")
     return effective, refused

@@ -137,6 +137,13 @@ def test_settle_takes_rollable_changes_and_refuses_the_others() -> None:
     assert changed_paths({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c"]
     assert rollable("cluster.rollout.gpus") and not rollable("rollout.engine") and not rollable("cluster.env.X")
 
+    # Map keys with dots (node selector labels) are one key, not a path: the change rolls as it is.
+    placed = {**accepted, "cluster": {"rollout": {"node_selector": {"kubernetes.io/hostname": "a"}}}}
+    moved = {**accepted, "cluster": {"rollout": {"node_selector": {"kubernetes.io/hostname": "b"}}}}
+    effective, refused = settle(placed, moved)
+    assert refused == [] and effective == moved
+    assert changed_paths(placed, moved) == ["cluster.rollout.node_selector.kubernetes.io/hostname"]
+
 
 @pytest.mark.parametrize(
     ("text", "value"),
