@@ -24,6 +24,9 @@ class JobContext:
     # spec of the live checkpoint claim: a claim's spec is immutable, so an existing one (also a retained
     # claim adopted by a job created again under its name) keeps its size, access mode and class.
     live_claim_spec: dict[str, Any] | None = None
+    # The rollout or verifier is not ready yet: a suspended RayJob stays suspended (the reconciler also
+    # creates no new RayJob meanwhile), so the learner never holds its GPUs waiting for the services.
+    hold_learner: bool = False
 
     @property
     def cluster(self) -> ClusterSpec:

@@ -87,6 +87,7 @@ def observe(
         ray_job=ray_job,
         rollout=deployment(names.rollout),
         verifier=None if external_verifier else deployment(names.verifier),
+        rollout_external=spec is not None and spec.rollout.replicas == 0,
         pod_failure=pod_failure,
         progress=progress,
         progress_errors=errors,

@@ -31,7 +31,7 @@ from forkrl.operator.observe import Children, children_of, describe_pod_failure,
 from forkrl.operator.quantity import quantities_equal
 from forkrl.operator.resource import TERMINAL_PHASES, RLVRJobResourceSpec
 from forkrl.operator.spec_changes import settle
-from forkrl.operator.status import derive
+from forkrl.operator.status import derive, services_ready
 from forkrl.trainer.spec.job import format_validation_error
 
 log = logging.getLogger("forkrl.operator")
@@ -183,13 +183,17 @@ class Reconciler:
         live_ray_job = children.get("RayJob", {}).get(names.ray_job(attempt))
         live_suspend = (live_ray_job or {}).get("spec", {}).get("suspend") if live_ray_job else None
         live_claim = children.get("PersistentVolumeClaim", {}).get(names.claim)
-        ctx = JobContext(
-            names, meta["uid"], spec, attempt, live_suspend, live_claim_spec=(live_claim or {}).get("spec")
-        )
+        # The learner starts only once the rollout and verifier are available (condition ServicesReady):
+        # until then no RayJob is created for the attempt and a suspended one is not resumed.
+        hold = not services_ready(observation)
+        claim_spec = (live_claim or {}).get("spec")
+        ctx = JobContext(names, meta["uid"], spec, attempt, live_suspend, claim_spec, hold_learner=hold)
         for manifest in build_children(ctx):
             live = children.get(manifest["kind"], {}).get(manifest["metadata"]["name"])
             if live is not None and live["metadata"].get("deletionTimestamp"):
                 continue  # applied again once it is gone (its deletion triggers a reconcile)
+            if live is None and hold and manifest["kind"] == "RayJob":
+                continue  # created by the reconcile a Deployment's readiness triggers
             if needs_apply(manifest, live):
                 await self._apply(manifest)
                 if live is None:

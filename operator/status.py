@@ -26,6 +26,7 @@ CONDITION_TYPES = (
     "LearnerReady",
     "RolloutReady",
     "VerifierReady",
+    "ServicesReady",
     "Running",
     "Suspended",
     "Succeeded",
@@ -88,6 +89,7 @@ class Observation:
     ray_job: RayJobObservation | None = None
     rollout: DeploymentObservation | None = None
     verifier: DeploymentObservation | None = None  # None: an external verifier endpoint
+    rollout_external: bool = False  # spec.rollout.replicas == 0: only the user's rollout endpoints
     pod_failure: dict[str, Any] | None = None  # a failed learner pod of the current attempt
     progress: dict[str, Any] = field(default_factory=dict)
     progress_errors: tuple[str, ...] = ()
@@ -158,8 +160,30 @@ def _service_condition(type_: str, what: str, obs: DeploymentObservation | None,
     )
 
 
-def _learner_condition(obs: Observation) -> dict[str, Any]:
+def services_condition(obs: Observation) -> dict[str, Any]:
+    """ServicesReady: whether the rollout and the verifier are available, which the learner waits for (the
+    reconciler creates an attempt's RayJob, or resumes a suspended one, only once this is True)."""
+    rollout = _service_condition("RolloutReady", "rollout", obs.rollout, external=obs.rollout_external)
+    verifier = _service_condition("VerifierReady", "verifier", obs.verifier, external=obs.verifier is None)
+    waiting = [c for c in (rollout, verifier) if c["status"] != "True"]
+    if not waiting:
+        return _condition("ServicesReady", True, "ServicesReady", "rollout and verifier are available")
+    if len(waiting) == 2:
+        reason = "WaitingForServices"
+    else:
+        reason = "WaitingForRollout" if rollout in waiting else "WaitingForVerifier"
+    detail = "; ".join(c["message"] for c in waiting)
+    return _condition("ServicesReady", False, reason, f"the learner starts once they are ready: {detail}")
+
+
+def services_ready(obs: Observation) -> bool:
+    return services_condition(obs)["status"] == "True"
+
+
+def _learner_condition(obs: Observation, services: dict[str, Any]) -> dict[str, Any]:
     ray = obs.ray_job
+    if ray is None and services["status"] != "True":
+        return _condition("LearnerReady", False, services["reason"], services["message"])
     if ray is None:
         return _condition("LearnerReady", False, "RayJobMissing", f"RayJob {obs.ray_job_name} does not exist")
     if ray.running:
@@ -183,7 +207,7 @@ def _learner_failure(obs: Observation) -> tuple[str, str] | None:
     return None
 
 
-def _phase(prev: dict[str, Any], obs: Observation, services_ready: bool) -> tuple[str, str, str, bool]:
+def _phase(prev: dict[str, Any], obs: Observation, services: dict[str, Any]) -> tuple[str, str, str, bool]:
     """(phase, reason, message, retry)."""
     previous = prev.get("phase")
     if previous in TERMINAL_PHASES:
@@ -208,10 +232,14 @@ def _phase(prev: dict[str, Any], obs: Observation, services_ready: bool) -> tupl
             False,
         )
     ray = obs.ray_job
+    services_ready = services["status"] == "True"
     if ray is not None and ray.succeeded:
         return "Succeeded", "Succeeded", f"RayJob {ray.name} finished", False
     if ray is not None and ray.running and (previous == "Running" or services_ready):
         return "Running", "Running", "learner, rollout and verifier are running", False
+    if not services_ready and (ray is None or ray.suspend):
+        # The learner is held back (its RayJob not created, or kept suspended) until the services are ready.
+        return "Pending", "WaitingForServices", services["message"], False
     if ray is None or not ray.running:
         state = ray.job_deployment_status if ray is not None and ray.job_deployment_status else "New"
         return "Pending", "WaitingForLearner", f"RayJob {obs.ray_job_name} is {state}", False
@@ -222,11 +250,12 @@ def derive(prev: dict[str, Any], obs: Observation) -> Decision:
     """The new status (complete; unchanged fields keep their values) and the events of its transitions."""
     prev = prev or {}
     external_verifier = obs.verifier is None
-    rollout_c = _service_condition("RolloutReady", "rollout", obs.rollout, external=False)
+    rollout_c = _service_condition("RolloutReady", "rollout", obs.rollout, external=obs.rollout_external)
     verifier_c = _service_condition("VerifierReady", "verifier", obs.verifier, external=external_verifier)
-    learner_c = _learner_condition(obs)
-    services_ready = rollout_c["status"] == "True" and verifier_c["status"] == "True"
-    phase, reason, message, retry = _phase(prev, obs, services_ready)
+    services_c = services_condition(obs)
+    learner_c = _learner_condition(obs, services_c)
+    services_ready = services_c["status"] == "True"
+    phase, reason, message, retry = _phase(prev, obs, services_c)
 
     ready = phase == "Running" and learner_c["status"] == "True" and services_ready
     not_ready = next((c for c in (learner_c, rollout_c, verifier_c) if c["status"] != "True"), None)
@@ -240,6 +269,7 @@ def derive(prev: dict[str, Any], obs: Observation) -> Decision:
         learner_c,
         rollout_c,
         verifier_c,
+        services_c,
         _condition("Running", phase == "Running", phase, message),
         _condition(
             "Suspended",

@@ -258,13 +258,14 @@ def scheduling_labels(ctx: JobContext) -> dict[str, str]:
 
 
 def ray_job_suspend(ctx: JobContext) -> bool:
-    """Suspended with the RLVRJob. Under Kueue the RayJob is created suspended and from then on Kueue
-    decides (admission unsuspends it), so the live value is kept."""
+    """Suspended with the RLVRJob, and a suspended one stays so until the services are ready (resume).
+    Under Kueue the RayJob is created suspended and from then on Kueue decides (admission unsuspends it),
+    so the live value is kept."""
     if ctx.suspended:
         return True
     if ctx.cluster.scheduling.batch_scheduler == "kueue":
         return True if ctx.live_ray_job_suspend is None else ctx.live_ray_job_suspend
-    return False
+    return bool(ctx.hold_learner and ctx.live_ray_job_suspend)
 
 
 def ray_pod(

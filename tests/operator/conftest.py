@@ -88,3 +88,26 @@ def module_operator(request: pytest.FixtureRequest) -> Iterator[OperatorProcess]
     operator = OperatorProcess(cluster, kubeconfig, name, "--standalone", "--resync-seconds=2").start()
     yield operator
     operator.stop()
+
+
+@pytest.fixture
+def checkpoint_volume(forkrl_cluster: ControlPlane, k8s_namespace: str) -> Iterator[str]:
+    """A PersistentVolume pre-bound to `<namespace>/exp-checkpoints`, so that claim binds and the pods mounting
+    it are scheduled (with a claim that never binds the rollout pods stay Pending, and the learner waits)."""
+    name = f"pv-{k8s_namespace}"
+    forkrl_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": "4Gi"},
+                "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": f"/tmp/forkrl-test-{k8s_namespace}"},
+                "claimRef": {"namespace": k8s_namespace, "name": "exp-checkpoints"},
+            },
+        }
+    )
+    yield name
+    forkrl_cluster.kubectl("delete", "pv", name, "--wait=false", "--ignore-not-found", check=False)

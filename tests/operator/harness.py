@@ -191,6 +191,12 @@ def children(cluster: ControlPlane, namespace: str, job: str) -> dict[tuple[str,
     return {(item["kind"], item["metadata"]["name"]): item for item in items}
 
 
+def claim(cluster: ControlPlane, namespace: str, name: str = "exp-checkpoints") -> dict[str, Any] | None:
+    """The PersistentVolumeClaim, or None."""
+    found = cluster.kubectl("get", "pvc", name, "-n", namespace, "-o", "json", "--ignore-not-found").stdout
+    return json.loads(found) if found.strip() else None
+
+
 def get_job(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
     return cluster.kubectl_json("get", "rlvrjob", name, "-n", namespace)
 

@@ -255,6 +255,18 @@ def test_kueue_creates_the_ray_job_suspended_and_then_leaves_suspend_to_kueue() 
         context({"cluster": {"scheduling": {"batch_scheduler": "kueue"}}})
 
 
+def test_a_suspended_ray_job_is_resumed_only_once_the_services_are_ready() -> None:
+    spec = RLVRJobResourceSpec.model_validate({**BASE_SPEC, "name": "exp"})
+
+    def suspend(live: bool | None, hold: bool) -> bool:
+        ctx = JobContext(JobNames("exp", "team"), UID, spec, 0, live, hold_learner=hold)
+        return by_kind(ctx)[("RayJob", "exp")]["spec"]["suspend"]
+
+    assert suspend(live=True, hold=True) is True  # resumed, services not ready yet: stays suspended
+    assert suspend(live=True, hold=False) is False
+    assert suspend(live=False, hold=True) is False  # a running learner is never stopped for the services
+
+
 def test_suspend_scales_services_to_zero_and_suspends_the_ray_job() -> None:
     manifests = by_kind(context({"suspend": True}))
     assert manifests[("Deployment", "exp-rollout")]["spec"]["replicas"] == 0

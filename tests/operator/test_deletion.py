@@ -13,8 +13,7 @@ import pytest
 from forkrl.operator.__main__ import parse_args
 from forkrl.operator.cleanup import orphans
 from tests.cluster.controlplane import ControlPlane
-from tests.operator.harness import OperatorProcess, children, get_job, rlvrjob
-from tests.operator.test_lifecycle import claim, volume  # noqa: F401 (a fixture)
+from tests.operator.harness import OperatorProcess, children, claim, get_job, rlvrjob
 from tests.operator.test_reconcile import apply, expected, wait_children
 
 NO_FINALIZER = ("--standalone", "--no-finalizer", "--resync-seconds=2")
@@ -111,7 +110,7 @@ def test_with_the_finalizer_a_deletion_waits_for_the_operator_and_completes_when
 def test_at_start_the_operator_deletes_children_of_deleted_jobs_but_never_a_retained_claim(
     forkrl_cluster: ControlPlane,
     k8s_namespace: str,
-    volume: str,  # noqa: F811
+    checkpoint_volume: str,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
     cluster, ns = forkrl_cluster, k8s_namespace

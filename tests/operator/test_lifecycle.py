@@ -3,50 +3,15 @@ job created again under the same name adopts it; `retain: false` claims go with 
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
 
 from tests.cluster.controlplane import ControlPlane
-from tests.operator.harness import OperatorProcess, children, get_job, rlvrjob, wait_phase
+from tests.operator.harness import OperatorProcess, children, claim, get_job, rlvrjob, wait_phase
 from tests.operator.test_reconcile import apply, events, expected, wait_children
-
-CLAIM = "exp-checkpoints"
-
-
-def claim(cluster: ControlPlane, namespace: str, name: str = CLAIM) -> dict[str, Any] | None:
-    found = cluster.kubectl("get", "pvc", name, "-n", namespace, "-o", "json", "--ignore-not-found").stdout
-    return json.loads(found) if found.strip() else None
-
-
-@pytest.fixture
-def volume(forkrl_cluster: ControlPlane, k8s_namespace: str) -> Iterator[str]:
-    """A PersistentVolume pre-bound to `<ns>/exp-checkpoints`, so the claim binds and the pods mounting it
-    are scheduled (a claim that never binds keeps the rollout pods Pending)."""
-    name = f"pv-{k8s_namespace}"
-    forkrl_cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": name},
-            "spec": {
-                "capacity": {"storage": "4Gi"},
-                "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": f"/tmp/forkrl-test-{k8s_namespace}"},
-                "claimRef": {"namespace": k8s_namespace, "name": CLAIM},
-            },
-        }
-    )
-    yield name
-    forkrl_cluster.kubectl("delete", "pv", name, "--wait=false", "--ignore-not-found", check=False)
 
 
 def test_a_retained_claim_outlives_its_job_and_the_next_job_of_that_name_adopts_it(
-    forkrl_cluster: ControlPlane, k8s_namespace: str, volume: str, module_operator: OperatorProcess
+    forkrl_cluster: ControlPlane, k8s_namespace: str, checkpoint_volume: str, module_operator: OperatorProcess
 ) -> None:
     cluster, ns = forkrl_cluster, k8s_namespace
     errors = module_operator.counter("forkrl_operator_reconciles_total", outcome="error")
@@ -95,7 +60,7 @@ def test_a_retained_claim_outlives_its_job_and_the_next_job_of_that_name_adopts_
 
 
 def test_a_claim_with_retain_false_is_owned_and_goes_with_the_job(
-    forkrl_cluster: ControlPlane, k8s_namespace: str, volume: str, module_operator: OperatorProcess
+    forkrl_cluster: ControlPlane, k8s_namespace: str, checkpoint_volume: str, module_operator: OperatorProcess
 ) -> None:
     cluster, ns = forkrl_cluster, k8s_namespace
     apply(cluster, rlvrjob("exp", ns, {"cluster": {"storage": {"create_claim": {"size": "1Gi", "retain": False}}}}))

@@ -347,7 +347,7 @@ def test_a_spec_the_api_server_cannot_check_fails_with_invalid_spec(
 
 
 def test_deleting_the_job_leaves_no_child_behind(
-    forkrl_cluster: ControlPlane, k8s_namespace: str, module_operator: OperatorProcess
+    forkrl_cluster: ControlPlane, k8s_namespace: str, checkpoint_volume: str, module_operator: OperatorProcess
 ) -> None:
     cluster, ns = forkrl_cluster, k8s_namespace
     # An owned claim (retain: false) goes too; test_lifecycle.py keeps a retained one.

@@ -61,6 +61,37 @@ def test_pending_until_the_learner_runs_and_the_services_are_available() -> None
     assert ("Normal", "Running", "learner, rollout and verifier are running") in running.events
 
 
+def test_without_its_ray_job_the_learner_waits_for_the_services_with_a_condition() -> None:
+    waiting, both_missing, ready = run(
+        observe(0, ray_job=None, rollout=STARTING),
+        observe(1, ray_job=None, rollout=DeploymentObservation(0, exists=False), verifier=STARTING),
+        observe(2, ray_job=None),
+    )
+    assert (waiting.status["phase"], waiting.status["reason"]) == ("Pending", "WaitingForServices")
+    services = next(c for c in waiting.status["conditions"] if c["type"] == "ServicesReady")
+    assert (services["status"], services["reason"]) == ("False", "WaitingForRollout")
+    assert services["message"] == "the learner starts once they are ready: rollout: 1/2 replicas available"
+    assert waiting.status["message"] == services["message"]
+    assert conditions(waiting)["LearnerReady"] == ("False", "WaitingForRollout")
+    assert conditions(both_missing)["ServicesReady"] == ("False", "WaitingForServices")
+    # Services ready: the reconciler creates the RayJob now; until it reports, the learner is what is missing.
+    assert conditions(ready)["ServicesReady"] == ("True", "ServicesReady")
+    assert (ready.status["phase"], ready.status["reason"]) == ("Pending", "WaitingForLearner")
+    assert ("Normal", "ServicesReadyTrue", "rollout and verifier are available") in ready.events
+
+
+def test_a_resumed_ray_job_waits_suspended_for_the_services() -> None:
+    (held,) = run(observe(0, ray_job=RayJobObservation("exp", "Suspended", suspend=True), verifier=STARTING))
+    assert (held.status["phase"], held.status["reason"]) == ("Pending", "WaitingForServices")
+    assert conditions(held)["ServicesReady"] == ("False", "WaitingForVerifier")
+
+
+def test_a_rollout_of_only_external_endpoints_does_not_hold_the_learner_back() -> None:
+    (external,) = run(observe(0, ray_job=None, rollout=DeploymentObservation(0), rollout_external=True))
+    assert conditions(external)["RolloutReady"] == ("True", "ExternalEndpoint")
+    assert conditions(external)["ServicesReady"] == ("True", "ServicesReady")
+
+
 def test_a_running_job_stays_running_when_a_service_degrades() -> None:
     *_, degraded = run(observe(0, ray_job=RUNNING), observe(1, ray_job=RUNNING, rollout=STARTING))
     assert degraded.status["phase"] == "Running"
