@@ -4,7 +4,9 @@ ServiceAccount, as in the tests).
 
 Baseline, measured in the same run: the very same child manifests (built by the operator's own builders)
 applied directly with one `kubectl apply --server-side`, and deleted directly by label. The ratio is what
-the operator adds on top of the API server's own cost: watching, reconciling, status writes, events.
+the operator adds on top of the API server's own cost: watching, reconciling, status writes, events, and
+(since issue 16) waiting for each job's rollout and verifier pods to be Ready before creating its RayJob,
+which the baseline does not do.
 
     python bench/operator.py                # 1, 10, 50 jobs
     python bench/operator.py --sizes 1,10   # quicker

@@ -2,7 +2,10 @@
 nothing, and the operator's memory stays flat over repeated create/delete cycles.
 
 Figures on the 2-core dev machine (shared): 50 jobs -> 500 children in ~25-40 s, gone again in ~15-25 s
-(see bench/operator.py for the table). The bounds below leave room for a busier machine.
+(see bench/operator.py for the table). Since each RayJob is created only once its job's rollout and
+verifier pods are Ready (issue 16), the last 50 children (the RayJobs) also wait for the scheduler and kwok
+to start 100 pods: 450 children after ~26 s and all 500 after ~51 s at load 7, up to ~125 s when the
+machine is busier. The bounds below leave room for that.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import pytest
 from tests.cluster.controlplane import ControlPlane
 from tests.operator.harness import OperatorProcess, create_and_wait, delete_and_wait
 
-FIFTY_JOBS_BOUND_S = 150.0
+FIFTY_JOBS_BOUND_S = 200.0
 MEMORY_GROWTH_BOUND = 48 * 2**20
 
 
