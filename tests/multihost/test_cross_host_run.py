@@ -248,7 +248,9 @@ def test_rollout_host_cut_mid_step_fails_over_and_is_resynced_before_serving(
     records = run.train_records()
     cut_step = records[cut_at]
     assert cut_step["replicas/failures_total"] >= 1 and cut_step["replicas/serving"] == 1, cut_step
-    assert cut_step["generated/samples"] == records[0]["generated/samples"], \
+    # The batch was still filled (dynamic sampling may generate more or fewer rounds per step, so the
+    # generated count varies; the trained batch does not).
+    assert cut_step["trained/samples"] == records[0]["trained/samples"], \
         "the failed share was not regenerated elsewhere"
     later = records[cut_at + 1:]
     assert later and later[-1]["replicas/serving"] == 2, [r["replicas/serving"] for r in records]
