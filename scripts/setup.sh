@@ -31,28 +31,21 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
-# Headless Chromium for tests/browser.py (the report.html check). Outside the stamp on purpose: it runs
-# every time and costs one `[ -x ]` test when the browser is already there.
-if [ ! -x /usr/bin/chromium ]; then
+# System tools some tests run, from Debian's packages. Outside the stamp on purpose: this runs every time
+# and costs one `command -v` per tool once it is there.
+# apt_tool COMMAND PACKAGE WHY TESTS: install PACKAGE when COMMAND is missing (as root, with apt-get).
+apt_tool() {
+  local command="$1" package="$2" why="$3" tests="$4"
+  command -v "$command" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] installing Debian's chromium (headless browser for the HTML report checks)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
-      >/dev/null || echo "[setup] WARNING: apt-get could not install chromium; tests/test_browser.py fails until it is installed" >&2
+    echo "[setup] installing Debian's $package ($why)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" \
+      >/dev/null || echo "[setup] WARNING: apt-get could not install $package; $tests fail until it is installed" >&2
   else
-    echo "[setup] WARNING: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get);" \
-         "the browser tests will skip" >&2
+    echo "[setup] WARNING: $command is missing and cannot be installed here (needs root and apt-get);" \
+         "$tests will skip" >&2
   fi
-fi
-# Debian's prometheus package brings promtool, which checks and unit-tests the chart's alert rules
-# (tests/monitoring/test_alerts.py). Outside the stamp, like chromium: one `command -v` when present.
-if ! command -v promtool >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] installing Debian's prometheus (promtool, for the alert rule tests)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
-      >/dev/null || echo "[setup] WARNING: apt-get could not install prometheus; tests/monitoring/test_alerts.py fails until promtool is installed" >&2
-  else
-    echo "[setup] WARNING: promtool is missing and cannot be installed here (needs root and apt-get);" \
-         "the alert rule tests will skip" >&2
-  fi
-fi
+}
+apt_tool /usr/bin/chromium chromium "headless browser for the HTML report checks" "tests/test_browser.py and the report checks"
+apt_tool promtool prometheus "promtool, for the alert rule tests" "tests/monitoring/test_alerts.py"
 echo "[setup] environment ready: $VENV"
