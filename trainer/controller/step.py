@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from forkrl.rollout.types import SamplingParams
 from forkrl.trainer.controller.batching import (
     ScoredBatch,
@@ -41,8 +39,8 @@ from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.data.stream import PromptStream
 from forkrl.trainer.dynamic_sampling import DynamicSampler
 from forkrl.trainer.evaluation import EvalResult, score_dataset
+from forkrl.trainer.learner.step_metrics import entropy_summary
 from forkrl.trainer.metrics.records import (
-    ENTROPY_QUANTILES,
     DynamicSamplingStats,
     EntropyPercentiles,
     LearnerStepMetrics,
@@ -98,21 +96,6 @@ class ControllerState:
     stream: dict[str, int]
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     stream_after_inflight: dict[str, int] | None = None
-
-
-def entropy_percentiles(values: torch.Tensor) -> EntropyPercentiles | None:
-    """Exact mean and percentiles (linear interpolation, like torch.quantile) of values: [n] nats."""
-    if values.numel() == 0:
-        return None
-    ordered = values.detach().reshape(-1).double().sort().values
-    last = ordered.numel() - 1
-    out = {}
-    for p in ENTROPY_QUANTILES:
-        position = p / 100 * last
-        below = int(position)
-        above = min(below + 1, last)
-        out[f"p{p}"] = float(ordered[below] + (position - below) * (ordered[above] - ordered[below]))
-    return EntropyPercentiles(mean=float(ordered.mean()), **out)
 
 
 def trained_stats(scored: ScoredBatch) -> TrainedStats | None:
@@ -231,8 +214,10 @@ class RLVRController:
         sequences = spec.schedule.mini_batch_size * spec.schedule.samples_per_prompt
         updates = [self.learners.train_step(mb) for _ in range(spec.schedule.epochs)
                    for mb in mini_batches(batch, min(sequences, batch.num_sequences))]
-        return UpdateResult(learner=LearnerStepMetrics.combine(updates), entropy=entropy_percentiles(response_entropy),
-                            logprobs_s=logprobs_s, update_s=time.perf_counter() - start)
+        # The same exact order statistics as the learner's per-update percentiles, over the whole step.
+        entropy = entropy_summary(response_entropy, response_entropy.numel(), float(response_entropy.double().sum()))
+        return UpdateResult(learner=LearnerStepMetrics.combine(updates), entropy=entropy, logprobs_s=logprobs_s,
+                            update_s=time.perf_counter() - start)
 
     async def sync_weights(self) -> float:
         """Push the learner's weights as the next version to every serving replica; returns seconds.

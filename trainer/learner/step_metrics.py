@@ -155,11 +155,17 @@ def summarize_losses(reports: Sequence[MicroBatchReport], group: dist.ProcessGro
             entropy_count += item[2]
     else:
         entropy_count = int(local_entropy.numel())
-    entropy = None
-    if entropy_count:
-        quantiles = exact_percentiles(local_entropy, entropy_count, group)
-        entropy = EntropyPercentiles(mean=entropy_sum / entropy_count, **{f"p{p}": v for p, v in quantiles.items()})
-    return _summary(part, entropy)
+    return _summary(part, entropy_summary(local_entropy, entropy_count, entropy_sum, group))
+
+
+def entropy_summary(values: torch.Tensor, total: int, total_sum: float, group: dist.ProcessGroup | None = None
+                    ) -> EntropyPercentiles | None:
+    """Mean and exact percentiles of the entropies held by all ranks of `group` (None: this process only).
+    values: [n] nats on this rank; total, total_sum: their count and sum over all ranks. Collective."""
+    if not total:
+        return None
+    quantiles = exact_percentiles(values.float(), total, group)
+    return EntropyPercentiles(mean=total_sum / total, **{f"p{p}": v for p, v in quantiles.items()})
 
 
 def _by_type(part: _Partial, name: str) -> ByTokenType | None:
