@@ -27,7 +27,7 @@ from forkrl.trainer.metrics.records import (
 )
 
 # Per-micro-batch objective metrics that are not token-weighted means of the response tokens.
-_SUMMED = ("loss", "kl_loss")
+_SUMMED = ("kl_loss",)  # loss shares, like `loss` itself (which MicroBatchReport carries)
 _NOT_MEANS = {"loss", "kl_loss", "response_tokens", "high_tokens", "ratio/min", "ratio/max", "forking/threshold",
               "pg_token_frac"}
 _HIGH_KEYS = ("clip_frac/high", "kl/high")
@@ -96,7 +96,7 @@ def _local_partial(reports: Sequence[MicroBatchReport], split_thresholds: Sequen
         part.tokens += tokens
         part.pg_tokens += report.pg_tokens
         part.high_tokens += high
-        for key in _SUMMED[1:]:
+        for key in _SUMMED:
             if key in m:
                 part.summed[key] = part.summed.get(key, 0.0) + m[key]
         if "ratio/min" in m:
