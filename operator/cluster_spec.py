@@ -136,6 +136,22 @@ class StorageSpec(_Spec):
     )
 
 
+class ClaimMount(_Spec):
+    """A PersistentVolumeClaim mounted into every forkrl container (datasets, model weights, shared code)."""
+
+    name: str = Field(
+        ..., max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Volume name in the pods."
+    )
+    claim_name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="The claim to mount.")
+    mount_path: str = Field(..., pattern=r"^/[^\s]*$", max_length=256, description="Where it is mounted.")
+    read_only: bool = Field(True, description="Mount read-only (the default: inputs, not outputs).")
+
+
+# Volumes and paths the operator's own pods already use; a mount may not take them.
+RESERVED_VOLUME_NAMES = ("config", "storage", "dshm")
+RESERVED_MOUNT_PATHS = ("/etc/forkrl", "/dev/shm")  # names.CONFIG_MOUNT, the shared-memory emptyDir
+
+
 class SchedulingSpec(_Spec):
     """Gang scheduling of the learner through KubeRay's batch-scheduler integration, priority."""
 
@@ -179,6 +195,9 @@ class ClusterSpec(_Spec):
         "nvidia.com/gpu", min_length=1, max_length=253, description="Extended resource name of a GPU."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of every container.")
+    mounts: list[ClaimMount] = Field(
+        default_factory=list, max_length=32, description="PersistentVolumeClaims mounted into every forkrl container."
+    )
     controller: ControllerPod = Field(default_factory=ControllerPod, description="Ray head pod (the controller).")
     learner: LearnerPods = Field(default_factory=LearnerPods, description="Ray worker pods (learner ranks).")
     rollout: RolloutPods = Field(default_factory=RolloutPods, description="Rollout Deployment pods.")
@@ -203,6 +222,18 @@ class ClusterSpec(_Spec):
         chosen = [name for name in ("claim_name", "create_claim", "uri") if getattr(storage, name) is not None]
         if len(chosen) > 1:
             raise ValueError(f"cluster.storage: set at most one of claim_name, create_claim, uri (got {chosen})")
+        names = [m.name for m in self.mounts]
+        if clash := sorted({n for n in names if names.count(n) > 1 or n in RESERVED_VOLUME_NAMES}):
+            raise ValueError(
+                f"cluster.mounts: names must be unique and not one of {RESERVED_VOLUME_NAMES} (got {clash})"
+            )
+        taken = [*RESERVED_MOUNT_PATHS, storage.mount_path]
+        paths = [m.mount_path.rstrip("/") or "/" for m in self.mounts]
+        for path in paths:
+            if path in taken or paths.count(path) > 1:
+                raise ValueError(
+                    f"cluster.mounts: mount_path {path} is used twice or by the operator's own volumes ({taken})"
+                )
         if self.scheduling.batch_scheduler == "kueue" and self.scheduling.queue_name is None:
             raise ValueError("cluster.scheduling.queue_name is required with batch_scheduler kueue")
         return self

@@ -87,6 +87,21 @@ def placement(ctx: JobContext, where: Placement) -> dict[str, Any]:
     return spec
 
 
+def spread_over_nodes(ctx: JobContext, component: str) -> dict[str, Any]:
+    """Replicas of one component on as many nodes as the scheduler can (a node lost takes one replica,
+    and ranks of one learner do not share a node's network); a preference, never a reason to stay Pending."""
+    return {
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(ctx.names.job, component)},
+            }
+        ]
+    }
+
+
 def storage_volume(ctx: JobContext) -> dict[str, Any]:
     storage = ctx.cluster.storage
     if storage.claim_name is not None:
@@ -94,6 +109,16 @@ def storage_volume(ctx: JobContext) -> dict[str, Any]:
     if storage.create_claim is not None:
         return {"name": "storage", "persistentVolumeClaim": {"claimName": ctx.names.claim}}
     return {"name": "storage", "emptyDir": {}}
+
+
+def claim_mounts(ctx: JobContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) of cluster.mounts, for every forkrl container."""
+    volumes = [
+        {"name": m.name, "persistentVolumeClaim": {"claimName": m.claim_name, "readOnly": m.read_only}}
+        for m in ctx.cluster.mounts
+    ]
+    mounts = [{"name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only} for m in ctx.cluster.mounts]
+    return volumes, mounts
 
 
 def shared_memory(size: str) -> dict[str, Any]:
@@ -179,14 +204,16 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         "volumeMounts": [
             {"name": "storage", "mountPath": ctx.cluster.storage.mount_path},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            *claim_mounts(ctx)[1],
         ],
     }
     pod = {
         "containers": [container],
-        "volumes": [storage_volume(ctx), shared_memory(ctx.cluster.learner.shared_memory)],
+        "volumes": [storage_volume(ctx), shared_memory(ctx.cluster.learner.shared_memory), *claim_mounts(ctx)[0]],
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
         **placement(ctx, pods),
+        **spread_over_nodes(ctx, "rollout"),
     }
     return deployment(ctx, "rollout", ctx.names.rollout, spec.rollout.replicas, pod)
 
@@ -219,7 +246,7 @@ def verifier_deployment(ctx: JobContext) -> Manifest:
         "resources": requests_and_limits(pods.cpu, pods.memory, 0, ctx.cluster.gpu_resource),
         "livenessProbe": http_probe("/healthz", 30, 3),
         "readinessProbe": http_probe("/readyz", 5, 3),
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, *claim_mounts(ctx)[1]],
     }
     pod = {
         "containers": [container],
@@ -227,7 +254,8 @@ def verifier_deployment(ctx: JobContext) -> Manifest:
             {
                 "name": "config",
                 "configMap": {"name": ctx.names.config, "items": [{"key": VERIFIER_FILE, "path": VERIFIER_FILE}]},
-            }
+            },
+            *claim_mounts(ctx)[0],
         ],
         "automountServiceAccountToken": False,
         **placement(ctx, pods),
@@ -278,6 +306,8 @@ def ray_pod(
     metrics_port: int | None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container], "volumes": volumes, **placement(ctx, where)}
+    if component == "learner":
+        spec.update(spread_over_nodes(ctx, component))
     if service_account is not None:
         spec["serviceAccountName"] = service_account
     else:
@@ -307,7 +337,12 @@ def ray_job(ctx: JobContext) -> Manifest:
     head_ports = [{"name": n, "containerPort": p} for n, p in HEAD_PORTS]
     if metrics_port is not None:
         head_ports.append({"name": "metrics", "containerPort": metrics_port})
-    mounts = [{"name": "storage", "mountPath": cluster.storage.mount_path}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    extra_volumes, extra_mounts = claim_mounts(ctx)
+    mounts = [
+        {"name": "storage", "mountPath": cluster.storage.mount_path},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        *extra_mounts,
+    ]
     head = {
         "name": "ray-head",
         "image": cluster.image_of("controller"),
@@ -358,7 +393,7 @@ def ray_job(ctx: JobContext) -> Manifest:
                     ctx,
                     "controller",
                     head,
-                    [config_volume, storage_volume(ctx), shm],
+                    [config_volume, storage_volume(ctx), shm, *extra_volumes],
                     cluster.controller,
                     names.controller,
                     metrics_port,
@@ -372,7 +407,7 @@ def ray_job(ctx: JobContext) -> Manifest:
                     "maxReplicas": pods,
                     "rayStartParams": {},
                     "template": ray_pod(
-                        ctx, "learner", worker, [storage_volume(ctx), shm], cluster.learner, None, None
+                        ctx, "learner", worker, [storage_volume(ctx), shm, *extra_volumes], cluster.learner, None, None
                     ),
                 }
             ],

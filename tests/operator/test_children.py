@@ -326,3 +326,57 @@ def test_cluster_rules_of_the_resource_spec() -> None:
         context({"model": {"path": None, "tiny": {}}})
     with pytest.raises(ValidationError, match="at most one of"):
         context({"cluster": {"storage": {"claim_name": "a", "uri": "s3://b/c"}}})
+
+
+def _pod_specs(ctx: JobContext) -> dict[str, dict[str, Any]]:
+    manifests = by_kind(ctx)
+    cluster_spec = manifests[("RayJob", "exp")]["spec"]["rayClusterSpec"]
+    return {
+        "rollout": manifests[("Deployment", "exp-rollout")]["spec"]["template"]["spec"],
+        "verifier": manifests[("Deployment", "exp-verifier")]["spec"]["template"]["spec"],
+        "head": cluster_spec["headGroupSpec"]["template"]["spec"],
+        "worker": cluster_spec["workerGroupSpecs"][0]["template"]["spec"],
+    }
+
+
+def test_claim_mounts_reach_every_forkrl_container() -> None:
+    mounts = [
+        {"name": "code", "claim_name": "forkrl-code", "mount_path": "/opt/forkrl"},
+        {"name": "data", "claim_name": "datasets", "mount_path": "/data", "read_only": False},
+    ]
+    for where, pod in _pod_specs(context({"cluster": {"mounts": mounts}})).items():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["code"]["persistentVolumeClaim"] == {"claimName": "forkrl-code", "readOnly": True}, where
+        assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": False}, where
+        by_path = {m["mountPath"]: m for m in container({"spec": pod})["volumeMounts"]}
+        assert (by_path["/opt/forkrl"]["name"], by_path["/opt/forkrl"]["readOnly"]) == ("code", True), where
+        assert (by_path["/data"]["name"], by_path["/data"]["readOnly"]) == ("data", False), where
+    for pod in _pod_specs(context()).values():
+        assert not {"code", "data"} & {v["name"] for v in pod["volumes"]}
+
+
+def test_claim_mounts_may_not_take_the_operators_own_names_or_paths() -> None:
+    def mount(name: str, path: str) -> dict[str, str]:
+        return {"name": name, "claim_name": "c", "mount_path": path}
+
+    with pytest.raises(ValidationError, match="cluster.mounts: names"):
+        context({"cluster": {"mounts": [mount("storage", "/x")]}})
+    with pytest.raises(ValidationError, match="cluster.mounts: names"):
+        context({"cluster": {"mounts": [mount("a", "/x"), mount("a", "/y")]}})
+    with pytest.raises(ValidationError, match="mount_path /etc/forkrl"):
+        context({"cluster": {"mounts": [mount("a", "/etc/forkrl/")]}})
+    with pytest.raises(ValidationError, match="mount_path /var/lib/forkrl"):
+        context({"cluster": {"mounts": [mount("a", "/var/lib/forkrl")]}})
+    with pytest.raises(ValidationError, match="mount_path /x"):
+        context({"cluster": {"mounts": [mount("a", "/x"), mount("b", "/x")]}})
+
+
+def test_rollout_replicas_and_learner_pods_spread_over_nodes_as_a_preference() -> None:
+    pods = _pod_specs(context())
+    for where in ("rollout", "worker"):
+        (constraint,) = pods[where]["topologySpreadConstraints"]
+        assert constraint["topologyKey"] == "kubernetes.io/hostname"
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        component = "rollout" if where == "rollout" else "learner"
+        assert constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+    assert "topologySpreadConstraints" not in pods["head"] and "topologySpreadConstraints" not in pods["verifier"]
