@@ -48,4 +48,15 @@ apt_tool() {
 }
 apt_tool /usr/bin/chromium chromium "headless browser for the HTML report checks" "tests/test_browser.py and the report checks"
 apt_tool promtool prometheus "promtool, for the alert rule tests" "tests/monitoring/test_alerts.py"
+
+# --- Real Kubernetes nodes (tests/cluster/image.py and the node tests): debootstrap builds the pod images,
+# containerd + runc run them, the CNI plugins, iptables and conntrack give pods their network. ---
+NODE_TESTS="tests/cluster/test_image.py and the real-node cluster tests"
+apt_tool debootstrap debootstrap "builds the base pod image" "$NODE_TESTS"
+apt_tool containerd containerd "the container runtime of the test nodes" "$NODE_TESTS"
+apt_tool runc runc "the OCI runtime containerd starts containers with" "$NODE_TESTS"
+apt_tool /usr/lib/cni/bridge containernetworking-plugins "CNI plugins (bridge, host-local, loopback) for pod networks" "$NODE_TESTS"
+apt_tool iptables iptables "kube-proxy and the CNI bridge's NAT rules" "$NODE_TESTS"
+apt_tool conntrack conntrack "kube-proxy flushes conntrack entries of removed Services" "$NODE_TESTS"
+# --- end of the real-node block ---
 echo "[setup] environment ready: $VENV"
