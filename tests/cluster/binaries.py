@@ -1,4 +1,4 @@
-"""Where the control-plane binaries live, and building them with build.sh on first use."""
+"""Where the cluster binaries live (control plane; real nodes), and building them with build.sh on first use."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ BINARY_NAMES = (
     "kuberay",
     "helm",
 )
+
+
+NODE_BINARY_NAMES = ("kubelet", "kube-proxy", "coredns")
 
 
 class BuildError(RuntimeError):
@@ -97,4 +100,38 @@ def build_binaries(stream_progress: bool = True) -> ClusterBinaries:
     binaries = ClusterBinaries(Path(lines[-1]))
     if missing := binaries.missing():
         raise BuildError(f"build.sh finished but these binaries are missing from {binaries.bin_dir}: {missing}")
+    return binaries
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """The node version set (`build.sh --nodes`): kubelet, kube-proxy and the cluster DNS."""
+
+    bin_dir: Path
+
+    def path(self, name: str) -> Path:
+        if name not in NODE_BINARY_NAMES:
+            raise ValueError(f"unknown node binary {name!r}; known: {', '.join(NODE_BINARY_NAMES)}")
+        return self.bin_dir / name
+
+    def missing(self) -> list[str]:
+        return [name for name in NODE_BINARY_NAMES if not os.access(self.bin_dir / name, os.X_OK)]
+
+
+def build_node_binaries(stream_progress: bool = True) -> NodeBinaries:
+    """Run `build.sh --nodes` (a no-op when built); the kubelet shares most packages with the control
+    plane, so after the control plane's build this one is mostly linking."""
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--nodes"],
+        stdout=subprocess.PIPE,
+        stderr=None if stream_progress else subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        detail = result.stderr if result.stderr is not None else "(progress and errors were printed above)"
+        raise BuildError(f"tests/cluster/build.sh --nodes failed with exit code {result.returncode}:\n{detail}")
+    binaries = NodeBinaries(Path(result.stdout.strip().splitlines()[-1]))
+    if missing := binaries.missing():
+        raise BuildError(f"build.sh --nodes finished but these are missing from {binaries.bin_dir}: {missing}")
     return binaries

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries of the cluster tests once per version set, into a cache outside
-# the checkout: ${FORKRL_K8S_CACHE:-$HOME/.cache/forkrl/k8s}/<version-set>/{bin,crds,kwok/stages}.
+# Builds the binaries of the cluster tests once per version set, into a cache outside the checkout:
+# ${FORKRL_K8S_CACHE:-$HOME/.cache/forkrl/k8s}/<version-set>/{bin,crds,kwok/stages}. Two groups, each
+# its own version set so that adding or bumping one never rebuilds the other:
+#   control plane (default): etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+#                            kwok, kuberay, helm
+#   nodes (--nodes):         kubelet, kube-proxy, coredns (the real worker nodes of tests/cluster/nodes)
 #
 # Every binary comes from its own Go module under tests/cluster/modules/<name>/ (its go.mod pins the
 # upstream release and names the upstream main package in a `tool` directive), so one tool's
 # dependencies never bump another's. Binaries are static (CGO_ENABLED=0) and carry their release
 # version through -ldflags -X: an unstamped kube-apiserver reports v0.0.0, which breaks helm and kwok.
 #
-# Usage: build.sh [--print-bin-dir] [NAME...]   (default: every binary)
+# Usage: build.sh [--nodes] [--print-bin-dir] [NAME...]   (default: every binary of the group)
 # Progress goes to stderr; the last line on stdout is the bin directory.
 # Env: FORKRL_K8S_CACHE (cache root), FORKRL_K8S_BUILD_JOBS (go build -p, default 2).
 set -euo pipefail
@@ -18,7 +22,13 @@ CACHE_ROOT="${FORKRL_K8S_CACHE:-$HOME/.cache/forkrl/k8s}"
 JOBS="${FORKRL_K8S_BUILD_JOBS:-2}"
 # Bump when the way binaries are built changes (flags, stamping): it renames the version set.
 RECIPE=1
-ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kuberay helm)
+CONTROL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kuberay helm)
+NODES=(kubelet kube-proxy coredns)
+GROUP=control
+if [[ "${1:-}" == "--nodes" ]]; then
+  GROUP=nodes
+  shift
+fi
 
 log() { printf '[forkrl k8s build] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -34,18 +44,36 @@ ETCD_VERSION=$(module_version etcd go.etcd.io/etcd/server/v3)
 KUBERAY_VERSION=$(module_version kuberay github.com/ray-project/kuberay/ray-operator)
 KWOK_VERSION=$(module_version kwok sigs.k8s.io/kwok)
 HELM_VERSION=$(module_version helm helm.sh/helm/v3)
-for v in KUBE_VERSION ETCD_VERSION KUBERAY_VERSION KWOK_VERSION HELM_VERSION; do
+COREDNS_VERSION=$(module_version coredns github.com/coredns/coredns)
+for v in KUBE_VERSION ETCD_VERSION KUBERAY_VERSION KWOK_VERSION HELM_VERSION COREDNS_VERSION; do
   [[ -n "${!v}" ]] || die "cannot read $v from the go.mod files under $MODULES"
 done
-for name in kube-controller-manager kube-scheduler kubectl; do
+for name in kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   [[ "$(module_version $name k8s.io/kubernetes)" == "$KUBE_VERSION" ]] ||
     die "modules/$name/go.mod pins a different k8s.io/kubernetes than modules/kube-apiserver ($KUBE_VERSION)"
 done
 
-# The set is named by its versions (readable) and a digest of every go.mod/go.sum (so a replace or
-# dependency change also lands in a new directory).
-DIGEST=$(cd "$MODULES" && { echo "recipe=$RECIPE"; cat */go.mod */go.sum; } | sha256sum | cut -c1-10)
-SET="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kuberay-${KUBERAY_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${DIGEST}"
+# A set is named by its versions (readable) and a digest of its modules' go.mod/go.sum (and main.go,
+# for a module with its own main package), so a replace or dependency change lands in a new directory.
+group_digest() {
+  local names=("$@")
+  (cd "$MODULES" && {
+    echo "recipe=$RECIPE"
+    for name in "${names[@]}"; do cat "$name/go.mod"; done
+    for name in "${names[@]}"; do cat "$name/go.sum"; done
+    for name in "${names[@]}"; do [[ ! -f "$name/main.go" ]] || cat "$name/main.go"; done
+  } | sha256sum | cut -c1-10)
+}
+if [[ $GROUP == control ]]; then
+  ALL=("${CONTROL[@]}")
+  # Sorted as the shell's glob sorted them when this digest covered */go.mod: existing caches stay valid.
+  DIGEST=$(group_digest $(printf '%s\n' "${CONTROL[@]}" | LC_ALL=C sort))
+  SET="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kuberay-${KUBERAY_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${DIGEST}"
+else
+  ALL=("${NODES[@]}")
+  DIGEST=$(group_digest "${NODES[@]}")
+  SET="nodes-k8s-${KUBE_VERSION}_coredns-${COREDNS_VERSION}_${DIGEST}"
+fi
 SET_DIR="$CACHE_ROOT/$SET"
 BIN_DIR="$SET_DIR/bin"
 CRD_DIR="$SET_DIR/crds"
@@ -57,7 +85,7 @@ fi
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=("${ALL[@]}")
 for name in "${TARGETS[@]}"; do
-  [[ -d "$MODULES/$name" ]] || die "unknown binary '$name' (known: ${ALL[*]})"
+  [[ " ${ALL[*]} " == *" $name "* ]] || die "unknown binary '$name' in the $GROUP group (known: ${ALL[*]})"
 done
 
 # Third-party YAML the fixture needs, copied from the pinned modules (never committed here).
@@ -65,7 +93,7 @@ KWOK_STAGE_DIR="$SET_DIR/kwok/stages"
 KWOK_STAGES=(node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease
   pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete)
 data_present() {
-  [[ -f "$CRD_DIR/kuberay/ray.io_rayjobs.yaml" && -f "$KWOK_STAGE_DIR/pod-delete.yaml" ]]
+  [[ $GROUP == nodes ]] || [[ -f "$CRD_DIR/kuberay/ray.io_rayjobs.yaml" && -f "$KWOK_STAGE_DIR/pod-delete.yaml" ]]
 }
 all_present() {
   local name
@@ -114,10 +142,12 @@ kube_ldflags() {
 # name -> "package|ldflags"
 recipe() {
   case "$1" in
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl | kubelet | kube-proxy)
       echo "k8s.io/kubernetes/cmd/$1|$(kube_ldflags)" ;;
     etcd)
       echo "go.etcd.io/etcd/server/v3|-X go.etcd.io/etcd/api/v3/version.GitSHA=$(module_commit go.etcd.io/etcd/server/v3 "$ETCD_VERSION")" ;;
+    coredns)
+      echo ".|-X github.com/coredns/coredns/coremain.GitCommit=$(module_commit github.com/coredns/coredns "$COREDNS_VERSION")" ;;
     kwok)
       echo "sigs.k8s.io/kwok/cmd/kwok|-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$KUBE_VERSION" ;;
     kuberay)

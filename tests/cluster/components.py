@@ -1,8 +1,9 @@
 """Command lines of the control-plane components (pure functions: paths and ports in, argv out).
 
-Everything listens on 127.0.0.1. Cluster-internal address ranges (Service IPs, pod IPs, node
-IPs) are in the loopback block as well, so even a component that dials one of those fake
-addresses by mistake never sends a packet off this machine.
+Components listen on 127.0.0.1 of the namespace they run in; the apiserver binds and advertises
+what its ClusterNetwork says (tests/cluster/network.py). In the kwok cluster's LOOPBACK plan even
+Service, pod and node addresses are fake ones in the loopback block, so a component that dials one
+by mistake never sends a packet off this machine.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.cluster.network import LOOPBACK, ClusterNetwork
 from tests.cluster.pki import ClientCredentials
 
-# Fake cluster networks inside 127.0.0.0/8 (see the module docstring).
-SERVICE_CIDR = "127.128.0.0/24"
-POD_CIDR = "127.129.0.0/16"
+# The kwok cluster's fake networks inside 127.0.0.0/8 (see the module docstring).
+SERVICE_CIDR = LOOPBACK.service_cidr
+POD_CIDR = LOOPBACK.pod_cidr
 NODE_IP = "127.0.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # The annotation kwok selects the nodes it simulates by.
@@ -35,6 +37,8 @@ class PkiFiles:
     admin: ClientCredentials
     front_proxy_ca_cert: Path
     front_proxy_client: ClientCredentials
+    kubelet_client: ClientCredentials
+    """How the apiserver authenticates to kubelets (logs, exec, port-forward)."""
 
 
 def etcd_args(binary: Path, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
@@ -58,12 +62,22 @@ def etcd_args(binary: Path, data_dir: Path, client_port: int, peer_port: int) ->
     ]
 
 
-def apiserver_args(binary: Path, pki: PkiFiles, etcd_port: int, secure_port: int, cert_dir: Path) -> list[str]:
+def apiserver_args(
+    binary: Path,
+    pki: PkiFiles,
+    etcd_port: int,
+    secure_port: int,
+    cert_dir: Path,
+    network: ClusterNetwork = LOOPBACK,
+) -> list[str]:
+    # The default endpoint reconciler publishes the advertise address in the `kubernetes` Service;
+    # Endpoints validation rejects 127.0.0.1, and in the kwok cluster nothing routes through it.
+    reconciler = [] if network.publish_endpoints else ["--endpoint-reconciler-type=none"]
     return [
         str(binary),
         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--bind-address={network.apiserver_bind}",
+        f"--advertise-address={network.advertise_address}",
         f"--secure-port={secure_port}",
         f"--cert-dir={cert_dir}",
         f"--tls-cert-file={pki.apiserver_cert}",
@@ -71,14 +85,16 @@ def apiserver_args(binary: Path, pki: PkiFiles, etcd_port: int, secure_port: int
         f"--client-ca-file={pki.ca_cert}",
         # Node for kubelet-style identities, RBAC for everyone else (what `kubectl auth can-i` checks).
         "--authorization-mode=Node,RBAC",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={network.service_cidr}",
+        # Dial kubelets (logs, exec) at their node IP: node names resolve nowhere (as on kind).
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        f"--kubelet-client-certificate={pki.kubelet_client.cert_file}",
+        f"--kubelet-client-key={pki.kubelet_client.key_file}",
         "--allow-privileged=true",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki.service_account_pub}",
         f"--service-account-signing-key-file={pki.service_account_key}",
-        # The default endpoint reconciler would publish 127.0.0.1 for the `kubernetes` Service,
-        # which Endpoints validation rejects; nothing in the tests routes through that Service.
-        "--endpoint-reconciler-type=none",
+        *reconciler,
         # Request-header (front-proxy) authentication: without it every delegating component
         # (controller manager, scheduler) logs a missing CA bundle over and over.
         f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",

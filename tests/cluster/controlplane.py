@@ -27,6 +27,7 @@ import yaml
 
 from tests.cluster import components
 from tests.cluster.binaries import ClusterBinaries
+from tests.cluster.network import APISERVER_PORT, LOOPBACK, ClusterNetwork, NamespaceHost
 from tests.cluster.pki import (
     APISERVER_DNS_NAMES,
     CertificateAuthority,
@@ -42,6 +43,7 @@ from tests.cluster.processes import (
     insecure_tls,
     wait_until,
 )
+from tests.multihost.forward import Forwarder
 
 # Start-up limits (seconds) sized for 2 busy cores; a healthy start takes a fraction of them.
 ETCD_READY_TIMEOUT = 30.0
@@ -76,18 +78,38 @@ class KubectlError(RuntimeError):
 
 
 class ControlPlane:
-    """etcd + kube-apiserver with generated PKI and an admin (system:masters) kubeconfig."""
+    """etcd + kube-apiserver with generated PKI and an admin (system:masters) kubeconfig.
 
-    def __init__(self, binaries: ClusterBinaries, workdir: Path | None = None, keep_workdir: bool = False) -> None:
+    By default every component runs on the root namespace's loopback. With `host`, they run inside
+    that network namespace, the apiserver serves `network`'s ranges on the host's address (where
+    nodes reach it: `node_server`), and this process reaches it through a loopback forwarder
+    (`server`), so kubectl, helm and the Python client work unchanged.
+    """
+
+    def __init__(
+        self,
+        binaries: ClusterBinaries,
+        workdir: Path | None = None,
+        keep_workdir: bool = False,
+        host: NamespaceHost | None = None,
+        network: ClusterNetwork = LOOPBACK,
+    ) -> None:
         self.binaries = binaries
+        self.host = host
+        self.network = network
+        self._forwarder: Forwarder | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="forkrl-k8s-")) if workdir is None else workdir
         self.keep_workdir = keep_workdir or os.environ.get("FORKRL_K8S_KEEP_WORKDIR") == "1"
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.pki_dir = self.workdir / "pki"
         self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.component_kubeconfig = self.kubeconfig
+        """The admin kubeconfig as components next to the apiserver use it (its own URL in a namespace)."""
         self.server = ""
         self.pki: components.PkiFiles | None = None
+        self.ca: CertificateAuthority | None = None
+        """Issues more identities (nodes' kubelets and kube-proxies) after start()."""
         self.processes: dict[str, ManagedProcess] = {}
         self.startup_seconds: dict[str, float] = {}
         self.kwok_nodes: list[str] = []
@@ -99,18 +121,37 @@ class ControlPlane:
         _RUNNING.add(self)
         try:
             etcd_port, etcd_peer_port, apiserver_port = free_ports(3)
-            self.server = f"https://127.0.0.1:{apiserver_port}"
+            if self.host is not None:
+                apiserver_port = APISERVER_PORT
+                self._forwarder = Forwarder(self.host.namespace, "127.0.0.1", apiserver_port)
+                self.server = f"https://127.0.0.1:{self._forwarder.port}"
+            else:
+                self.server = f"https://127.0.0.1:{apiserver_port}"
             self.pki = self._write_pki()
             write_kubeconfig(self.kubeconfig, self.server, self.pki.ca_cert, client=self.pki.admin)
+            if self.host is not None:
+                self.component_kubeconfig = self.workdir / "component.kubeconfig"
+                write_kubeconfig(
+                    self.component_kubeconfig, f"https://127.0.0.1:{apiserver_port}", self.pki.ca_cert,
+                    client=self.pki.admin,
+                )
             etcd = self._spawn(
                 "etcd",
                 components.etcd_args(self.binaries.path("etcd"), self.workdir / "etcd", etcd_port, etcd_peer_port),
             )
-            self._wait_ready("etcd", lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health", expect=b'"true"'), etcd)
+            self._wait_ready(
+                "etcd", lambda: self._probe(lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health", expect=b'"true"')),
+                etcd,
+            )
             apiserver = self._spawn(
                 "kube-apiserver",
                 components.apiserver_args(
-                    self.binaries.path("kube-apiserver"), self.pki, etcd_port, apiserver_port, self._dir("apiserver")
+                    self.binaries.path("kube-apiserver"),
+                    self.pki,
+                    etcd_port,
+                    apiserver_port,
+                    self._dir("apiserver"),
+                    self.network,
                 ),
             )
             tls = client_tls(self.pki.ca_cert, self.pki.admin.cert_file, self.pki.admin.key_file)
@@ -131,6 +172,8 @@ class ControlPlane:
         """Stop every component (last started first) and remove the workdir. Safe to call twice."""
         for name in reversed(list(self.processes)):
             self.processes[name].stop()
+        if self._forwarder is not None:
+            self._forwarder.close()
         _RUNNING.discard(self)
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -151,7 +194,7 @@ class ControlPlane:
         args = components.controller_manager_args(
             self.binaries.path("kube-controller-manager"),
             self.pki,
-            self.kubeconfig,
+            self.component_kubeconfig,
             port,
             self._dir("kube-controller-manager"),
         )
@@ -162,7 +205,7 @@ class ControlPlane:
             return
         (port,) = free_ports(1)
         args = components.scheduler_args(
-            self.binaries.path("kube-scheduler"), self.kubeconfig, port, self._dir("kube-scheduler")
+            self.binaries.path("kube-scheduler"), self.component_kubeconfig, port, self._dir("kube-scheduler")
         )
         self._start_with_health("kube-scheduler", args, f"https://127.0.0.1:{port}/healthz")
 
@@ -174,7 +217,7 @@ class ControlPlane:
         if missing := [str(path) for path in stages if not path.is_file()]:
             raise ComponentError(f"kwok stage configs missing (re-run tests/cluster/build.sh): {missing}")
         (port,) = free_ports(1)
-        args = components.kwok_args(self.binaries.path("kwok"), self.kubeconfig, stages, port)
+        args = components.kwok_args(self.binaries.path("kwok"), self.component_kubeconfig, stages, port)
         self._start_with_health("kwok", args, f"http://127.0.0.1:{port}/healthz", tls=None)
 
     def install_kuberay_crds(self) -> None:
@@ -197,6 +240,11 @@ class ControlPlane:
         metrics_port, probe_port = free_ports(2)
         args = components.kuberay_args(self.binaries.path("kuberay"), metrics_port, probe_port)
         self._start_with_health("kuberay", args, f"http://127.0.0.1:{probe_port}/readyz", tls=None)
+
+    def start_component(self, name: str, args: list[str], health_url: str) -> None:
+        """Start one more process next to the control plane (in its namespace, if any) with the
+        component kubeconfig in $KUBECONFIG, and wait until `health_url` answers 200 there."""
+        self._start_with_health(name, args, health_url, tls=None)
 
     def stop_component(self, name: str) -> None:
         """Stop one optional component (e.g. "kuberay") so a later start_*() starts it afresh."""
@@ -340,16 +388,27 @@ class ControlPlane:
     def logs(self, name: str, lines: int = 40) -> str:
         return self.processes[name].log_tail(lines)
 
+    @property
+    def node_server(self) -> str:
+        """The apiserver URL as nodes and pods dial it (the host's address; `server` elsewhere)."""
+        if self.host is None:
+            return self.server
+        return f"https://{self.host.address}:{APISERVER_PORT}"
+
     # ----------------------------------------------------------------- internals
+    def _probe(self, check: Callable[[], bool]) -> bool:
+        """Run a health check from where the components listen (inside the host, if any)."""
+        return check() if self.host is None else self.host.run(check)
+
     def _dir(self, name: str) -> Path:
         path = self.workdir / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def _write_pki(self) -> components.PkiFiles:
-        ca = CertificateAuthority(self.pki_dir)
-        first_service_ip = components.SERVICE_CIDR.split("/")[0].rsplit(".", 1)[0] + ".1"
-        serving_cert, serving_key = ca.issue_serving("apiserver", ["127.0.0.1", first_service_ip], APISERVER_DNS_NAMES)
+        ca = self.ca = CertificateAuthority(self.pki_dir)
+        ips = ["127.0.0.1", self.network.first_service_ip] + ([self.host.address] if self.host else [])
+        serving_cert, serving_key = ca.issue_serving("apiserver", ips, APISERVER_DNS_NAMES)
         sa_key, sa_pub = write_service_account_keys(self.pki_dir)
         admin = ca.issue_client("admin", user="forkrl-admin", groups=("system:masters",))
         front_proxy_ca = CertificateAuthority(self.pki_dir, "forkrl-test-front-proxy-ca", stem="front-proxy-ca")
@@ -364,14 +423,18 @@ class ControlPlane:
             admin=admin,
             front_proxy_ca_cert=front_proxy_ca.cert_file,
             front_proxy_client=front_proxy_client,
+            kubelet_client=ca.issue_client(
+                "apiserver-kubelet-client", user="kube-apiserver-kubelet-client", groups=("system:masters",)
+            ),
         )
 
     def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
         env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["KUBECONFIG"] = str(self.component_kubeconfig)
         # A private HOME keeps components from reading the developer's ~/.kube or ~/.kwok config.
         env["HOME"] = str(self._dir("home"))
-        process = ManagedProcess(name, args, self.log_dir / f"{name}.log", env=env, cwd=self.workdir)
+        argv = args if self.host is None else self.host.wrap(args)
+        process = ManagedProcess(name, argv, self.log_dir / f"{name}.log", env=env, cwd=self.workdir)
         self.processes[name] = process
         process.start()
         return process
@@ -386,4 +449,4 @@ class ControlPlane:
     def _start_with_health(self, name: str, args: list[str], url: str, tls: Any = "insecure") -> None:
         context = insecure_tls() if tls == "insecure" else tls
         process = self._spawn(name, args)
-        self._wait_ready(name, lambda: http_ok(url, context=context), process)
+        self._wait_ready(name, lambda: self._probe(lambda: http_ok(url, context=context)), process)

@@ -11,6 +11,7 @@ tests/cluster/conftest.py loads them; another test folder does the same in its c
 | `workload_cluster` | session  | the same ControlPlane plus kube-scheduler, kwok and the nodes in KWOK_NODES |
 | `kuberay_operator` | function | workload_cluster + KubeRay CRDs + a KubeRay operator running for this test only |
 | `k8s_namespace`    | function | a fresh namespace (its default ServiceAccount exists), deleted after the test |
+| `real_cluster`, `real_namespace` | | real nodes: see tests/cluster/real_fixtures.py |
 
 The binaries are built (tests/cluster/build.sh, a no-op when cached) after collection and before
 the first test, outside any per-test timeout; tests that use these fixtures are skipped only when
@@ -28,6 +29,9 @@ import pytest
 
 from tests.cluster.binaries import BuildError, ClusterBinaries, build_binaries, go_available
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.real_fixtures import REAL_FIXTURES, real_cluster, real_namespace
+from tests.cluster.real_fixtures import prepare as prepare_real_nodes
+from tests.cluster.real_fixtures import skip_reason as real_nodes_skip_reason
 
 __all__ = [
     "CLUSTER_FIXTURES",
@@ -37,12 +41,16 @@ __all__ = [
     "k8s_namespace",
     "kuberay_operator",
     "pytest_collection_modifyitems",
+    "real_cluster",
+    "real_namespace",
     "workload_cluster",
 ]
 
 # (name, GPUs) of the simulated nodes workload_cluster creates; each has 32 CPUs and 256Gi.
 KWOK_NODES: tuple[tuple[str, int], ...] = (("kwok-gpu-0", 8), ("kwok-gpu-1", 8), ("kwok-cpu-0", 0))
-CLUSTER_FIXTURES = frozenset({"k8s_binaries", "control_plane", "workload_cluster", "kuberay_operator", "k8s_namespace"})
+CLUSTER_FIXTURES = frozenset(
+    {"k8s_binaries", "control_plane", "workload_cluster", "kuberay_operator", "k8s_namespace"} | REAL_FIXTURES
+)
 
 _build: dict[str, ClusterBinaries | BuildError] = {}
 _namespace_ids = itertools.count()
@@ -80,6 +88,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # A failure is re-raised by the k8s_binaries fixture, so the tests error with build.sh's message.
     with contextlib.suppress(BuildError):
         _ensure_built(config)
+    wants_nodes = any(REAL_FIXTURES & set(getattr(item, "fixturenames", ())) for item in selected)
+    if wants_nodes and not real_nodes_skip_reason():
+        # Likewise for the node binaries and images (a failure is re-raised by the real_cluster fixture).
+        with contextlib.suppress(Exception):
+            prepare_real_nodes(config)
 
 
 @pytest.fixture(scope="session")

@@ -1,47 +1,17 @@
 """Reach a service inside a simulated host from the test process.
 
-A socket belongs to the network namespace of the thread that created it, and a thread may switch its
-own network namespace with setns(2). `connect_in` therefore creates the socket on a short-lived
-thread that first enters the host's namespace; `Forwarder` listens on the root namespace's loopback
-and relays every accepted connection to an address inside a host.
+A socket belongs to the network namespace of the thread that created it: `connect_in` creates it on
+a thread inside the host's namespace (tests.cluster.network.run_in_namespace); `Forwarder` listens
+on the root namespace's loopback and relays every accepted connection to an address inside a host.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import socket
 import threading
-from collections.abc import Callable
 
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _in_namespace(namespace: str, fn: Callable[[], socket.socket]) -> socket.socket:
-    result: list[socket.socket] = []
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({namespace}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, name=f"netns-{namespace}", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
+from tests.cluster.network import run_in_namespace
 
 
 def connect_in(namespace: str, address: str, port: int, timeout_s: float = 5.0) -> socket.socket:
@@ -52,7 +22,7 @@ def connect_in(namespace: str, address: str, port: int, timeout_s: float = 5.0) 
         sock.settimeout(None)
         return sock
 
-    return _in_namespace(namespace, connect)
+    return run_in_namespace(namespace, connect)
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
