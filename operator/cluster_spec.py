@@ -195,6 +195,11 @@ class ClusterSpec(_Spec):
         "nvidia.com/gpu", min_length=1, max_length=253, description="Extended resource name of a GPU."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of every container.")
+    cpu_limits: bool = Field(
+        True,
+        description="CPU limits equal to the requests (with memory: Guaranteed QoS). false: CPU requests only, "
+        "pods use idle CPU of their node unthrottled (Burstable QoS; Ray still counts the requested CPUs).",
+    )
     mounts: list[ClaimMount] = Field(
         default_factory=list, max_length=32, description="PersistentVolumeClaims mounted into every forkrl container."
     )

@@ -53,11 +53,15 @@ def env(ctx: JobContext, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return base + [{"name": k, "value": v} for k, v in sorted(ctx.cluster.env.items()) if k not in taken]
 
 
-def requests_and_limits(cpu: str, memory: str, gpus: int, gpu_resource: str) -> dict[str, Any]:
+def requests_and_limits(ctx: JobContext, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+    """Requests, and limits equal to them (the CPU limit only with cluster.cpu_limits)."""
     values: dict[str, str] = {"cpu": cpu, "memory": memory}
     if gpus:
-        values[gpu_resource] = str(gpus)
-    return {"requests": dict(values), "limits": dict(values)}
+        values[ctx.cluster.gpu_resource] = str(gpus)
+    limits = dict(values)
+    if not ctx.cluster.cpu_limits:
+        del limits["cpu"]
+    return {"requests": dict(values), "limits": limits}
 
 
 def placement(ctx: JobContext, where: Placement) -> dict[str, Any]:
@@ -196,7 +200,7 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         "args": args,
         "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
         "env": env(ctx, []),
-        "resources": requests_and_limits(pods.cpu, pods.memory, pods.gpus, ctx.cluster.gpu_resource),
+        "resources": requests_and_limits(ctx, pods.cpu, pods.memory, pods.gpus),
         # Loading a large checkpoint into vLLM takes minutes: the startup probe allows 30 of them.
         "startupProbe": http_probe("/healthz", 10, 180),
         "livenessProbe": http_probe("/healthz", 30, 3),
@@ -243,7 +247,7 @@ def verifier_deployment(ctx: JobContext) -> Manifest:
         ],
         "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
         "env": env(ctx, []),
-        "resources": requests_and_limits(pods.cpu, pods.memory, 0, ctx.cluster.gpu_resource),
+        "resources": requests_and_limits(ctx, pods.cpu, pods.memory, 0),
         "livenessProbe": http_probe("/healthz", 30, 3),
         "readinessProbe": http_probe("/readyz", 5, 3),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, *claim_mounts(ctx)[1]],
@@ -349,7 +353,7 @@ def ray_job(ctx: JobContext) -> Manifest:
         "imagePullPolicy": cluster.image_pull_policy,
         "ports": head_ports,
         "env": head_env,
-        "resources": requests_and_limits(cluster.controller.cpu, cluster.controller.memory, 0, cluster.gpu_resource),
+        "resources": requests_and_limits(ctx, cluster.controller.cpu, cluster.controller.memory, 0),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, *mounts],
     }
     stages = ctx.spec.learner.parallel.pipeline_parallel
@@ -364,10 +368,10 @@ def ray_job(ctx: JobContext) -> Manifest:
         "env": env(ctx, [{"name": RENDEZVOUS_PORT_ENV, "value": str(RENDEZVOUS_PORT)},
                          {"name": WEIGHT_SYNC_PORT_ENV, "value": str(WEIGHT_SYNC_PORT)}]),
         "resources": requests_and_limits(
+            ctx,
             format_cpu(parse_quantity(str(math.ceil(ranks_per_pod * resources.cpus_per_learner)))),
             format_bytes(parse_quantity(cluster.learner.memory_per_rank) * ranks_per_pod),
             math.ceil(ranks_per_pod * resources.gpus_per_learner),
-            cluster.gpu_resource,
         ),
         "volumeMounts": mounts,
     }

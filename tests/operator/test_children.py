@@ -359,9 +359,9 @@ def test_claim_mounts_may_not_take_the_operators_own_names_or_paths() -> None:
     def mount(name: str, path: str) -> dict[str, str]:
         return {"name": name, "claim_name": "c", "mount_path": path}
 
-    with pytest.raises(ValidationError, match="cluster.mounts: names"):
+    with pytest.raises(ValidationError, match=r"cluster\.mounts: names"):
         context({"cluster": {"mounts": [mount("storage", "/x")]}})
-    with pytest.raises(ValidationError, match="cluster.mounts: names"):
+    with pytest.raises(ValidationError, match=r"cluster\.mounts: names"):
         context({"cluster": {"mounts": [mount("a", "/x"), mount("a", "/y")]}})
     with pytest.raises(ValidationError, match="mount_path /etc/forkrl"):
         context({"cluster": {"mounts": [mount("a", "/etc/forkrl/")]}})
@@ -380,3 +380,13 @@ def test_rollout_replicas_and_learner_pods_spread_over_nodes_as_a_preference() -
         component = "rollout" if where == "rollout" else "learner"
         assert constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
     assert "topologySpreadConstraints" not in pods["head"] and "topologySpreadConstraints" not in pods["verifier"]
+
+
+def test_cpu_limits_false_keeps_requests_and_drops_only_the_cpu_limit() -> None:
+    limited, unlimited = _pod_specs(context()), _pod_specs(context({"cluster": {"cpu_limits": False}}))
+    for where in limited:
+        before = container({"spec": limited[where]})["resources"]
+        after = container({"spec": unlimited[where]})["resources"]
+        assert after["requests"] == before["requests"], where
+        assert "cpu" in before["limits"] and "cpu" not in after["limits"], where
+        assert after["limits"] == {k: v for k, v in before["limits"].items() if k != "cpu"}, where
