@@ -45,6 +45,24 @@ def test_operator_chart_runs_one_recreated_replica_as_its_service_account(forkrl
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-forkrl", "namespace": "default"}]
 
 
+def test_operator_extra_env_and_volumes_reach_the_pod(forkrl_cluster: ControlPlane) -> None:
+    env = [{"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}]
+    volumes = [{"name": "ca", "configMap": {"name": "corp-ca"}}]
+    mounts = [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}]
+    objects = render(
+        forkrl_cluster, CHART, "--set-json", f"operator.extraEnv={json.dumps(env)}",
+        "--set-json", f"operator.extraVolumes={json.dumps(volumes)}",
+        "--set-json", f"operator.extraVolumeMounts={json.dumps(mounts)}",
+    )
+    pod = objects[("Deployment", "demo-forkrl")]["spec"]["template"]["spec"]
+    assert pod["volumes"] == volumes
+    container = pod["containers"][0]
+    assert container["env"][0]["name"] == "POD_ID" and container["env"][1:] == env
+    assert container["volumeMounts"] == mounts
+    plain = render(forkrl_cluster, CHART)[("Deployment", "demo-forkrl")]["spec"]["template"]["spec"]
+    assert "volumes" not in plain and "volumeMounts" not in plain["containers"][0]
+
+
 def test_more_replicas_need_peering(forkrl_cluster: ControlPlane) -> None:
     refused = forkrl_cluster.helm("template", "demo", str(CHART), "--set", "operator.replicas=2", check=False)
     assert refused.returncode != 0 and "needs peering.enabled" in refused.stderr
