@@ -136,12 +136,18 @@ def make_cgroup_root(name: str) -> None:
                 (path / knob).write_text((hierarchy / knob).read_text())
 
 
+def _cgroup_dirs(top: Path) -> list[Path]:
+    """Every cgroup below and including `top`, deepest first. Cgroups vanish while we walk (the kubelet
+    and containerd remove theirs): os.walk skips what is gone instead of failing."""
+    return [Path(root) for root, _, _ in os.walk(top, topdown=False)]
+
+
 def cgroup_pids(name: str) -> set[int]:
     pids: set[int] = set()
     for hierarchy in cgroup_hierarchies():
-        for procs in (hierarchy / name).rglob("cgroup.procs") if (hierarchy / name).is_dir() else ():
+        for directory in _cgroup_dirs(hierarchy / name):
             with contextlib.suppress(OSError):
-                pids.update(int(line) for line in procs.read_text().split())
+                pids.update(int(line) for line in (directory / "cgroup.procs").read_text().split())
     return pids
 
 
@@ -154,14 +160,9 @@ def kill_cgroup(name: str, timeout_s: float = 20.0) -> None:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
     for hierarchy in cgroup_hierarchies():
-        top = hierarchy / name
-        if not top.is_dir():
-            continue
-        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for path in _cgroup_dirs(hierarchy / name):
             with contextlib.suppress(OSError):
                 path.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
 
 
 def mounts_under(directory: Path) -> list[str]:

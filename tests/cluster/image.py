@@ -39,8 +39,9 @@ KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # On top of minbase: python3 (its libpython3.11-stdlib dependency brings libssl3, libffi8, libsqlite3-0,
 # libbz2-1.0, liblzma5, libncursesw6, libreadline8, libnsl2, libuuid1 ... which the mounted pyenv
 # interpreter's lib-dynload needs too), iproute2 (`ip`, `ss` for debugging pod networking), procps (`ps`,
-# `pkill` for Ray's process handling) and ca-certificates (TLS to the API server and elsewhere).
-BASE_PACKAGES = ("python3", "iproute2", "procps", "ca-certificates")
+# `pkill` for Ray's process handling), ca-certificates (TLS to the API server and elsewhere) and wget
+# (KubeRay's default liveness and readiness probes of Ray pods run `wget`, as Ray's own images have it).
+BASE_PACKAGES = ("python3", "iproute2", "procps", "ca-certificates", "wget")
 PAUSE_PACKAGE = "catatonit"
 PAUSE_ENTRYPOINT = ("/catatonit", "-P")  # -P: pause mode, no child, just reap and wait for a signal
 REGISTRY = "forkrl.test"  # a name no real registry answers to, so containerd never tries to pull these
