@@ -124,6 +124,10 @@ class Reconciler:
             recorded = status.get("lastFailure") or {}
             if status.get("phase") in TERMINAL_PHASES or ray_job != attempt or recorded.get("rayJob") == attempt:
                 return
+            if (body.get("spec") or {}).get("suspend"):
+                # Pods of a suspended job are deleted on purpose; one exiting with an error on the way
+                # out must not fail the attempt it resumes with.
+                return
             failure = {"reason": "PodFailed", "message": describe_pod_failure(pod), "rayJob": attempt, "time": now()}
             await self.call(
                 self.kube.patch_status, namespace, job, {"lastFailure": failure}, body["metadata"]["resourceVersion"]

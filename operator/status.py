@@ -214,14 +214,10 @@ def _phase(prev: dict[str, Any], obs: Observation, services: dict[str, Any]) -> 
         return previous, prev.get("reason") or previous, prev.get("message") or "", False
     if obs.spec_error is not None:
         return "Failed", "InvalidSpec", obs.spec_error, False
-    failure = _learner_failure(obs)
-    if failure is not None:
-        reason, message = failure
-        retries = int(prev.get("retries") or 0)
-        if retries < obs.max_retries:
-            return "Pending", "Retrying", f"attempt {retries + 2}/{obs.max_retries + 1} after {reason}: {message}", True
-        return "Failed", reason, message, False
     if obs.suspend:
+        # Before failures: suspending stops the Ray job and deletes its pods, whose containers may then
+        # exit with an error. That is the suspension, not the learner failing; resuming continues from
+        # the last checkpoint either way.
         ray_down = obs.ray_job is None or obs.ray_job.job_deployment_status in ("Suspended", "")
         pods_down = all(d is None or d.ready == 0 for d in (obs.rollout, obs.verifier))
         done = ray_down and pods_down
@@ -231,6 +227,13 @@ def _phase(prev: dict[str, Any], obs: Observation, services: dict[str, Any]) -> 
             "suspended: no learner, rollout or verifier pods" if done else "scaling the children down",
             False,
         )
+    failure = _learner_failure(obs)
+    if failure is not None:
+        reason, message = failure
+        retries = int(prev.get("retries") or 0)
+        if retries < obs.max_retries:
+            return "Pending", "Retrying", f"attempt {retries + 2}/{obs.max_retries + 1} after {reason}: {message}", True
+        return "Failed", reason, message, False
     ray = obs.ray_job
     services_ready = services["status"] == "True"
     if ray is not None and ray.succeeded:

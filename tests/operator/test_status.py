@@ -169,6 +169,20 @@ def test_suspend_reports_suspending_until_the_children_are_down() -> None:
     assert conditions(suspended)["RolloutReady"] == ("False", "ScaledToZero")
 
 
+def test_pods_failing_while_the_job_suspends_do_not_fail_it_and_it_resumes() -> None:
+    pod = {"reason": "PodFailed", "message": "pod exp-worker-0 failed; container ray-worker: Error", "rayJob": "exp"}
+    stopped = RayJobObservation("exp", "Suspending", "STOPPED", suspend=True)
+    suspending, suspended, resumed = run(
+        observe(0, suspend=True, ray_job=stopped, pod_failure=pod),
+        observe(1, suspend=True, ray_job=RayJobObservation("exp", "Suspended", "", suspend=True),
+                rollout=DeploymentObservation(0), verifier=DeploymentObservation(0)),
+        observe(2, ray_job=RUNNING),
+    )
+    assert (suspending.status["phase"], suspended.status["phase"]) == ("Suspended", "Suspended")
+    assert not suspending.retry and suspending.status["retries"] == 0
+    assert resumed.status["phase"] == "Running"
+
+
 def test_an_invalid_spec_fails_and_refused_changes_are_reported() -> None:
     invalid = derive({}, observe(spec_error="spec: invalid (learner.reference.enabled: ...)"))
     assert (invalid.status["phase"], invalid.status["reason"]) == ("Failed", "InvalidSpec")
