@@ -22,6 +22,7 @@ from tests.cluster.real_cluster import RealCluster
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "forkrl"
+JOB_CHART = REPO / "helm" / "rlvrjob"
 OPERATOR_NAMESPACE = "forkrl-system"
 CHECKPOINT_CLASS = "forkrl-test-local"
 # What the operator and the job's pods need on PATH and in the environment to use the mounted venv.

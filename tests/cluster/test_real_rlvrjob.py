@@ -1,18 +1,23 @@
 """An RLVRJob end to end on real pods: the operator chart's operator pod reconciles it, KubeRay starts the
 Ray head (the controller is the RayJob's driver) and a worker pod per learner rank on different nodes,
-the HF rollout Deployment serves from two nodes, and checkpoints land on a PersistentVolume."""
+the HF rollout Deployment serves from two nodes, checkpoints land on a PersistentVolume; and the job
+survives losing a rollout pod, a drained node and a suspension on the way."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from forkrl.trainer.controller.recorder import read_step_records
 from tests.cluster.real_cluster import RealCluster
 from tests.cluster.real_deploy import (
     CHECKPOINT_CLASS,
+    JOB_CHART,
     OPERATOR_NAMESPACE,
     checkpoint_volume,
     host_directories,
@@ -25,7 +30,7 @@ from tests.multihost.conftest import SHORT_COLD_START, build_cold_start
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-STEPS = 3
+STEPS = 7
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def forkrl_on_nodes(real_cluster: RealCluster) -> RealCluster:
     return real_cluster
 
 
-def rlvrjob(name: str, namespace: str, model_path: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+def rlvrjob(name: str, namespace: str, image: str, model_path: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     """The main job on its cold-start policy: TP=2 over two learner pods, two rollout replicas, 3 steps."""
     spec = {
         "seed": 7,
@@ -57,7 +62,7 @@ def rlvrjob(name: str, namespace: str, model_path: str, mounts: list[dict[str, A
         "schedule": {"steps": STEPS, "train_batch_size": 16, "samples_per_prompt": 8, "mini_batch_size": 8},
         "checkpoint": {"interval": 1},
         "cluster": {
-            "image": "",
+            "image": image,
             "image_pull_policy": "Never",
             "env": job_env(),
             # Two 2-CPU nodes that are one 2-core machine: throttling each pod to its small request
@@ -78,14 +83,25 @@ def rlvrjob(name: str, namespace: str, model_path: str, mounts: list[dict[str, A
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
-def pod_nodes(cluster: RealCluster, namespace: str, component: str) -> set[str]:
+def pod_nodes(cluster: RealCluster, namespace: str, component: str) -> list[str]:
     pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/component={component}")
-    return {p["spec"].get("nodeName") for p in pods["items"] if p["status"].get("phase") == "Running"}
+    return sorted(p["spec"].get("nodeName") for p in pods["items"] if p["status"].get("phase") == "Running")
 
 
-def test_an_rlvrjob_trains_on_real_pods_and_succeeds(
+def ready_pods(cluster: RealCluster, namespace: str, component: str) -> list[str]:
+    pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/component={component}")
+    return [p["metadata"]["name"] for p in pods["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+
+
+def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_keeps_its_checkpoints(
     forkrl_on_nodes: RealCluster, real_namespace: str, pytestconfig: pytest.Config
 ) -> None:
+    """One run (every run costs minutes here), installed with the rlvrjob chart, with three faults in turn:
+    a rollout pod deleted (the Deployment replaces it; the controller pushes it the current weights before
+    it serves), node-2 drained (its learner worker is evicted, the attempt fails, forkrl retries with a new
+    RayJob that resumes from the last checkpoint once the node is back), and the job suspended (every pod
+    goes) and resumed (training continues from the checkpoint). Then `helm uninstall` keeps the checkpoints."""
     cluster, ns = forkrl_on_nodes, real_namespace
     # The job's own pods run as the image's user (root): the job namespace is not the restricted one.
     cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=baseline", "--overwrite")
@@ -94,38 +110,126 @@ def test_an_rlvrjob_trains_on_real_pods_and_succeeds(
     assert cluster.workdir is not None
     checkpoints = cluster.workdir / "volumes" / ns
     checkpoint_volume(cluster, f"{ns}-checkpoints", checkpoints)
-    job = rlvrjob("arith", ns, model, mounts)
-    job["spec"]["cluster"]["image"] = cluster.base_image
+    job = rlvrjob("arith", ns, cluster.base_image, model, mounts)
+    job["spec"]["cluster"]["max_retries"] = 1
+    values = checkpoints.parent / f"{ns}-values.yaml"
+    values.write_text(yaml.safe_dump(job["spec"]))
     start = time.monotonic()
-    cluster.cp.apply(job)
+    timeline: list[str] = []
 
-    learner_nodes: set[str] = set()
-    rollout_nodes: set[str] = set()
-    phases: dict[str, float] = {}
+    def mark(event: str) -> None:
+        timeline.append(f"{event} {time.monotonic() - start:.0f} s")
 
-    def progress() -> bool:
-        learner_nodes.update(pod_nodes(cluster, ns, "learner"))
-        rollout_nodes.update(pod_nodes(cluster, ns, "rollout"))
-        status = cluster.kubectl_json("get", "rlvrjob", "arith", "-n", ns).get("status", {})
-        phase = status.get("phase", "")
-        phases.setdefault(phase, time.monotonic() - start)
-        if phase == "Failed":
-            raise AssertionError(f"the job failed: {status}")
-        return phase == "Succeeded"
+    def status() -> dict[str, Any]:
+        current = cluster.kubectl_json("get", "rlvrjob", "arith", "-n", ns).get("status", {})
+        if current.get("phase") == "Failed":
+            raise AssertionError(f"the job failed: {current}")
+        return current
 
+    def step() -> int:
+        return int(status().get("step") or 0)
+
+    def at_step(target: int, what: str) -> None:
+        cluster.cp.wait_for(lambda: step() >= target, f"step {target} ({what})", timeout=900)
+        mark(f"step {target}")
+
+    # Through the rlvrjob chart, as a user installs one experiment (values = the spec).
+    cluster.cp.helm("install", "arith", str(JOB_CHART), "--namespace", ns, "-f", str(values))
     try:
-        cluster.cp.wait_for(progress, "RLVRJob arith Succeeded", timeout=1200)
+        at_step(1, "first step")
+        learner_nodes, rollout_nodes = pod_nodes(cluster, ns, "learner"), pod_nodes(cluster, ns, "rollout")
+
+        victim = ready_pods(cluster, ns, "rollout")[0]
+        cluster.kubectl("delete", "pod", "-n", ns, victim, "--wait=false")
+        mark(f"deleted {victim}")
+        cluster.cp.wait_for(lambda: len(ready := ready_pods(cluster, ns, "rollout")) == 2 and victim not in ready,
+                            "a ready replacement rollout pod", timeout=300)
+        # A step that starts after the replacement is ready finds it on the base weights and re-pushes.
+        at_step(step() + 2, "after the replacement rollout pod")
+
+        cluster.kubectl("drain", "node-2", "--ignore-daemonsets", "--delete-emptydir-data", "--force",
+                        "--timeout=120s", timeout=180)
+        mark("drained node-2")
+        cluster.cp.wait_for(lambda: int(status().get("retries") or 0) == 1, "the retry after the drain", timeout=600)
+        cluster.kubectl("uncordon", "node-2")
+        mark("retrying; uncordoned node-2")
+        at_step(step() + 1, "after the retry")
+
+        cluster.kubectl("patch", "rlvrjob", "arith", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+        cluster.cp.wait_for(lambda: status().get("reason") == "Suspended", "Suspended", timeout=300)
+        cluster.cp.wait_for(lambda: not cluster.kubectl_json("get", "pods", "-n", ns)["items"],
+                            "every job pod gone while suspended", timeout=300)
+        mark(f"suspended at step {step()}")
+        cluster.kubectl("patch", "rlvrjob", "arith", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+        cluster.cp.wait_for(lambda: status().get("phase") == "Succeeded", "Succeeded after the resume", timeout=900)
+        mark("Succeeded")
     finally:
-        seen = ", ".join(f"{k or '-'} {v:.0f}" for k, v in phases.items())
-        report(pytestconfig, f"job phases (s after apply): {seen}")
-    status = cluster.kubectl_json("get", "rlvrjob", "arith", "-n", ns)["status"]
-    assert status["step"] == STEPS
-    assert 0.0 <= status["reward"] <= 1.0
-    assert learner_nodes == {"node-1", "node-2"}, "the two learner ranks ran on pods of different nodes"
-    assert rollout_nodes == {"node-1", "node-2"}, "the rollout replicas ran on different nodes"
+        report(pytestconfig, "job timeline (s after helm install): " + "; ".join(timeline))
+    final = status()
+    assert final["step"] == STEPS and final["retries"] == 1 and 0.0 <= final["reward"] <= 1.0
+    assert learner_nodes == ["node-1", "node-2"], "the two learner ranks run on pods of different nodes"
+    assert rollout_nodes == ["node-1", "node-2"], "the rollout replicas run on different nodes"
+    assert "Succeeded" in cluster.kubectl("get", "rlvr", "arith", "-n", ns).stdout
     saved = sorted(p.name for p in checkpoints.rglob("step_*") if p.is_dir())
     assert saved, f"no checkpoint on the volume {checkpoints}"
-    printed = cluster.kubectl("get", "rlvr", "arith", "-n", ns).stdout
-    assert "Succeeded" in printed
+    # The run's records, written by the controller in the head pod onto the same volume. Every step ran
+    # once and in order across the three learner attempts (each resumed from the last checkpoint, none
+    # started over), each step's weights went over the pod network to the rollout pods, and the
+    # replacement rollout pod was found stale and re-pushed.
+    (metrics,) = checkpoints.rglob("metrics.jsonl")
+    records = read_step_records(metrics)
+    assert [r.step for r in records] == list(range(1, STEPS + 1))
+    assert all(r.sync.bytes > 0 for r in records)
+    assert max(r.replicas.repushed_total for r in records) >= 1
+    versions = [r.weight_version for r in records]
+    assert versions[0] >= 1 and all(a < b for a, b in itertools.pairwise(versions)), versions
+
+    # Uninstalling the experiment deletes the job, never its checkpoints (the created claim is retained).
+    claims = cluster.kubectl_json("get", "pvc", "-n", ns, "-l", "forkrl.dev/job=arith")["items"]
+    assert len(claims) == 1 and claims[0]["status"]["phase"] == "Bound"
+    cluster.cp.helm("uninstall", "arith", "--namespace", ns, "--wait")
+    cluster.cp.wait_for(lambda: cluster.kubectl("get", "rlvrjob", "arith", "-n", ns, check=False).returncode != 0,
+                        "the RLVRJob deleted", timeout=120)
+    kept = cluster.kubectl_json("get", "pvc", "-n", ns, "-l", "forkrl.dev/job=arith")["items"]
+    assert [c["metadata"]["name"] for c in kept] == [claims[0]["metadata"]["name"]]
+    assert saved == sorted(p.name for p in checkpoints.rglob("step_*") if p.is_dir())
     operator_pods = cluster.kubectl_json("get", "pods", "-n", OPERATOR_NAMESPACE)["items"]
     assert [p["status"]["phase"] for p in operator_pods] == ["Running"]
+
+
+def test_two_operator_pods_with_peering_one_works_and_the_other_waits(
+    forkrl_on_nodes: RealCluster, real_namespace: str
+) -> None:
+    """`helm upgrade` to two operator replicas with kopf peering: both pods run, exactly one pauses in
+    favour of the other, and a (suspended) job is still reconciled into its children."""
+    cluster, ns = forkrl_on_nodes, real_namespace
+    install_operator(cluster, replicas=2)
+    try:
+        def operator_pods() -> list[dict[str, Any]]:
+            return cluster.kubectl_json("get", "pods", "-n", OPERATOR_NAMESPACE)["items"]
+
+        def both_ready() -> bool:
+            pods = operator_pods()
+            return len(pods) == 2 and all(any(c["type"] == "Ready" and c["status"] == "True"
+                                              for c in p["status"].get("conditions", [])) for p in pods)
+
+        cluster.cp.wait_for(both_ready, "two ready operator pods", timeout=180)
+        mounts = host_path_claims(cluster, ns, host_directories())
+        job = rlvrjob("peered", ns, cluster.base_image, "/models/none", mounts)
+        job["spec"]["suspend"] = True
+        cluster.cp.apply(job)
+        cluster.cp.wait_for(
+            lambda: cluster.kubectl("get", "deployment", "peered-rollout", "-n", ns, check=False).returncode == 0
+            and cluster.kubectl_json("get", "rlvrjob", "peered", "-n", ns).get("status", {}).get("phase")
+            == "Suspended",
+            "the suspended job reconciled into its children", timeout=120,
+        )
+        assert cluster.kubectl_json("get", "deployment", "peered-rollout", "-n", ns)["spec"]["replicas"] == 0
+
+        def paused_pods() -> list[str]:
+            return [p["metadata"]["name"] for p in operator_pods() if "Pausing operations in favour of" in
+                    cluster.kubectl("logs", "-n", OPERATOR_NAMESPACE, p["metadata"]["name"]).stdout]
+
+        cluster.cp.wait_for(lambda: len(paused_pods()) == 1, "exactly one operator pod paused", timeout=120)
+    finally:
+        install_operator(cluster, replicas=1)
