@@ -78,14 +78,11 @@ def go_available() -> bool:
     return shutil.which("go") is not None
 
 
-def build_binaries(stream_progress: bool = True) -> ClusterBinaries:
-    """Run build.sh (a no-op when the version set is built) and return the built set.
-
-    Progress lines go to this process's stderr when `stream_progress`; a cold build takes tens
-    of minutes on 2 cores, so callers should build outside any per-test timeout.
-    """
+def _run_build_script(args: list[str], stream_progress: bool) -> Path:
+    """Run build.sh with `args`; its last stdout line is the bin directory of the version set."""
+    command = " ".join(["tests/cluster/build.sh", *args])
     result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)],
+        ["bash", str(BUILD_SCRIPT), *args],
         stdout=subprocess.PIPE,
         stderr=None if stream_progress else subprocess.PIPE,
         text=True,
@@ -93,11 +90,20 @@ def build_binaries(stream_progress: bool = True) -> ClusterBinaries:
     )
     if result.returncode != 0:
         detail = result.stderr if result.stderr is not None else "(progress and errors were printed above)"
-        raise BuildError(f"tests/cluster/build.sh failed with exit code {result.returncode}:\n{detail}")
+        raise BuildError(f"{command} failed with exit code {result.returncode}:\n{detail}")
     lines = result.stdout.strip().splitlines()
     if not lines:
-        raise BuildError("tests/cluster/build.sh printed no bin directory")
-    binaries = ClusterBinaries(Path(lines[-1]))
+        raise BuildError(f"{command} printed no bin directory")
+    return Path(lines[-1])
+
+
+def build_binaries(stream_progress: bool = True) -> ClusterBinaries:
+    """Run build.sh (a no-op when the version set is built) and return the built set.
+
+    Progress lines go to this process's stderr when `stream_progress`; a cold build takes tens
+    of minutes on 2 cores, so callers should build outside any per-test timeout.
+    """
+    binaries = ClusterBinaries(_run_build_script([], stream_progress))
     if missing := binaries.missing():
         raise BuildError(f"build.sh finished but these binaries are missing from {binaries.bin_dir}: {missing}")
     return binaries
@@ -121,17 +127,7 @@ class NodeBinaries:
 def build_node_binaries(stream_progress: bool = True) -> NodeBinaries:
     """Run `build.sh --nodes` (a no-op when built); the kubelet shares most packages with the control
     plane, so after the control plane's build this one is mostly linking."""
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--nodes"],
-        stdout=subprocess.PIPE,
-        stderr=None if stream_progress else subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        detail = result.stderr if result.stderr is not None else "(progress and errors were printed above)"
-        raise BuildError(f"tests/cluster/build.sh --nodes failed with exit code {result.returncode}:\n{detail}")
-    binaries = NodeBinaries(Path(result.stdout.strip().splitlines()[-1]))
+    binaries = NodeBinaries(_run_build_script(["--nodes"], stream_progress))
     if missing := binaries.missing():
         raise BuildError(f"build.sh --nodes finished but these are missing from {binaries.bin_dir}: {missing}")
     return binaries

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.multihost.netns import pid_alive
+
 STATE_DIR = Path(os.environ.get("FORKRL_TEST_STATE", Path.home() / ".cache" / "forkrl" / "tests" / "host-state"))
 SYSCTLS = (
     "vm.overcommit_memory",
@@ -46,16 +48,6 @@ def _sysctl_path(name: str) -> Path:
 
 def read_sysctl(name: str) -> str:
     return _sysctl_path(name).read_text().strip()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -209,18 +201,18 @@ def restore_stale() -> list[str]:
     (their mounts and containerd shims). Returns what was cleaned, for the log."""
     cleaned: list[str] = []
     for path in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
-        if path.stem.isdigit() and not _pid_alive(int(path.stem)):
+        if path.stem.isdigit() and not pid_alive(int(path.stem)):
             HostState(**json.loads(path.read_text())).restore()
             cleaned.append(f"host settings of run {path.stem}")
     for hierarchy in cgroup_hierarchies()[:1]:
         for group in hierarchy.iterdir():
             match = _OWNED.match(group.name)
-            if match and group.is_dir() and not _pid_alive(int(match.group(1))):
+            if match and group.is_dir() and not pid_alive(int(match.group(1))):
                 kill_cgroup(group.name)
                 cleaned.append(f"cgroup /{group.name}")
     for workdir in Path("/tmp").glob(f"{WORKDIR_PREFIX}*"):
         match = _OWNED.match(workdir.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             kill_pids(processes_mentioning(str(workdir)))
             unmount_all(workdir)
             shutil.rmtree(workdir, ignore_errors=True)

@@ -61,7 +61,8 @@ def _kill_pids(pids: Sequence[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a PID file's owner, a namespace's creator)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,7 +90,7 @@ def cleanup_stale() -> list[str]:
     removed = []
     for name in list_namespaces():
         match = _NAME.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             delete_namespace(name)
             removed.append(name)
     return removed
