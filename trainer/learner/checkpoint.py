@@ -10,6 +10,7 @@ re-seeded otherwise (a resharded run cannot replay another layout's streams).
 from __future__ import annotations
 
 import logging
+import queue
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,8 +133,25 @@ def _sharded_state(learner: Learner, is_loading: bool) -> dict[str, Any]:
     return state
 
 
+def _in_process_results_queue() -> None:
+    """Give megatron's save an in-process queue for its write results.
+
+    On first use megatron creates that queue from a `spawn` multiprocessing Manager: a server process per
+    rank that imports torch afresh (several CPU-seconds per rank, on every run's first checkpoint) only to
+    hand each save's results from this process back to itself. Saves here are synchronous (the writes run
+    in this process and in workers it forks, which report on queues of their own), so a thread queue
+    carries them as well. Were a save ever made asynchronous, its results would not arrive here and
+    megatron would fail it ("results_queue should not be empty"), not lose them.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", "absent") is None:  # unset, under the name 0.16 uses
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save(learner: Learner, path: Path, data_state: dict[str, Any]) -> None:
     """Write the checkpoint directory `path` (created; must not already hold a checkpoint)."""
+    _in_process_results_queue()
     if dist.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
         if any(path.iterdir()):
