@@ -83,8 +83,11 @@ class LocalRun:
                      f"{resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs")
         else:  # embedded mode: a private Ray on this host only
             cpus = max(os.cpu_count() or 1, spec.resources.learner_ranks * spec.resources.cpus_per_learner)
+            # No idle workers started ahead (one per CPU by default): the run's only Ray work is its learner
+            # ranks, actors in a placement group that each get a new worker (measured with Ray 2.60), so
+            # those would boot on the cores the run is starting on and be stopped again unused.
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env=env)
+                     runtime_env=env, _system_config={"prestart_worker_first_driver": False})
         if spec.verifier.endpoint is None:
             self.verifier_process = start_verifier(verifier_config(spec), self.log_dir, spec.verifier.workers)
             verifier_url = self.verifier_process.url
