@@ -45,29 +45,43 @@ def wait_http(host: Host, url: str, timeout_s: float = 180.0, process: subproces
     raise TimeoutError(f"{url} not healthy from {host.name} after {timeout_s}s")
 
 
-def start_verifier(host: Host, spec: RLVRJobSpec, root: Path) -> str:
+@dataclass
+class Service:
+    """A service process started on a host, not necessarily answering yet (`ready` waits for it)."""
+
+    host: Host
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def ready(self) -> Service:
+        wait_http(self.host, f"{self.url}/healthz", process=self.process, log=self.log)
+        return self
+
+
+def spawn_verifier(host: Host, spec: RLVRJobSpec, root: Path) -> Service:
     config = root / f"verifier-{host.name}.json"
     config.write_text(json.dumps(verifier_config(spec)))
     log = root / f"verifier-{host.name}.log"
     process = host.popen(verifier_argv(config, host.address, SERVICE_PORT, spec.verifier.workers), log,
                          env=node_env())
-    url = f"http://{host.address}:{SERVICE_PORT}"
-    wait_http(host, f"{url}/healthz", process=process, log=log)
-    return url
+    return Service(host, f"http://{host.address}:{SERVICE_PORT}", process, log)
 
 
-def launch_replica(host: Host, spec: RLVRJobSpec, model_path: str, index: int, root: Path,
-                   port: int = SERVICE_PORT) -> tuple[str, subprocess.Popen]:
-    """Rollout replica `index` of `spec` on `host` (its own session), once healthy: (url, process)."""
+def spawn_replica(host: Host, spec: RLVRJobSpec, model_path: str, index: int, root: Path,
+                  port: int = SERVICE_PORT) -> Service:
+    """Rollout replica `index` of `spec` on `host` (its own session), started but maybe not answering yet."""
     log = root / f"rollout-{index}-{host.name}-{port}.log"
     process = host.popen(rollout_replica_argv(spec, model_path, host.address, port, index), log, env=node_env())
-    url = f"http://{host.address}:{port}"
-    wait_http(host, f"{url}/healthz", process=process, log=log)
-    return url, process
+    return Service(host, f"http://{host.address}:{port}", process, log)
+
+
+def start_verifier(host: Host, spec: RLVRJobSpec, root: Path) -> str:
+    return spawn_verifier(host, spec, root).ready().url
 
 
 def start_replica(host: Host, spec: RLVRJobSpec, model_path: str, index: int, root: Path) -> str:
-    return launch_replica(host, spec, model_path, index, root)[0]
+    return spawn_replica(host, spec, model_path, index, root).ready().url
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -32,10 +32,9 @@ from tests.multihost.conftest import main_job
 from tests.multihost.deploy import (
     REPO,
     ControllerRun,
-    launch_replica,
     run_controller,
-    start_replica,
-    start_verifier,
+    spawn_replica,
+    spawn_verifier,
     stop,
     write_spec,
 )
@@ -115,10 +114,13 @@ def cluster(harness: None, root: Path, cold_start_policy: str) -> Iterator[Clust
         ray.start_head()
         ray.add_node(hosts[1], cpus=2, env=LEARNER_POD_ENV)
         ray.add_node(hosts[2], cpus=2, env=LEARNER_POD_ENV)
-        ray.wait_for_nodes(3)
         template = spec_for("services", root, cold_start_policy)
-        replicas = [start_replica(hosts[3 + i], template, cold_start_policy, i, root) for i in range(2)]
-        verifier = start_verifier(hosts[5], template, root)
+        # The services start while the Ray nodes do, and each other (processes of their own, mostly importing):
+        # waiting for each in turn would leave a core idle.
+        services = [spawn_replica(hosts[3 + i], template, cold_start_policy, i, root) for i in range(2)]
+        services.append(spawn_verifier(hosts[5], template, root))
+        ray.wait_for_nodes(3)
+        *replicas, verifier = [service.ready().url for service in services]
         yield Cluster(hosts, ray, replicas, verifier)
     finally:
         ray.stop()
@@ -172,10 +174,10 @@ def test_pipeline_stages_on_two_hosts_each_sync_their_own_layers(root: Path, clu
     # PP=2, one rank per learner host: stage 0 (layer 0, embeddings) on one host, stage 1 (layer 1, head)
     # on the other, each its own sender. Replicas of the 2-layer model on the rollout hosts' port 8001.
     template = spec_for("pipeline", root, two_layer_policy)
-    launched = [launch_replica(cluster.hosts[3 + i], template, two_layer_policy, i, root, port=8001)
+    launched = [spawn_replica(cluster.hosts[3 + i], template, two_layer_policy, i, root, port=8001)
                 for i in range(2)]
-    replicas = [url for url, _ in launched]
     try:
+        replicas = [service.ready().url for service in launched]  # both start at once
         spec = spec_for("pipeline", root, two_layer_policy, resources={"learner_ranks": 2, "cpus_per_learner": 2.0},
                         learner={"parallel": {"tensor_parallel": 1, "pipeline_parallel": 2}},
                         rollout={"replicas": 0, "endpoints": replicas}, verifier={"endpoint": cluster.verifier},
@@ -183,8 +185,8 @@ def test_pipeline_stages_on_two_hosts_each_sync_their_own_layers(root: Path, clu
         run = start(cluster, spec, root)
         assert run.wait(timeout_s=1500) == 0, run.tail()
     finally:
-        for _, process in launched:
-            stop(process)
+        for service in launched:
+            stop(service.process)
     log = run.tail(200_000)
     placed = dict(re.findall(r"(\d)@(198\.18\.0\.\d+)", re.search(r"learner ranks: (.*)", log).group(1)))
     assert placed["0"] != placed["1"], placed
