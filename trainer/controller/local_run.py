@@ -51,10 +51,12 @@ class LocalRun:
     def log_dir(self) -> Path:
         return self.spec.run_dir() / "logs"
 
-    def add_replica(self, port: int | None = None) -> LocalProcess:
-        """Start one more local rollout replica and add it to the pool (it gets weights before serving)."""
+    def add_replica(self, port: int | None = None, wait: bool = True) -> LocalProcess:
+        """Start one more local rollout replica and add it to the pool (it gets weights before serving);
+        with `wait` false it is only spawned, and joins the pool once `start` has seen it healthy."""
         spec = self.spec
-        process = start_rollout_replica(spec, self.policy_path, self.log_dir, len(self.replica_processes), port=port)
+        process = start_rollout_replica(spec, self.policy_path, self.log_dir, len(self.replica_processes), port=port,
+                                        wait=wait)
         self.replica_processes.append(process)
         if self.replicas is not None:
             self.replicas.add(process.url)
@@ -74,6 +76,13 @@ class LocalRun:
 
         spec = self.spec
         threads = spec.resources.torch_threads or 1
+        # The services start first and load while Ray and the learner ranks do: each is a process of its
+        # own that mostly imports, and waiting for one before starting the next leaves cores idle.
+        if spec.verifier.endpoint is None:
+            self.verifier_process = start_verifier(verifier_config(spec), self.log_dir, spec.verifier.workers,
+                                                   wait=False)
+        for _ in range(spec.rollout.replicas):
+            self.add_replica(wait=False)
         env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
         address = os.environ.get("RAY_ADDRESS")
         if address:  # a Ray cluster (a RayJob's on KubeRay, or one started by hand): join it as its driver
@@ -88,18 +97,6 @@ class LocalRun:
             # those would boot on the cores the run is starting on and be stopped again unused.
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                      runtime_env=env, _system_config={"prestart_worker_first_driver": False})
-        if spec.verifier.endpoint is None:
-            self.verifier_process = start_verifier(verifier_config(spec), self.log_dir, spec.verifier.workers)
-            verifier_url = self.verifier_process.url
-        else:
-            verifier_url = spec.verifier.endpoint
-        self.verifier = VerifierClient(verifier_url, timeout_s=spec.verifier.request_timeout_s,
-                                       max_retries=spec.verifier.max_retries)
-        self.replicas = ReplicaPool([], endpoints=spec.rollout.endpoints, log=self.log,
-                                    connect_timeout_s=spec.rollout.connect_timeout_s,
-                                    idle_timeout_s=spec.rollout.idle_timeout_s)
-        for _ in range(spec.rollout.replicas):
-            self.add_replica()
         learner_spec = spec.learner
         if learner_spec.max_sequence_length is None:
             learner_spec = learner_spec.model_copy(update={
@@ -109,6 +106,14 @@ class LocalRun:
         self.learners = LearnerGroup(learner_spec, spec.objective, self.policy_path, spec.resources.learner_ranks,
                                      spec.resources.cpus_per_learner, spec.resources.gpus_per_learner, threads,
                                      log=self.log, address=None if address else LOCAL_BIND_HOST)
+        for process in [*([self.verifier_process] if self.verifier_process else []), *self.replica_processes]:
+            process.wait_healthy()
+        verifier_url = self.verifier_process.url if self.verifier_process else spec.verifier.endpoint
+        self.verifier = VerifierClient(verifier_url, timeout_s=spec.verifier.request_timeout_s,
+                                       max_retries=spec.verifier.max_retries)
+        self.replicas = ReplicaPool([p.url for p in self.replica_processes], endpoints=spec.rollout.endpoints,
+                                    log=self.log, connect_timeout_s=spec.rollout.connect_timeout_s,
+                                    idle_timeout_s=spec.rollout.idle_timeout_s)
         stream = PromptStream(self.train_rows, spec.seed, spec.data.shuffle)
         pusher = WeightPusher(self.learners, spec.rollout.weight_sync, spec.checkpoint_dir() / "weights", self.log)
         self.controller = RLVRController(spec, self.tokenizer, self.learners, self.replicas, self.verifier, stream,

@@ -54,6 +54,11 @@ class LocalProcess:
         return f"http://{LOCAL_HOST}:{self.port}"
 
     def start(self, timeout_s: float = 180.0) -> LocalProcess:
+        """Spawn, then wait until healthy (`spawn` and `wait_healthy` apart let several start at once)."""
+        return self.spawn().wait_healthy(timeout_s)
+
+    def spawn(self) -> LocalProcess:
+        """Start the process without waiting for it to answer."""
         with self._lock:
             if self.alive():
                 raise RuntimeError(f"{self.name} is already running (pid {self.process.pid})")
@@ -70,6 +75,12 @@ class LocalProcess:
                 raise
             lifeline.release_child_end()
             self._lifeline = lifeline
+        return self
+
+    def wait_healthy(self, timeout_s: float = 180.0) -> LocalProcess:
+        """Block until /healthz answers 200; a process that exits or stays silent is stopped and reported."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was never spawned")
         deadline = time.monotonic() + timeout_s
         # One client for every poll: `httpx.get` would build a client, and with it an SSL context (tens
         # of ms of CPU), five times a second while the service starts on the same cores.
@@ -145,8 +156,9 @@ def verifier_argv(config_path: Path, host: str, port: int, workers: int | None =
     return argv + (["--workers", str(workers)] if workers else [])
 
 
-def start_verifier(config: dict, log_dir: Path, workers: int | None = None) -> LocalProcess:
-    """A local verifier service with the given VerifierConfig fields, on this host's loopback.
+def start_verifier(config: dict, log_dir: Path, workers: int | None = None, wait: bool = True) -> LocalProcess:
+    """A local verifier service with the given VerifierConfig fields, on this host's loopback (healthy,
+    unless `wait` is false: then spawned only, and the caller calls `wait_healthy`).
 
     Its config file lives next to its log (a record of what it ran with): a restart after a kill reads it
     again, and nothing is left in the temp directory however the run ends.
@@ -156,7 +168,8 @@ def start_verifier(config: dict, log_dir: Path, workers: int | None = None) -> L
     config_path = log_dir / "verifier.json"
     config_path.write_text(json.dumps(config))
     argv = verifier_argv(config_path, LOCAL_HOST, port, workers)
-    return LocalProcess("verifier", argv, port, log_dir / "verifier.log").start()
+    process = LocalProcess("verifier", argv, port, log_dir / "verifier.log").spawn()
+    return process.wait_healthy() if wait else process
 
 
 def rollout_replica_argv(spec: RLVRJobSpec, model_path: str, host: str, port: int, index: int) -> list[str]:
@@ -170,8 +183,10 @@ def rollout_replica_argv(spec: RLVRJobSpec, model_path: str, host: str, port: in
 
 
 def start_rollout_replica(spec: RLVRJobSpec, model_path: str, log_dir: Path, index: int,
-                          port: int | None = None) -> LocalProcess:
-    """One local rollout server process serving `model_path` (weights version 0 until the first sync)."""
+                          port: int | None = None, wait: bool = True) -> LocalProcess:
+    """One local rollout server process serving `model_path` (weights version 0 until the first sync);
+    healthy, unless `wait` is false (spawned only)."""
     port = port or free_port()
     argv = rollout_replica_argv(spec, model_path, LOCAL_HOST, port, index)
-    return LocalProcess(f"rollout-{index}", argv, port, log_dir / f"rollout-{index}.log").start()
+    process = LocalProcess(f"rollout-{index}", argv, port, log_dir / f"rollout-{index}.log").spawn()
+    return process.wait_healthy() if wait else process
