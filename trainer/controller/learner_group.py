@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,10 @@ class LearnerRank:
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
+        # megatron.core imports flashinfer (vLLM's kernels) for its own inference engine, which a learner
+        # never runs: ~2 CPU-seconds per rank, paid by every rank at once on every run's start. This process
+        # is the rank's own Ray worker, so nothing else here wants it; megatron treats it as not installed.
+        sys.modules.setdefault("flashinfer", None)  # type: ignore[assignment]
         if threads:
             torch.set_num_threads(threads)
         self.address = address or node_address()
