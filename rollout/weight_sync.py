@@ -389,6 +389,17 @@ def iter_checkpoint_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tenso
                 yield name, handle.get_tensor(name)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def write_checkpoint(named_tensors: Iterable[tuple[str, torch.Tensor]], path: str | Path) -> Path:
     """Writes `model.safetensors` atomically (temp file + rename) into directory `path`."""
     directory = Path(path)
@@ -397,6 +408,9 @@ def write_checkpoint(named_tensors: Iterable[tuple[str, torch.Tensor]], path: st
     handle, temp_name = tempfile.mkstemp(dir=directory, suffix=".safetensors.tmp")
     os.close(handle)
     save_file(tensors, temp_name, metadata={"format": "pt"})
+    # mkstemp makes the file 0600; a model directory is read by other processes, possibly as other
+    # users (a rollout pod, a model mounted into a job), so it gets the mode a plainly written file would.
+    os.chmod(temp_name, 0o666 & ~_umask())
     target = directory / "model.safetensors"
     os.replace(temp_name, target)
     return target

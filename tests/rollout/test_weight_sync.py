@@ -3,6 +3,7 @@ this process, each with its own process group), HFEngine's staged begin/commit, 
 
 from __future__ import annotations
 
+import stat
 import threading
 
 import pytest
@@ -198,6 +199,9 @@ def test_checkpoint_round_trip_and_engine_fallback(tmp_path) -> None:
     learner, _ = tiny(1, "float32")
     path = write_checkpoint(learner.named_parameters(), tmp_path / "ckpt")
     assert path.name == "model.safetensors" and not list((tmp_path / "ckpt").glob("*.tmp"))
+    # Readable like any file this process writes (not mkstemp's 0600): other users load model directories.
+    (tmp_path / "plain").write_bytes(b"")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
     loaded = dict(iter_checkpoint_tensors(tmp_path / "ckpt"))
     assert set(loaded) == {name for name, _ in learner.named_parameters()}
     model, _ = build_tiny_model()
