@@ -37,6 +37,7 @@ from forkrl.operator.names import (
     metadata,
     selector,
 )
+from forkrl.operator.ray_job import ray_job
 
 Manifest = dict[str, Any]
 
@@ -196,5 +197,5 @@ def build_children(ctx: JobContext) -> list[Manifest]:
     ]
     if ctx.has_verifier:
         manifests += [service(ctx, "verifier", names.verifier, headless=False), workloads.verifier_deployment(ctx)]
-    manifests += [workloads.ray_job(ctx), pod_monitor(ctx)]
+    manifests += [ray_job(ctx), pod_monitor(ctx)]
     return [with_hash(m) for m in manifests if m is not None]

@@ -148,8 +148,8 @@ class ClaimMount(_Spec):
 
 
 # Volumes and paths the operator's own pods already use; a mount may not take them.
-RESERVED_VOLUME_NAMES = ("config", "storage", "dshm")
-RESERVED_MOUNT_PATHS = ("/etc/forkrl", "/dev/shm")  # names.CONFIG_MOUNT, the shared-memory emptyDir
+RESERVED_VOLUME_NAMES = ("config", "storage", "dshm", "tmp")
+RESERVED_MOUNT_PATHS = ("/etc/forkrl", "/dev/shm", "/tmp")  # names.CONFIG_MOUNT, shared memory, the /tmp emptyDir
 
 
 class SchedulingSpec(_Spec):
@@ -182,6 +182,31 @@ class MonitoringSpec(_Spec):
     )
 
 
+class PodSecurity(_Spec):
+    """The security context of every job pod. The defaults satisfy the restricted Pod Security Standard:
+    a non-root user, no privilege escalation, every capability dropped, seccomp RuntimeDefault and a
+    read-only root filesystem (each container writes to its volumes and an emptyDir at /tmp)."""
+
+    run_as_user: int = Field(1000, ge=1, le=2_147_483_647, description="UID of every container (never root).")
+    run_as_group: int = Field(1000, ge=0, le=2_147_483_647, description="Primary GID of every container.")
+    fs_group: int | None = Field(
+        1000, ge=0, le=2_147_483_647,
+        description="Group that owns the pods' volumes, for volume types that support it (the checkpoint claim "
+        "stays writable); null leaves ownership as the volume has it.",
+    )
+    read_only_root_filesystem: bool = Field(
+        True, description="Mount each container's image read-only; /tmp (also HOME) is an emptyDir."
+    )
+    verifier_seccomp: Literal["RuntimeDefault", "Unconfined"] = Field(
+        "RuntimeDefault",
+        description="Seccomp profile of the verifier pods. RuntimeDefault (restricted) denies the unshare(2) "
+        "the sandbox needs for its user, mount and network namespaces, so the verifier runs programs "
+        "without them (rlimits and a separate process group only; a sandbox toggle set to require makes it "
+        "refuse to start instead). Unconfined lets it create them, and puts the verifier outside even the baseline "
+        "Pod Security Standard: its namespace must allow privileged pods.",
+    )
+
+
 class ClusterSpec(_Spec):
     """How the experiment maps onto Kubernetes."""
 
@@ -210,6 +235,7 @@ class ClusterSpec(_Spec):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Checkpoint and run-output storage.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Gang scheduling and priority.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
+    security: PodSecurity = Field(default_factory=PodSecurity, description="Security context of every job pod.")
     max_retries: int = Field(
         0,
         ge=0,

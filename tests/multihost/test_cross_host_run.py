@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from forkrl.operator.workloads import RENDEZVOUS_PORT, WEIGHT_SYNC_PORT
+from forkrl.operator.ray_job import RENDEZVOUS_PORT, WEIGHT_SYNC_PORT
 from forkrl.rollout.network import RENDEZVOUS_PORT_ENV, WEIGHT_SYNC_PORT_ENV
 from forkrl.trainer.spec import RLVRJobSpec
 from tests.multihost.conftest import main_job

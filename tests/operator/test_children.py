@@ -141,7 +141,7 @@ def test_ray_job_targets_kuberay_http_mode_without_kuberay_retries() -> None:
     assert container(head)["image"] == "registry.test/forkrl:t1"
     assert container(head)["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     mounts = {m["mountPath"]: m["name"] for m in container(head)["volumeMounts"]}
-    assert mounts == {"/etc/forkrl": "config", "/var/lib/forkrl": "storage", "/dev/shm": "dshm"}
+    assert mounts == {"/etc/forkrl": "config", "/var/lib/forkrl": "storage", "/dev/shm": "dshm", "/tmp": "tmp"}
 
 
 def test_learner_pods_follow_ranks_per_pod_and_per_rank_resources() -> None:
