@@ -1,6 +1,9 @@
-"""Suite-wide pytest configuration: GPU tests skip without CUDA; the Hypothesis `ci` profile."""
+"""Suite-wide pytest configuration: GPU tests skip without CUDA; the Hypothesis `ci` profile; the two lanes
+of `make test` (a pytest-xdist scheduler)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,44 @@ settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None
 )
 settings.load_profile("ci")
+
+
+# `make test` runs two xdist workers (scripts/run-tests.sh, `--dist loadscope`) in two lanes. The modules
+# that take the whole machine run one after another in one lane: network namespaces with fixed 198.18/15
+# addresses, real nodes and the cold-start cache they build (tests/cluster, tests/multihost), and the
+# modules with `slow` tests, runs that keep both cores busy for minutes. Every other module is one unit of
+# work for the other lane (its module fixtures start once); those mostly wait on processes and API servers.
+SERIAL_DIRECTORIES = ("tests/cluster/", "tests/multihost/")
+SERIAL_LANE = "serial"
+
+
+def serial_modules(root: Path) -> set[str]:
+    """Test modules of the serial lane, as node-id paths (read from the files: the xdist controller does
+    not collect)."""
+    modules = set()
+    for path in (root / "tests").rglob("test_*.py"):
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith(SERIAL_DIRECTORIES) or "pytest.mark.slow" in path.read_text():
+            modules.add(relative)
+    return modules
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    serial = serial_modules(config.rootpath)
+
+    class Lanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SERIAL_LANE if path in serial else path
+
+    # Collection order puts tests/cluster first, so the serial lane (the longest unit) starts at once;
+    # xdist's default reorder (units by test count) would start it late and leave it running alone.
+    config.option.loadscopereorder = False
+    return Lanes(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
