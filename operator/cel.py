@@ -97,6 +97,12 @@ def _cluster_rules() -> list[dict[str, str]]:
             "cluster.scheduling.queue_name is required with batch_scheduler kueue",
             ".scheduling.queue_name",
         ),
+        rule(
+            f"!{present('self.env')} || !{present('self.env_value_from')} || "
+            "self.env_value_from.all(name, !(name in self.env))",
+            "cluster.env and cluster.env_value_from both set a variable",
+            ".env_value_from",
+        ),
     ]
 
 
@@ -105,6 +111,18 @@ def model_rules() -> dict[str, list[dict[str, str]]]:
     return {
         "RLVRJobResourceSpec": _spec_rules(),
         "ClusterSpec": _cluster_rules(),
+        "EnvValueFrom": [
+            rule(
+                f"{present('self.secret_key_ref')} != {present('self.config_map_key_ref')}",
+                "set exactly one of secret_key_ref, config_map_key_ref",
+            )
+        ],
+        "EnvFromSource": [
+            rule(
+                f"{present('self.secret_ref')} != {present('self.config_map_ref')}",
+                "set exactly one of secret_ref, config_map_ref",
+            )
+        ],
         "ModelSpec": [
             rule(
                 f"{present('self.path')} != {present('self.tiny')}",

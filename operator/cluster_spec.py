@@ -182,6 +182,44 @@ class MonitoringSpec(_Spec):
     )
 
 
+class KeyRef(_Spec):
+    """One key of a Secret or ConfigMap in the job's namespace."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="The Secret or ConfigMap.")
+    key: str = Field(..., min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Its key.")
+    optional: bool = Field(False, description="Start the pod even when the object or key is missing.")
+
+
+class EnvValueFrom(_Spec):
+    """Where one variable's value comes from: exactly one of a Secret key or a ConfigMap key."""
+
+    secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret (credentials).")
+    config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvValueFrom:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of secret_key_ref, config_map_key_ref")
+        return self
+
+
+class EnvFromSource(_Spec):
+    """Every key of a Secret or ConfigMap as environment variables (exactly one of the two)."""
+
+    secret_ref: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="A Secret.")
+    config_map_ref: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="A ConfigMap."
+    )
+    prefix: str | None = Field(None, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name prefix.")
+    optional: bool = Field(False, description="Start the pod even when the object is missing.")
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("set exactly one of secret_ref, config_map_ref")
+        return self
+
+
 class PodSecurity(_Spec):
     """The security context of every job pod. The defaults satisfy the restricted Pod Security Standard:
     a non-root user, no privilege escalation, every capability dropped, seccomp RuntimeDefault and a
@@ -220,6 +258,15 @@ class ClusterSpec(_Spec):
         "nvidia.com/gpu", min_length=1, max_length=253, description="Extended resource name of a GPU."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of every container.")
+    env_value_from: dict[str, EnvValueFrom] = Field(
+        default_factory=dict,
+        max_length=128,
+        description="Environment variables of every container read from a Secret or ConfigMap key (object-store "
+        "credentials stay out of the RLVRJob).",
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, max_length=16, description="Secrets and ConfigMaps whose every key becomes a variable."
+    )
     cpu_limits: bool = Field(
         True,
         description="CPU limits equal to the requests (with memory: Guaranteed QoS). false: CPU requests only, "
@@ -265,6 +312,8 @@ class ClusterSpec(_Spec):
                 raise ValueError(
                     f"cluster.mounts: mount_path {path} is used twice or by the operator's own volumes ({taken})"
                 )
+        if both := sorted(set(self.env) & set(self.env_value_from)):
+            raise ValueError(f"cluster.env and cluster.env_value_from both set {both}")
         if self.scheduling.batch_scheduler == "kueue" and self.scheduling.queue_name is None:
             raise ValueError("cluster.scheduling.queue_name is required with batch_scheduler kueue")
         return self

@@ -20,6 +20,7 @@ from forkrl.operator.workloads import (
     Manifest,
     claim_mounts,
     env,
+    env_from,
     placement,
     requests_and_limits,
     scrape_annotations,
@@ -134,6 +135,7 @@ def ray_job(ctx: JobContext) -> Manifest:
         "imagePullPolicy": cluster.image_pull_policy,
         "ports": head_ports,
         "env": head_env,
+        **env_from(ctx),
         "resources": requests_and_limits(ctx, cluster.controller.cpu, cluster.controller.memory, 0),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, *mounts],
     }
@@ -148,6 +150,7 @@ def ray_job(ctx: JobContext) -> Manifest:
         "ports": worker_ports,
         "env": env(ctx, [{"name": RENDEZVOUS_PORT_ENV, "value": str(RENDEZVOUS_PORT)},
                          {"name": WEIGHT_SYNC_PORT_ENV, "value": str(WEIGHT_SYNC_PORT)}]),
+        **env_from(ctx),
         "resources": requests_and_limits(
             ctx,
             format_cpu(parse_quantity(str(math.ceil(ranks_per_pod * resources.cpus_per_learner)))),

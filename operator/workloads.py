@@ -33,10 +33,30 @@ def env(ctx: JobContext, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         *extra,
     ]
-    if "HOME" not in ctx.cluster.env:  # the image's home may be read-only or another user's; caches go here
+    # The image's home may be read-only or another user's: caches go to the writable /tmp.
+    if "HOME" not in ctx.cluster.env and "HOME" not in ctx.cluster.env_value_from:
         base.append({"name": "HOME", "value": TMP_MOUNT})
     taken = {item["name"] for item in base}
-    return base + [{"name": k, "value": v} for k, v in sorted(ctx.cluster.env.items()) if k not in taken]
+    plain = [{"name": k, "value": v} for k, v in ctx.cluster.env.items()]
+    referenced = [
+        {"name": k, "valueFrom": {key: {"name": ref.name, "key": ref.key, "optional": ref.optional}}}
+        for k, source in ctx.cluster.env_value_from.items()
+        for key, ref in (("secretKeyRef", source.secret_key_ref), ("configMapKeyRef", source.config_map_key_ref))
+        if ref is not None
+    ]
+    return base + sorted((item for item in plain + referenced if item["name"] not in taken), key=lambda i: i["name"])
+
+
+def env_from(ctx: JobContext) -> dict[str, Any]:
+    """`envFrom` of every forkrl container (empty: no key at all)."""
+    sources = []
+    for source in ctx.cluster.env_from:
+        kind, name = ("secretRef", source.secret_ref) if source.secret_ref else ("configMapRef", source.config_map_ref)
+        item: dict[str, Any] = {kind: {"name": name, "optional": source.optional}}
+        if source.prefix:
+            item["prefix"] = source.prefix
+        sources.append(item)
+    return {"envFrom": sources} if sources else {}
 
 
 def requests_and_limits(ctx: JobContext, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
@@ -186,6 +206,7 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         "args": args,
         "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
         "env": env(ctx, []),
+        **env_from(ctx),
         "resources": requests_and_limits(ctx, pods.cpu, pods.memory, pods.gpus),
         # Loading a large checkpoint into vLLM takes minutes: the startup probe allows 30 of them.
         "startupProbe": http_probe("/healthz", 10, 180),
@@ -238,6 +259,7 @@ def verifier_deployment(ctx: JobContext) -> Manifest:
         ],
         "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
         "env": env(ctx, []),
+        **env_from(ctx),
         "resources": requests_and_limits(ctx, pods.cpu, pods.memory, 0),
         "livenessProbe": http_probe("/healthz", 30, 3),
         "readinessProbe": http_probe("/readyz", 5, 3),
