@@ -182,6 +182,13 @@ class MonitoringSpec(_Spec):
     )
 
 
+def _exactly_one(model: _Spec, *fields: str) -> _Spec:
+    """A model validator's body: exactly one of `fields` is set (the CRD has the same rule in CEL)."""
+    if sum(getattr(model, name) is not None for name in fields) != 1:
+        raise ValueError(f"set exactly one of {', '.join(fields)}")
+    return model
+
+
 class KeyRef(_Spec):
     """One key of a Secret or ConfigMap in the job's namespace."""
 
@@ -196,11 +203,7 @@ class EnvValueFrom(_Spec):
     secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret (credentials).")
     config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap.")
 
-    @model_validator(mode="after")
-    def _one(self) -> EnvValueFrom:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError("set exactly one of secret_key_ref, config_map_key_ref")
-        return self
+    _one = model_validator(mode="after")(lambda self: _exactly_one(self, "secret_key_ref", "config_map_key_ref"))
 
 
 class EnvFromSource(_Spec):
@@ -213,11 +216,7 @@ class EnvFromSource(_Spec):
     prefix: str | None = Field(None, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name prefix.")
     optional: bool = Field(False, description="Start the pod even when the object is missing.")
 
-    @model_validator(mode="after")
-    def _one(self) -> EnvFromSource:
-        if (self.secret_ref is None) == (self.config_map_ref is None):
-            raise ValueError("set exactly one of secret_ref, config_map_ref")
-        return self
+    _one = model_validator(mode="after")(lambda self: _exactly_one(self, "secret_ref", "config_map_ref"))
 
 
 class PodSecurity(_Spec):
