@@ -27,12 +27,8 @@ from forkrl.rollout.engine import (
 from forkrl.rollout.hf_decode import DecodeContext, RequestPlan, decode_chunk, plan_chunks
 from forkrl.rollout.sampling import GenerationDefaults, resolve_sampling
 from forkrl.rollout.types import GenerateRequest, GenerateResult, SampleResult
-from forkrl.rollout.weight_sync import (
-    ParamSpec,
-    WeightReceiver,
-    WeightSyncBegin,
-    iter_checkpoint_tensors,
-)
+from forkrl.rollout.weight_checkpoint import iter_checkpoint_tensors
+from forkrl.rollout.weight_sync import ParamSpec, WeightReceiver, WeightSyncBegin
 
 
 class HFEngineConfig(BaseModel):

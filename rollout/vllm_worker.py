@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 import torch
 
-from forkrl.rollout.weight_sync import WeightReceiver, WeightSyncBegin, iter_checkpoint_tensors
+from forkrl.rollout.weight_checkpoint import iter_checkpoint_tensors
+from forkrl.rollout.weight_sync import WeightReceiver, WeightSyncBegin
 
 
 class ForkrlWorkerExtension:

@@ -12,7 +12,8 @@ from forkrl.rollout.metrics import RolloutMetrics
 from forkrl.rollout.service import RolloutService, ServiceConfig
 from forkrl.rollout.tiny_model import TinyModelSpec, build_tiny_model
 from forkrl.rollout.types import GenerateRequest
-from forkrl.rollout.weight_sync import WeightCheckpointLoad, write_checkpoint
+from forkrl.rollout.weight_checkpoint import write_checkpoint
+from forkrl.rollout.weight_sync import WeightCheckpointLoad
 from tests.rollout.helpers import one_torch_thread, tiny
 
 

@@ -12,16 +12,15 @@ import torch
 from forkrl.rollout.engine import WeightSyncConflictError
 from forkrl.rollout.hf_engine import HFEngine
 from forkrl.rollout.tiny_model import build_tiny_model
+from forkrl.rollout.weight_checkpoint import iter_checkpoint_tensors, write_checkpoint
 from forkrl.rollout.weight_sync import (
     ParamSpec,
     WeightReceiver,
     WeightSender,
     WeightSyncBegin,
     iter_buckets,
-    iter_checkpoint_tensors,
     pack_bucket,
     unpack_bucket,
-    write_checkpoint,
 )
 from tests.rollout.helpers import one_torch_thread, tiny
 

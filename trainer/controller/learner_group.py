@@ -182,7 +182,7 @@ class LearnerRank:
 
     def write_weights(self, path: str) -> str | None:
         """Export to a safetensors directory (checkpoint-directory weight sync and the final model)."""
-        from forkrl.rollout.weight_sync import write_checkpoint
+        from forkrl.rollout.weight_checkpoint import write_checkpoint
 
         weights = self.learner.export_weights()
         if self.rank != 0:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from forkrl.rollout.tiny_model import TinyModelSpec, build_tiny_model, build_tokenizer, save_tiny_model
-from forkrl.rollout.weight_sync import write_checkpoint
+from forkrl.rollout.weight_checkpoint import write_checkpoint
 from forkrl.trainer.controller.model_export import complete_model_dir, export_model
 from forkrl.trainer.learner.batch import LearnerBatch
 from forkrl.trainer.learner.launch import run_world

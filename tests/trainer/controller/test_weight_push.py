@@ -50,7 +50,7 @@ class _Learners:
     def write_weights(self, path: str) -> str:
         import torch
 
-        from forkrl.rollout.weight_sync import write_checkpoint
+        from forkrl.rollout.weight_checkpoint import write_checkpoint
 
         self.written.append(path)
         return str(write_checkpoint([("w", torch.full((2,), float(len(self.written))))], path))
