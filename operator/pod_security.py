@@ -13,6 +13,22 @@ from forkrl.operator.context import JobContext
 TMP_MOUNT = "/tmp"
 
 
+def secured(ctx: JobContext, component: str, pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec `pod` with cluster.security applied: the pod and every container get their security
+    contexts, and every container the writable /tmp. Every job pod's spec passes through here."""
+    volume, mount = scratch()
+    containers = [
+        {**c, "securityContext": container_security_context(ctx), "volumeMounts": [*c.get("volumeMounts", []), mount]}
+        for c in pod["containers"]
+    ]
+    return {
+        **pod,
+        "containers": containers,
+        "volumes": [*pod.get("volumes", []), volume],
+        "securityContext": pod_security_context(ctx, component),
+    }
+
+
 def pod_security_context(ctx: JobContext, component: str) -> dict[str, Any]:
     """Pod-level settings of cluster.security (restricted Pod Security Standard unless relaxed there)."""
     security = ctx.cluster.security

@@ -14,7 +14,7 @@ from typing import Any
 from forkrl.operator.cluster_spec import Placement
 from forkrl.operator.context import JobContext, controller_spec
 from forkrl.operator.names import CONFIG_MOUNT, RAY_JOB_LABEL, SERVICE_PORT, SPEC_FILE, labels, metadata
-from forkrl.operator.pod_security import container_security_context, pod_security_context, scratch
+from forkrl.operator.pod_security import secured
 from forkrl.operator.quantity import format_bytes, format_cpu, parse_quantity
 from forkrl.operator.workloads import (
     Manifest,
@@ -84,14 +84,7 @@ def ray_pod(
     service_account: str | None,
     metrics_port: int | None,
 ) -> dict[str, Any]:
-    container = {**container, "securityContext": container_security_context(ctx)}
-    container["volumeMounts"] = [*container["volumeMounts"], scratch()[1]]
-    spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [*volumes, scratch()[0]],
-        "securityContext": pod_security_context(ctx, component),
-        **placement(ctx, where),
-    }
+    spec: dict[str, Any] = {"containers": [container], "volumes": volumes, **placement(ctx, where)}
     if component == "learner":
         spec.update(spread_over_nodes(ctx, component))
     if service_account is not None:
@@ -100,7 +93,7 @@ def ray_pod(
         spec["automountServiceAccountToken"] = False
     annotations = scrape_annotations(metrics_port)
     pod_labels = {**labels(ctx.names.job, component), RAY_JOB_LABEL: ctx.ray_job_name}
-    template: dict[str, Any] = {"metadata": {"labels": pod_labels}, "spec": spec}
+    template: dict[str, Any] = {"metadata": {"labels": pod_labels}, "spec": secured(ctx, component, spec)}
     if annotations:
         template["metadata"]["annotations"] = annotations
     return template

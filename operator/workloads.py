@@ -16,7 +16,7 @@ from forkrl.operator.names import (
     metadata,
     selector,
 )
-from forkrl.operator.pod_security import TMP_MOUNT, container_security_context, pod_security_context, scratch
+from forkrl.operator.pod_security import TMP_MOUNT, secured
 from forkrl.operator.quantity import parse_quantity
 from forkrl.rollout.network import POD_IP_ENV
 
@@ -158,7 +158,7 @@ def deployment(ctx: JobContext, component: str, name: str, replicas: int, pod: d
                     "labels": labels(ctx.names.job, component),
                     "annotations": scrape_annotations(SERVICE_PORT),
                 },
-                "spec": pod,
+                "spec": secured(ctx, component, pod),
             },
         },
     }
@@ -212,20 +212,15 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         "startupProbe": http_probe("/healthz", 10, 180),
         "livenessProbe": http_probe("/healthz", 30, 3),
         "readinessProbe": http_probe("/readyz", 10, 3),
-        "securityContext": container_security_context(ctx),
         "volumeMounts": [
             {"name": "storage", "mountPath": ctx.cluster.storage.mount_path},
             {"name": "dshm", "mountPath": "/dev/shm"},
-            scratch()[1],
             *claim_mounts(ctx)[1],
         ],
     }
     pod = {
         "containers": [container],
-        "volumes": [
-            storage_volume(ctx), shared_memory(ctx.cluster.learner.shared_memory), scratch()[0], *claim_mounts(ctx)[0]
-        ],
-        "securityContext": pod_security_context(ctx, "rollout"),
+        "volumes": [storage_volume(ctx), shared_memory(ctx.cluster.learner.shared_memory), *claim_mounts(ctx)[0]],
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
         **placement(ctx, pods),
@@ -263,10 +258,7 @@ def verifier_deployment(ctx: JobContext) -> Manifest:
         "resources": requests_and_limits(ctx, pods.cpu, pods.memory, 0),
         "livenessProbe": http_probe("/healthz", 30, 3),
         "readinessProbe": http_probe("/readyz", 5, 3),
-        "securityContext": container_security_context(ctx),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, scratch()[1], *claim_mounts(ctx)[1]
-        ],
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, *claim_mounts(ctx)[1]],
     }
     pod = {
         "containers": [container],
@@ -275,10 +267,8 @@ def verifier_deployment(ctx: JobContext) -> Manifest:
                 "name": "config",
                 "configMap": {"name": ctx.names.config, "items": [{"key": VERIFIER_FILE, "path": VERIFIER_FILE}]},
             },
-            scratch()[0],
             *claim_mounts(ctx)[0],
         ],
-        "securityContext": pod_security_context(ctx, "verifier"),
         "automountServiceAccountToken": False,
         **placement(ctx, pods),
     }

@@ -52,8 +52,9 @@ class LocalRun:
         return self.spec.run_dir() / "logs"
 
     def add_replica(self, port: int | None = None, wait: bool = True) -> LocalProcess:
-        """Start one more local rollout replica and add it to the pool (it gets weights before serving);
-        with `wait` false it is only spawned, and joins the pool once `start` has seen it healthy."""
+        """Start one more local rollout replica and add it to the pool, if there is one yet (it gets weights
+        before serving). With `wait` false it is only spawned: `start` does that, waits for every service,
+        then builds the pool from them."""
         spec = self.spec
         process = start_rollout_replica(spec, self.policy_path, self.log_dir, len(self.replica_processes), port=port,
                                         wait=wait)
