@@ -10,6 +10,7 @@ API server.
 | ServiceAccount, Role, RoleBinding | `<job>-controller` | the controller may get/patch only `<job>-status` |
 | ConfigMap | `<job>-config` | `spec.yaml` for `forkrl train`, `verifier.yaml` for the verifier |
 | ConfigMap | `<job>-status` | written by the controller (progress); created empty here |
+| Secret | `<job>-control-<uid8>` | the job's control token; created once, never applied or read (`control_secret`) |
 | PersistentVolumeClaim | `<job>-checkpoints` | with `cluster.storage.create_claim`; outlives the job (`retain`) |
 | Service + Deployment | `<job>-rollout` | rollout replicas (headless Service: one DNS record per replica) |
 | Service + Deployment | `<job>-verifier` | reward verifier (absent with `spec.verifier.endpoint`) |
@@ -38,6 +39,7 @@ from forkrl.operator.names import (
     selector,
 )
 from forkrl.operator.ray_job import ray_job
+from forkrl.rollout.control_token import CONTROL_SECRET_KEY
 
 Manifest = dict[str, Any]
 
@@ -60,6 +62,18 @@ def config_map(ctx: JobContext) -> Manifest:
             SPEC_FILE: dump_yaml(controller_spec(ctx).model_dump(mode="json")),
             VERIFIER_FILE: dump_yaml(verifier),
         },
+    }
+
+
+def control_secret(ctx: JobContext, token: str) -> Manifest:
+    """The job's control token. Created once with a fresh token (POST, never server-side applied, so no later
+    reconcile can rotate it under running pods) and never read back: the operator needs no `get` on Secrets."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(ctx.names, ctx.control_secret, ctx.uid, "control"),
+        "type": "Opaque",
+        "stringData": {CONTROL_SECRET_KEY: token},
     }
 
 

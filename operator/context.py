@@ -44,6 +44,10 @@ class JobContext:
     def ray_job_name(self) -> str:
         return self.names.ray_job(self.attempt)
 
+    @property
+    def control_secret(self) -> str:
+        return self.names.control(self.uid)
+
 
 def under_mount(path: str, mount: str) -> str:
     """A relative spec path placed on the job's volume; absolute paths and URIs are kept."""

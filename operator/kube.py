@@ -22,6 +22,7 @@ from forkrl.operator.resource import GROUP, PLURAL, VERSION
 KINDS: dict[str, tuple[str, str, str]] = {
     "RLVRJob": (GROUP, VERSION, PLURAL),
     "ConfigMap": ("", "v1", "configmaps"),
+    "Secret": ("", "v1", "secrets"),
     "Service": ("", "v1", "services"),
     "ServiceAccount": ("", "v1", "serviceaccounts"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
@@ -132,6 +133,11 @@ class Kube:
         path = object_path(manifest["kind"], meta["namespace"], meta["name"])
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         return self.request("PATCH", path, manifest, query, content_type="application/apply-patch+yaml")
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create one object (POST); KubeError with status 409 when it exists already."""
+        path = object_path(manifest["kind"], manifest["metadata"]["namespace"])
+        return self.request("POST", path, manifest, [("fieldManager", FIELD_MANAGER)])
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -45,6 +45,12 @@ class JobNames:
         """ServiceAccount, Role and RoleBinding of the controller (the Ray head)."""
         return f"{self.job}-controller"
 
+    def control(self, uid: str) -> str:
+        """Secret holding the job's control token (rollout control endpoints, weight-sync rendezvous). Named
+        after the job's uid too: a job created again under the same name never meets the Secret of the old
+        one, which the garbage collector is about to delete."""
+        return f"{self.job}-control-{uid[:8]}"
+
     @property
     def rollout(self) -> str:
         return f"{self.job}-rollout"

@@ -19,6 +19,7 @@ from forkrl.operator.quantity import format_bytes, format_cpu, parse_quantity
 from forkrl.operator.workloads import (
     Manifest,
     claim_mounts,
+    control_token_env,
     env,
     env_from,
     placement,
@@ -111,6 +112,7 @@ def ray_job(ctx: JobContext) -> Manifest:
             {"name": "FORKRL_ROLLOUT_SERVICE", "value": names.rollout_host},
             {"name": "FORKRL_ROLLOUT_PORT", "value": str(SERVICE_PORT)},
             {"name": "FORKRL_ATTEMPT", "value": str(ctx.attempt)},
+            control_token_env(ctx),
         ],
     )
     head_ports = [{"name": n, "containerPort": p} for n, p in HEAD_PORTS]

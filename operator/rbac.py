@@ -8,6 +8,8 @@ Why each rule exists:
 - children (RayJobs, Deployments, Services, ConfigMaps, ServiceAccounts, Roles, RoleBindings, PVCs,
   PodMonitors): list/watch (kopf indices), create+patch (server-side apply: a create the first time),
   delete (retries replace the RayJob; the finalizer sweeps). ConfigMaps also `get` (none watched by name).
+- secrets: create only, for each job's control token (`<job>-control-<uid8>`): the operator never reads,
+  lists or changes a Secret, so it cannot read the cluster's credentials.
 - pods: list/watch only, to notice failed learner pods.
 - events: create (kopf posts one per transition).
 - clusterkopfpeerings: kopf's peering between replicas (list/watch/patch); CRDs: list/watch for kopf's
@@ -34,6 +36,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", *CHILD_VERBS]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": CHILD_VERBS},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": CHILD_VERBS},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["list", "watch", "patch"]},

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from forkrl.operator.children import build_children
+from forkrl.operator.children import build_children, control_secret
 from forkrl.operator.context import JobContext
 from forkrl.operator.drift import merge_diff, needs_apply
 from forkrl.operator.kube import Kube, KubeError
@@ -32,6 +32,7 @@ from forkrl.operator.quantity import quantities_equal
 from forkrl.operator.resource import TERMINAL_PHASES, RLVRJobResourceSpec
 from forkrl.operator.spec_changes import settle
 from forkrl.operator.status import derive, services_ready
+from forkrl.rollout.control_token import new_control_token
 from forkrl.trainer.spec.job import format_validation_error
 
 log = logging.getLogger("forkrl.operator")
@@ -81,6 +82,8 @@ class Reconciler:
         self._crash_after = int(os.environ[CRASH_ENV]) if os.environ.get(CRASH_ENV) else None
         self._applies = 0
         self._phases: dict[tuple[str, str], str] = {}
+        self._control_secrets: set[tuple[str, str]] = set()
+        """(namespace, Secret name) known to exist: created here, or found existing (409) once."""
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
@@ -150,6 +153,8 @@ class Reconciler:
         """Drop what is kept in memory for a job that is gone (its lock, its phase in the gauge)."""
         self.queue.forget((namespace, name))
         self._phases.pop((namespace, name), None)
+        self._control_secrets = {k for k in self._control_secrets if k[0] != namespace or
+                                 not k[1].startswith(f"{name}-control-")}
         self._update_phase_gauge()
 
     # ------------------------------------------------------------------ the reconcile
@@ -192,6 +197,7 @@ class Reconciler:
         hold = not services_ready(observation)
         claim_spec = (live_claim or {}).get("spec")
         ctx = JobContext(names, meta["uid"], spec, attempt, live_suspend, claim_spec, hold_learner=hold)
+        await self._ensure_control_secret(ctx, body)
         for manifest in build_children(ctx):
             live = children.get(manifest["kind"], {}).get(manifest["metadata"]["name"])
             if live is not None and live["metadata"].get("deletionTimestamp"):
@@ -231,6 +237,22 @@ class Reconciler:
             )
             effective = RLVRJobResourceSpec.model_validate(effective_dump)
         return effective, effective_dump, refused, None
+
+    async def _ensure_control_secret(self, ctx: JobContext, body: dict[str, Any]) -> None:
+        """Creates the job's control-token Secret once per operator process: a 409 means it exists (made by
+        this or an earlier operator, or by hand) and is kept as it is. Before the pods that read it."""
+        key = (ctx.names.namespace, ctx.control_secret)
+        if key in self._control_secrets:
+            return
+        try:
+            await self.call(self.kube.create, control_secret(ctx, new_control_token()))
+        except KubeError as err:
+            if not err.conflict:
+                raise
+        else:
+            self.metrics.applies.labels(kind="Secret").inc()
+            self.post_event(body, "Normal", "Created", f"created Secret {ctx.control_secret} (control token)")
+        self._control_secrets.add(key)
 
     async def _apply(self, manifest: dict[str, Any]) -> None:
         await self.call(self.kube.apply, manifest)

@@ -18,6 +18,7 @@ from forkrl.operator.names import (
 )
 from forkrl.operator.pod_security import TMP_MOUNT, secured
 from forkrl.operator.quantity import parse_quantity
+from forkrl.rollout.control_token import CONTROL_SECRET_KEY, CONTROL_TOKEN_ENV
 from forkrl.rollout.network import POD_IP_ENV
 
 Manifest = dict[str, Any]
@@ -45,6 +46,12 @@ def env(ctx: JobContext, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if ref is not None
     ]
     return base + sorted((item for item in plain + referenced if item["name"] not in taken), key=lambda i: i["name"])
+
+
+def control_token_env(ctx: JobContext) -> dict[str, Any]:
+    """The job's control token from its Secret (the rollout replicas require it, the controller proves it)."""
+    ref = {"name": ctx.control_secret, "key": CONTROL_SECRET_KEY}
+    return {"name": CONTROL_TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}}
 
 
 def env_from(ctx: JobContext) -> dict[str, Any]:
@@ -205,7 +212,7 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         "command": ["python", "-m", "forkrl.rollout"],
         "args": args,
         "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
-        "env": env(ctx, []),
+        "env": env(ctx, [control_token_env(ctx)]),
         **env_from(ctx),
         "resources": requests_and_limits(ctx, pods.cpu, pods.memory, pods.gpus),
         # Loading a large checkpoint into vLLM takes minutes: the startup probe allows 30 of them.

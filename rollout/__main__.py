@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forkrl.rollout.control_token import CONTROL_TOKEN_ENV, control_token_from_env
 from forkrl.rollout.lifeline import watch_from_env
 from forkrl.rollout.network import LOCAL_BIND_HOST
 
@@ -86,8 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     from forkrl.rollout.metrics import RolloutMetrics
     from forkrl.rollout.server import create_app
 
+    try:
+        token = control_token_from_env()
+    except ValueError as exc:
+        sys.exit(f"forkrl rollout: {exc}")
+    if token is None and config.host != LOCAL_BIND_HOST:
+        print(f"forkrl rollout: WARNING: {CONTROL_TOKEN_ENV} is unset: anyone who reaches {config.host} may push "
+              "weights to this replica or put it to sleep", file=sys.stderr)
     engine = build_engine(config)
-    app = create_app(engine, service_config=config.service, metrics=RolloutMetrics(config.run, config.replica))
+    app = create_app(engine, service_config=config.service, metrics=RolloutMetrics(config.run, config.replica),
+                     control_token=token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))

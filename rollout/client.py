@@ -22,6 +22,7 @@ import httpx
 import torch
 from pydantic import BaseModel
 
+from forkrl.rollout.control_token import bearer_header
 from forkrl.rollout.types import GenerateRequest, GenerateResult
 from forkrl.rollout.weight_sync import (
     DEFAULT_BUCKET_BYTES,
@@ -74,7 +75,9 @@ class RolloutClient:
     connect_timeout_s: a replica whose host is gone (cable pulled, node lost) fails fast here.
     idle_timeout_s: a generate stream with nothing for this long (the server sends a keepalive line
     every few seconds) is treated as a lost connection and retried elsewhere.
-    probe_timeout_s: liveness and version probes."""
+    probe_timeout_s: liveness and version probes.
+    control_token: the job's control token, sent with every request (the replica requires it on its
+    control endpoints: weights, sleep, wake)."""
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class RolloutClient:
         max_retries: int = 3,
         backoff_s: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
+        control_token: str | None = None,
     ) -> None:
         self.base_url = base_url
         self.max_retries = max_retries
@@ -94,7 +98,7 @@ class RolloutClient:
         self._stream_timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s, read=idle_timeout_s)
         self._probe_timeout = httpx.Timeout(probe_timeout_s, connect=min(connect_timeout_s, probe_timeout_s))
         self._http = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-                                       transport=transport)
+                                       transport=transport, headers=bearer_header(control_token))
 
     async def __aenter__(self) -> RolloutClient:
         return self
@@ -206,7 +210,10 @@ class RolloutClient:
         return response.json()
 
     async def wake(self) -> dict:
-        return (await self._request("POST", "/v1/wake")).json()
+        response = await self._request("POST", "/v1/wake")
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response.json()
 
 
 @dataclass(frozen=True)
@@ -267,16 +274,18 @@ async def push_weights(
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     timeout_s: float = 300.0,
     device: torch.device | str | None = None,
+    token: str | None = None,
 ) -> SendStats:
     """One sync of `weights` (HF names) from this process, the only sender, to every replica.
 
-    `master_addr`: the address the replicas reach this process at. A learner with several senders
-    (one per pipeline stage) uses `sync_layout` + `run_weight_sync` directly.
+    `master_addr`: the address the replicas reach this process at. `token`: the job's control token
+    (the replicas' clients carry it too). A learner with several senders (one per pipeline stage) uses
+    `sync_layout` + `run_weight_sync` directly.
     """
     layout = await sync_layout(clients)
     sender = WeightSender(master_addr=master_addr, master_port=master_port, backend=backend,
                           group_name=f"forkrl-weights/v{version}/{uuid.uuid4().hex[:8]}", timeout_s=timeout_s,
-                          bucket_bytes=bucket_bytes, device=device)
+                          bucket_bytes=bucket_bytes, device=device, token=token)
     try:
         async def send() -> SendStats:
             return await asyncio.to_thread(sender.send, weights, version, layout.world_size)

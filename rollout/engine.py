@@ -107,8 +107,9 @@ class RolloutEngine(Protocol):
         """Installs the safetensors files of `path` as `version`; all-or-nothing."""
         ...
 
-    def begin_weight_sync(self, begin: WeightSyncBegin) -> None:
-        """Starts receiving a sync in the background; serving continues on the current weights."""
+    def begin_weight_sync(self, begin: WeightSyncBegin, token: str | None = None) -> None:
+        """Starts receiving a sync in the background; serving continues on the current weights. `token`:
+        the job's control token, proven to the senders and required of them at the rendezvous."""
         ...
 
     def commit_weight_sync(self, version: int, timeout_s: float) -> None:

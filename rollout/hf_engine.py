@@ -223,14 +223,15 @@ class HFEngine:
     def load_checkpoint(self, path: str, version: int) -> None:
         self.update_weights(iter_checkpoint_tensors(path), version)
 
-    def begin_weight_sync(self, begin: WeightSyncBegin) -> None:
+    def begin_weight_sync(self, begin: WeightSyncBegin, token: str | None = None) -> None:
         with self._sync_lock:
             if self._receiver is not None and self._receiver.state == "receiving":
                 raise WeightSyncConflictError(
                     f"version: sync of version {self._receiver.begin.version} is still receiving"
                 )
             device = self.device if begin.backend == "nccl" else torch.device("cpu")  # gloo carries CPU tensors
-            self._receiver = WeightReceiver(begin, device=device, expected=self.expected, required=self.required)
+            self._receiver = WeightReceiver(begin, device=device, expected=self.expected, required=self.required,
+                                            token=token)
             self._receiver.start()
 
     def commit_weight_sync(self, version: int, timeout_s: float) -> None:

@@ -35,9 +35,11 @@ HIGH_TEMPERATURE_TOKENS = _spec("forkrl_rollout_dual_temperature_high_tokens_tot
 DUAL_TEMPERATURE_TOKENS = _spec("forkrl_rollout_dual_temperature_tokens_total", "counter",
                                 "Tokens sampled under dual-temperature decoding.")
 SLEEPING = _spec("forkrl_rollout_sleeping", "gauge", "1 while the engine sleeps.")
+UNAUTHORIZED = _spec("forkrl_rollout_unauthorized_requests_total", "counter",
+                     "Control requests refused for a missing or wrong control token (401).", "endpoint")
 ROLLOUT_METRICS = (REQUESTS, GENERATED_TOKENS, PROMPT_TOKENS, ABORTED_REQUESTS, QUEUE_DEPTH, RUNNING, PHASE_SECONDS,
                    KV_CACHE, WEIGHT_VERSION, WEIGHT_SYNC_SECONDS, WEIGHT_SYNCS, HIGH_TEMPERATURE_TOKENS,
-                   DUAL_TEMPERATURE_TOKENS, SLEEPING)
+                   DUAL_TEMPERATURE_TOKENS, SLEEPING, UNAUTHORIZED)
 
 
 class RolloutMetrics:
@@ -61,7 +63,11 @@ class RolloutMetrics:
         self.high_temperature_tokens = HIGH_TEMPERATURE_TOKENS.counter(r).labels(**self._values)
         self.dual_temperature_tokens = DUAL_TEMPERATURE_TOKENS.counter(r).labels(**self._values)
         self.sleeping = SLEEPING.gauge(r).labels(**self._values)
+        self._unauthorized = UNAUTHORIZED.counter(r)
         self.weight_version.set(-1)
+
+    def unauthorized(self, endpoint: str) -> None:
+        self._unauthorized.labels(**self._values, endpoint=endpoint).inc()
 
     def request_done(self, status: str) -> None:
         self._requests.labels(**self._values, status=status).inc()

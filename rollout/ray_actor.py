@@ -40,8 +40,8 @@ class RolloutWorker:
         self.engine.load_checkpoint(path, version)
         return self.engine.weight_version
 
-    def begin_weight_sync(self, begin: dict[str, Any]) -> None:
-        self.engine.begin_weight_sync(WeightSyncBegin.model_validate(begin))
+    def begin_weight_sync(self, begin: dict[str, Any], token: str | None = None) -> None:
+        self.engine.begin_weight_sync(WeightSyncBegin.model_validate(begin), token)
 
     def commit_weight_sync(self, version: int, timeout_s: float = 300.0) -> int | None:
         self.engine.commit_weight_sync(version, timeout_s)

@@ -7,6 +7,11 @@
     GET  /healthz (liveness)   /readyz (weights present and awake; body carries weight_version)
     GET  /v1/health (engine state)   /metrics (Prometheus)
 
+With a control token (`create_app(control_token=...)`, from FORKRL_CONTROL_TOKEN), /v1/weights, /v1/sleep
+and /v1/wake answer 401 unless the request carries `Authorization: Bearer <token>`, before reading the
+body: a request without it changes nothing. Generation, health and metrics stay open (the job's
+NetworkPolicy decides who reaches them).
+
 Invalid input is answered before streaming starts with a 4xx whose body names every bad field:
 {"error": ..., "fields": [{"field": "requests[0].sampling.top_p", "message": ...}]}.
 """
@@ -19,12 +24,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
+from forkrl.rollout.control_token import authorized
 from forkrl.rollout.engine import EngineUnavailableError, RolloutEngine, WeightSyncConflictError
 from forkrl.rollout.metrics import RolloutMetrics
 from forkrl.rollout.service import RolloutService, ServiceConfig
@@ -88,14 +94,26 @@ def _error(status: int, message: str, fields: list[dict] | None = None) -> JSONR
     return JSONResponse(status_code=status, content={"error": message, "fields": fields or []})
 
 
+class Unauthorized(Exception):
+    """A control request without the job's control token (answered 401 before its body is read)."""
+
+
 def create_app(
     engine: RolloutEngine,
     *,
     service_config: ServiceConfig | None = None,
     metrics: RolloutMetrics | None = None,
+    control_token: str | None = None,
 ) -> FastAPI:
     metrics = metrics or RolloutMetrics()
-    service = RolloutService(engine, service_config or ServiceConfig(), metrics)
+    service = RolloutService(engine, service_config or ServiceConfig(), metrics, control_token=control_token)
+
+    def require_token(request: Request) -> None:
+        if not authorized(request.headers.get("authorization"), control_token):
+            metrics.unauthorized(request.url.path)
+            raise Unauthorized()
+
+    control = [Depends(require_token)]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +130,13 @@ def create_app(
         fields = [{"field": field_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
         names = ", ".join(f["field"] for f in fields)
         return _error(422, f"invalid request: {names}", fields)
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, __: Unauthorized) -> JSONResponse:
+        response = _error(401, "this control endpoint needs the job's control token: Authorization: Bearer <token>",
+                          [{"field": "Authorization", "message": "missing or wrong control token"}])
+        response.headers["WWW-Authenticate"] = 'Bearer realm="forkrl-rollout"'
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _unservable(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -144,7 +169,7 @@ def create_app(
 
         return StreamingResponse(with_keepalive(lines(), KEEPALIVE_S), media_type="application/x-ndjson")
 
-    @app.post("/v1/weights")
+    @app.post("/v1/weights", dependencies=control)
     async def weights(action: Annotated[WeightsAction, Body()]) -> Response:
         try:
             health = await service.weights(action)
@@ -160,12 +185,12 @@ def create_app(
             return _error(409, str(exc))
         return JSONResponse({"weight_version": health["weight_version"], "health": health})
 
-    @app.post("/v1/sleep")
+    @app.post("/v1/sleep", dependencies=control)
     async def sleep(body: SleepBody) -> dict:
         await service.sleep(body.level)
         return engine.health().to_dict()
 
-    @app.post("/v1/wake")
+    @app.post("/v1/wake", dependencies=control)
     async def wake() -> dict:
         await service.wake()
         return engine.health().to_dict()

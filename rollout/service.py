@@ -52,8 +52,11 @@ class _Pending:
 
 
 class RolloutService:
-    def __init__(self, engine: RolloutEngine, config: ServiceConfig, metrics: RolloutMetrics) -> None:
+    def __init__(self, engine: RolloutEngine, config: ServiceConfig, metrics: RolloutMetrics,
+                 control_token: str | None = None) -> None:
+        """control_token: the job's token; weight syncs prove it to their senders and require it of them."""
         self.engine = engine
+        self._control_token = control_token
         self.config = config
         self.metrics = metrics
         self._pending: deque[_Pending] = deque()
@@ -238,7 +241,7 @@ class RolloutService:
 
     async def weights(self, action: WeightsAction) -> dict:
         if isinstance(action, WeightSyncBegin):
-            await asyncio.to_thread(self.engine.begin_weight_sync, action)
+            await asyncio.to_thread(self.engine.begin_weight_sync, action, self._control_token)
             self._sync_started = time.perf_counter()
         elif isinstance(action, WeightSyncCommit):
             try:

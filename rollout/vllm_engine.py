@@ -270,9 +270,9 @@ class VLLMEngine:
             self._rpc("forkrl_load_checkpoint", path)
             self._install(version)
 
-    def begin_weight_sync(self, begin: WeightSyncBegin) -> None:
+    def begin_weight_sync(self, begin: WeightSyncBegin, token: str | None = None) -> None:
         try:
-            self._rpc("forkrl_begin_weight_sync", begin.model_dump(), self.config.staging_device)
+            self._rpc("forkrl_begin_weight_sync", begin.model_dump(), self.config.staging_device, token)
         except RuntimeError as exc:
             raise WeightSyncConflictError(str(exc)) from exc
 

@@ -21,7 +21,7 @@ from forkrl.rollout.weight_sync import WeightReceiver, WeightSyncBegin
 class ForkrlWorkerExtension:
     _forkrl_receiver: WeightReceiver | None = None
 
-    def forkrl_begin_weight_sync(self, begin: dict, staging_device: str = "cpu") -> None:
+    def forkrl_begin_weight_sync(self, begin: dict, staging_device: str = "cpu", token: str | None = None) -> None:
         previous = self._forkrl_receiver
         if previous is not None and previous.state == "receiving":
             raise RuntimeError(f"version: sync of version {previous.begin.version} is still receiving")
@@ -31,6 +31,7 @@ class ForkrlWorkerExtension:
             local_rank=self.rank,  # type: ignore[attr-defined]
             device=self.device if parsed.backend == "nccl" else "cpu",  # type: ignore[attr-defined]
             staging_device=staging_device,
+            token=token,
         ).start()
 
     def forkrl_weight_sync_state(self) -> tuple[str, str]:

@@ -9,8 +9,10 @@ their Hugging Face names, packed into byte buckets:
     for each bucket:  broadcast int64[1] header length, uint8 header (JSON), uint8 payload
     header = {"version", "entries": [[name, dtype, shape, offset, nbytes], ...], "nbytes", "last", "count"}
 
-The final header has `last = true` and the total tensor count. Receivers stage everything and apply it
-only on commit, so a sync interrupted half-way leaves the previous weights serving. The checkpoint
+Before the group forms, both sides prove the job's control token (weight_auth); a receiver or sender
+that cannot is refused with PermissionError. The final header has `last = true` and the total tensor
+count. Receivers stage everything and apply it only on commit, so a sync interrupted half-way leaves the
+previous weights serving. The checkpoint
 directory fallback reads/writes the same names as safetensors files.
 """
 
@@ -29,6 +31,7 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 
 from forkrl.rollout.network import source_address_towards
+from forkrl.rollout.weight_auth import admit_receivers, announce, prove_to_sender
 from forkrl.rollout.weight_group import SyncGroup, open_sync_group
 
 _ALIGN = 64
@@ -181,7 +184,8 @@ class WeightSender:
     Create it first (the store binds `port`, a free one unless given), announce `source()` to every
     replica in its `begin` request, then call `send` with the world size (1 + every receiver rank).
     `master_addr` is the address the replicas reach this rank at: its pod IP or Ray node IP, never a
-    loopback address unless every replica runs on this same host.
+    loopback address unless every replica runs on this same host. `token`: the job's control token; every
+    receiver must prove it before the group forms (see weight_auth), and they check that this sender can.
     """
 
     def __init__(
@@ -194,6 +198,7 @@ class WeightSender:
         timeout_s: float = 300.0,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         device: torch.device | str | None = None,
+        token: str | None = None,
     ) -> None:
         self.backend = backend
         self.group_name = group_name
@@ -208,6 +213,8 @@ class WeightSender:
             timeout=datetime.timedelta(seconds=timeout_s),
             wait_for_workers=False,
         )
+        self._token = token
+        self._nonce = announce(self.store, group_name, token)
         self._group: SyncGroup | None = None
 
     @property
@@ -225,7 +232,8 @@ class WeightSender:
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int, world_size: int) -> SendStats:
         start = time.perf_counter()
         if self._group is None:
-            self._group = open_sync_group(self.store, 0, world_size, self.backend, self.group_name, self.timeout_s,
+            prefix = admit_receivers(self.store, self.group_name, self._token, self._nonce, world_size)
+            self._group = open_sync_group(self.store, 0, world_size, self.backend, prefix, self.timeout_s,
                                           self.device, self.master_addr)
         count = num_bytes = 0
         for bucket in iter_buckets(named_tensors, self.bucket_bytes):
@@ -252,7 +260,8 @@ class WeightReceiver:
 
     `expected` (name -> ParamSpec) rejects unknown names and wrong shapes as they arrive; `required`
     names must all be present in the union at the end, and no name may come from two senders. Both
-    are optional (vLLM checks names in `load_weights`).
+    are optional (vLLM checks names in `load_weights`). `token`: the job's control token, proven to each
+    sender and required of it at the rendezvous (see weight_auth).
     """
 
     def __init__(
@@ -264,8 +273,10 @@ class WeightReceiver:
         staging_device: torch.device | str = "cpu",
         expected: dict[str, ParamSpec] | None = None,
         required: set[str] | None = None,
+        token: str | None = None,
     ) -> None:
         self.begin = begin
+        self._token = token
         self.rank = begin.rank_offset + local_rank
         if self.rank >= begin.world_size:
             raise ValueError(f"rank_offset: rank {self.rank} outside world_size {begin.world_size}")
@@ -303,8 +314,9 @@ class WeightReceiver:
                 is_master=False,
                 timeout=datetime.timedelta(seconds=self.begin.timeout_s),
             )
+            prefix = prove_to_sender(store, source.group_name, self._token, self.rank)
             local = source_address_towards(source.master_addr, source.master_port)
-            group = open_sync_group(store, self.rank, self.begin.world_size, self.begin.backend, source.group_name,
+            group = open_sync_group(store, self.rank, self.begin.world_size, self.begin.backend, prefix,
                                     self.begin.timeout_s, self.device, local)
             self._receive(group, self._parts[index])
         except Exception as exc:  # a dead sender or a bad stream: keep serving the old weights

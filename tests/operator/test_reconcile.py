@@ -5,6 +5,7 @@ RayJob's status the way KubeRay would (see test_kuberay.py for the real KubeRay)
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -38,6 +39,12 @@ EXPECTED = {
 
 def expected(job: str) -> set[tuple[str, str]]:
     return {(kind, name.format(j=job)) for kind, name in EXPECTED}
+
+
+def control_secret(cluster: ControlPlane, namespace: str, job: str, uid: str) -> tuple[dict[str, Any], str]:
+    """The job's control-token Secret and the token in it."""
+    secret = cluster.kubectl_json("get", "secret", f"{job}-control-{uid[:8]}", "-n", namespace, "--show-managed-fields")
+    return secret, base64.b64decode(secret["data"]["token"]).decode()
 
 
 def apply(cluster: ControlPlane, obj: dict[str, Any]) -> None:
@@ -89,6 +96,18 @@ def test_a_job_gets_exactly_its_children_and_reconciling_again_changes_nothing(
     assert head["serviceAccountName"] == "exp-controller"
     env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
     assert env["FORKRL_STATUS_CONFIGMAP"] == "exp-status" and env["HF_HUB_OFFLINE"] == "1"
+    # The control token: a Secret of its own, created (not applied) once, read by the rollout and the head.
+    secret, token = control_secret(cluster, ns, "exp", uid)
+    assert len(token) >= 43 and token.isascii()
+    assert [(r["name"], r["uid"]) for r in secret["metadata"]["ownerReferences"]] == [("exp", uid)]
+    assert {m["operation"] for m in secret["metadata"]["managedFields"]} == {"Update"}  # POST, not apply
+    token_ref = {"name": "FORKRL_CONTROL_TOKEN",
+                 "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "token"}}}
+    assert token_ref in rollout["env"] and token_ref in head["containers"][0]["env"]
+    worker = objects[("RayJob", "exp")]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert "FORKRL_CONTROL_TOKEN" not in {e["name"] for e in worker["containers"][0]["env"]}
+    verifier = objects[("Deployment", "exp-verifier")]["spec"]["template"]["spec"]["containers"][0]
+    assert "FORKRL_CONTROL_TOKEN" not in {e["name"] for e in verifier["env"]}
     spec_yaml = yaml.safe_load(objects[("ConfigMap", "exp-config")]["data"]["spec.yaml"])
     assert spec_yaml["rollout"]["endpoints"] == [f"http://exp-rollout.{ns}.svc:8000"]
     assert spec_yaml["verifier"]["endpoint"] == f"http://exp-verifier.{ns}.svc:8000"
@@ -124,6 +143,7 @@ def test_a_job_gets_exactly_its_children_and_reconciling_again_changes_nothing(
     assert get_job(cluster, ns, "exp")["metadata"]["resourceVersion"] == job_version
     assert module_operator.counter("forkrl_operator_child_applies_total") == applies
     assert module_operator.counter("forkrl_operator_reconciles_total") >= reconciles + 3
+    assert control_secret(cluster, ns, "exp", uid) == (secret, token)  # never rotated under running pods
     assert ("Normal", "Created") in events(cluster, ns, "exp")
 
 
@@ -358,8 +378,8 @@ def test_deleting_the_job_leaves_no_child_behind(
     def all_children() -> set[tuple[str, str]]:
         items = cluster.kubectl_json(
             "get",
-            "rayjob,deployment,replicaset,pod,service,configmap,serviceaccount,role,rolebinding,persistentvolumeclaim,"
-            "podmonitor",
+            "rayjob,deployment,replicaset,pod,service,configmap,secret,serviceaccount,role,rolebinding,"
+            "persistentvolumeclaim,podmonitor",
             "-n",
             ns,
         )["items"]
@@ -369,7 +389,8 @@ def test_deleting_the_job_leaves_no_child_behind(
             if i["metadata"]["name"] not in ("kube-root-ca.crt", "default")
         }
 
-    cluster.wait_for(lambda: want <= all_children(), "every child", 60)
+    uid = get_job(cluster, ns, "exp")["metadata"]["uid"]
+    cluster.wait_for(lambda: want | {("Secret", f"exp-control-{uid[:8]}")} <= all_children(), "every child", 60)
     assert get_job(cluster, ns, "exp")["metadata"]["finalizers"] == ["forkrl.dev/finalizer"]
     cluster.kubectl("delete", "rlvr", "exp", "-n", ns, "--wait=true", "--timeout=60s")
     cluster.wait_for(lambda: not all_children(), "no child (pods and ReplicaSets included) to be left", 60)

@@ -15,7 +15,7 @@ from forkrl.operator.reconcile import CRASH_ENV
 from forkrl.operator.resource import RLVRJobResourceSpec
 from tests.cluster.controlplane import ControlPlane
 from tests.operator.harness import OperatorProcess, children, get_job, rlvrjob, wait_phase
-from tests.operator.test_reconcile import expected, wait_children
+from tests.operator.test_reconcile import control_secret, expected, wait_children
 
 
 def wanted_hashes(cluster: ControlPlane, namespace: str, name: str) -> dict[tuple[str, str], str]:
@@ -45,10 +45,14 @@ def test_an_operator_killed_mid_reconcile_is_resumed_by_the_next_one(
     partial = set(children(cluster, ns, "exp"))
     assert len(partial) == 4 and partial < expected("exp")
     # The intent was recorded before the first child: the next operator builds from the same accepted spec.
-    assert get_job(cluster, ns, "exp")["status"]["acceptedSpec"]
+    job = get_job(cluster, ns, "exp")
+    assert job["status"]["acceptedSpec"]
+    secret = control_secret(cluster, ns, "exp", job["metadata"]["uid"])
 
     start_operator("--standalone", "--resync-seconds=2")
     wait_children(cluster, ns, "exp", expected("exp"))
+    # The next operator finds the control token (a 409 on create) and keeps it: it cannot read Secrets.
+    assert control_secret(cluster, ns, "exp", job["metadata"]["uid"]) == secret
     assert live_hashes(cluster, ns, "exp") == wanted_hashes(cluster, ns, "exp")
     wait_phase(cluster, ns, "exp", "Pending", reason="WaitingForLearner")
 

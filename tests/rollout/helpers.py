@@ -97,13 +97,15 @@ class ServerProcess:
                 self.kill()
 
 
-def start_server(model_dir: Path, workdir: Path, *args: str, port: int = 0, timeout_s: float = 120.0) -> ServerProcess:
-    """Runs `python -m forkrl.rollout --engine hf` as a real process and waits until /healthz answers."""
+def start_server(model_dir: Path, workdir: Path, *args: str, port: int = 0, timeout_s: float = 120.0,
+                 env: dict[str, str] | None = None) -> ServerProcess:
+    """Runs `python -m forkrl.rollout --engine hf` as a real process and waits until /healthz answers;
+    `env` adds to its environment."""
     port_file = workdir / f"port-{time.monotonic_ns()}"
     log = workdir / f"server-{time.monotonic_ns()}.log"
     command = [sys.executable, "-m", "forkrl.rollout", "--engine", "hf", "--model", str(model_dir)]
     command += ["--port", str(port), "--port-file", str(port_file), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     deadline = time.monotonic() + timeout_s

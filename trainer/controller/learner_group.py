@@ -141,8 +141,10 @@ class LearnerRank:
         layout = self.learner.layout
         return layout.tp_rank == 0 and layout.dp_rank == 0
 
-    def open_weight_sender(self, group_prefix: str, backend: str, timeout_s: float) -> dict[str, Any] | None:
-        """Stage senders: open this stage's sync store; returns its `SyncSource` (None on other ranks)."""
+    def open_weight_sender(self, group_prefix: str, backend: str, timeout_s: float,
+                           token: str | None = None) -> dict[str, Any] | None:
+        """Stage senders: open this stage's sync store; returns its `SyncSource` (None on other ranks).
+        `token`: the job's control token, proven to the replicas and required of them."""
         if not self.is_weight_sender:
             return None
         base = _env_port(WEIGHT_SYNC_PORT_ENV)
@@ -150,7 +152,7 @@ class LearnerRank:
         self._sender = WeightSender(master_addr=self.address, master_port=base + stage if base else 0,
                                     backend=backend,  # type: ignore[arg-type]
                                     group_name=f"{group_prefix}/pp{stage}", timeout_s=timeout_s,
-                                    device=self.learner.device if backend == "nccl" else "cpu")
+                                    device=self.learner.device if backend == "nccl" else "cpu", token=token)
         return self._sender.source().model_dump()
 
     def send_weights(self, version: int, world_size: int) -> dict[str, Any] | None:
@@ -319,9 +321,10 @@ class LearnerGroup:
         """One optimizer update on the global mini-batch (every rank); rank 0's exact metrics."""
         return self._all("train_step", batch)
 
-    def open_weight_senders(self, group_prefix: str, backend: str, timeout_s: float) -> list[dict[str, Any]]:
+    def open_weight_senders(self, group_prefix: str, backend: str, timeout_s: float,
+                            token: str | None = None) -> list[dict[str, Any]]:
         """One `SyncSource` per pipeline stage (its sender's address, store port and group name)."""
-        answers = self._gather("open_weight_sender", group_prefix, backend, timeout_s)
+        answers = self._gather("open_weight_sender", group_prefix, backend, timeout_s, token)
         return [a for a in answers if a is not None]
 
     def send_weights(self, version: int, world_size: int) -> list[dict[str, float]]:

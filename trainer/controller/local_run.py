@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forkrl.rollout.control_token import CONTROL_TOKEN_ENV, control_token_from_env, new_control_token
 from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.trainer.controller.replica_pool import ReplicaPool
 from forkrl.trainer.controller.services import (
@@ -31,6 +32,19 @@ if TYPE_CHECKING:  # imported when the run starts: Ray and the verifier client a
     from forkrl.trainer.controller.protocols import Tokenizer
 
 
+def run_control_token(spec: RLVRJobSpec, log: Callable[[str], None]) -> str | None:
+    """The job's control token: FORKRL_CONTROL_TOKEN (the operator sets it from the job's Secret), else a new
+    one when every replica is started here; replicas at `rollout.endpoints` were started with whatever
+    token their starter gave them, so without the variable there is none to prove."""
+    token = control_token_from_env()
+    if token is None and not spec.rollout.endpoints:
+        return new_control_token()
+    if token is None:
+        log(f"{CONTROL_TOKEN_ENV} is unset: the replicas at rollout.endpoints take weights and sleep/wake calls "
+            "from anyone who reaches them")
+    return token
+
+
 @dataclass
 class LocalRun:
     """Everything a local run owns; tests reach in through it to inject faults (kill a replica, ...)."""
@@ -46,6 +60,8 @@ class LocalRun:
     verifier: VerifierClient | None = None
     learners: LearnerGroup | None = None
     controller: RLVRController | None = None
+    control_token: str | None = None
+    """Set by `start` (see `run_control_token`); replicas added later get the same one."""
 
     @property
     def log_dir(self) -> Path:
@@ -57,7 +73,7 @@ class LocalRun:
         then builds the pool from them."""
         spec = self.spec
         process = start_rollout_replica(spec, self.policy_path, self.log_dir, len(self.replica_processes), port=port,
-                                        wait=wait)
+                                        wait=wait, control_token=self.control_token)
         self.replica_processes.append(process)
         if self.replicas is not None:
             self.replicas.add(process.url)
@@ -77,6 +93,7 @@ class LocalRun:
 
         spec = self.spec
         threads = spec.resources.torch_threads or 1
+        self.control_token = run_control_token(spec, self.log)
         # The services start first and load while Ray and the learner ranks do: each is a process of its
         # own that mostly imports, and waiting for one before starting the next leaves cores idle.
         if spec.verifier.endpoint is None:
@@ -114,9 +131,10 @@ class LocalRun:
                                        max_retries=spec.verifier.max_retries)
         self.replicas = ReplicaPool([p.url for p in self.replica_processes], endpoints=spec.rollout.endpoints,
                                     log=self.log, connect_timeout_s=spec.rollout.connect_timeout_s,
-                                    idle_timeout_s=spec.rollout.idle_timeout_s)
+                                    idle_timeout_s=spec.rollout.idle_timeout_s, control_token=self.control_token)
         stream = PromptStream(self.train_rows, spec.seed, spec.data.shuffle)
-        pusher = WeightPusher(self.learners, spec.rollout.weight_sync, spec.checkpoint_dir() / "weights", self.log)
+        pusher = WeightPusher(self.learners, spec.rollout.weight_sync, spec.checkpoint_dir() / "weights", self.log,
+                              control_token=self.control_token)
         self.controller = RLVRController(spec, self.tokenizer, self.learners, self.replicas, self.verifier, stream,
                                          self.log, pusher=pusher)
         return self.controller

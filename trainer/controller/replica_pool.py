@@ -49,8 +49,10 @@ class ReplicaPool:
 
     def __init__(self, urls: Sequence[str], endpoints: Sequence[str] = (), *, timeout_s: float = 600.0,
                  connect_timeout_s: float = 10.0, idle_timeout_s: float = 60.0,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, control_token: str | None = None) -> None:
+        """control_token: the job's token, carried by every client (the replicas' control endpoints need it)."""
         self.timeout_s = timeout_s
+        self.control_token = control_token
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.log = log
@@ -83,7 +85,8 @@ class ReplicaPool:
             if url not in self.clients:
                 self.clients[url] = RolloutClient(url, timeout_s=self.timeout_s, max_retries=2,
                                                   connect_timeout_s=self.connect_timeout_s,
-                                                  idle_timeout_s=self.idle_timeout_s)
+                                                  idle_timeout_s=self.idle_timeout_s,
+                                                  control_token=self.control_token)
         for url in [u for u in self.clients if u not in urls]:
             self._closing.append(self.clients.pop(url))
             self.down.pop(url, None)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from forkrl.rollout.control_token import CONTROL_TOKEN_ENV
 from forkrl.rollout.lifeline import Lifeline
 from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.trainer.learner.launch import free_port
@@ -183,10 +184,12 @@ def rollout_replica_argv(spec: RLVRJobSpec, model_path: str, host: str, port: in
 
 
 def start_rollout_replica(spec: RLVRJobSpec, model_path: str, log_dir: Path, index: int,
-                          port: int | None = None, wait: bool = True) -> LocalProcess:
+                          port: int | None = None, wait: bool = True, control_token: str | None = None) -> LocalProcess:
     """One local rollout server process serving `model_path` (weights version 0 until the first sync);
-    healthy, unless `wait` is false (spawned only)."""
+    healthy, unless `wait` is false (spawned only). `control_token` reaches it through its environment
+    (never its command line, which any local user can read)."""
     port = port or free_port()
     argv = rollout_replica_argv(spec, model_path, LOCAL_HOST, port, index)
-    process = LocalProcess(f"rollout-{index}", argv, port, log_dir / f"rollout-{index}.log").spawn()
+    env = {CONTROL_TOKEN_ENV: control_token} if control_token else None
+    process = LocalProcess(f"rollout-{index}", argv, port, log_dir / f"rollout-{index}.log", env=env).spawn()
     return process.wait_healthy() if wait else process

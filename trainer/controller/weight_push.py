@@ -28,7 +28,8 @@ class WeightSenders(Protocol):
     @property
     def device(self) -> str: ...
 
-    def open_weight_senders(self, group_prefix: str, backend: str, timeout_s: float) -> list[dict[str, Any]]: ...
+    def open_weight_senders(self, group_prefix: str, backend: str, timeout_s: float,
+                            token: str | None = None) -> list[dict[str, Any]]: ...
 
     def send_weights(self, version: int, world_size: int) -> list[dict[str, Any]]: ...
 
@@ -65,8 +66,10 @@ class PushReport:
 
 class WeightPusher:
     def __init__(self, learners: WeightSenders, spec: WeightSyncSpec, weights_root: Path,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, control_token: str | None = None) -> None:
+        """control_token: the job's token; the stage senders and the replicas prove it to each other."""
         self.learners = learners
+        self.control_token = control_token
         self.spec = spec
         self.weights_root = weights_root
         self.log = log
@@ -85,7 +88,8 @@ class WeightPusher:
     async def _broadcast(self, clients: Sequence[RolloutClient], layout: SyncLayout, backend: Literal["nccl", "gloo"],
                          version: int, start: float) -> PushReport:
         prefix = f"forkrl-weights/v{version}/{uuid.uuid4().hex[:8]}"
-        opened = await asyncio.to_thread(self.learners.open_weight_senders, prefix, backend, self.spec.timeout_s)
+        opened = await asyncio.to_thread(self.learners.open_weight_senders, prefix, backend, self.spec.timeout_s,
+                                         self.control_token)
         sources = [SyncSource.model_validate(s) for s in opened]
         stats: list[dict[str, Any]] = []
 
