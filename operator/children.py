@@ -8,6 +8,7 @@ API server.
 | child | name | purpose |
 |---|---|---|
 | ServiceAccount, Role, RoleBinding | `<job>-controller` | the controller may get/patch only `<job>-status` |
+| ServiceAccount | `<job>-workload` | rollout and learner pods: no API token, `cluster.service_account` annotations |
 | ConfigMap | `<job>-config` | `spec.yaml` for `forkrl train`, `verifier.yaml` for the verifier |
 | ConfigMap | `<job>-status` | written by the controller (progress); created empty here |
 | Secret | `<job>-control-<uid8>` | the job's control token; created once, never applied or read (`control_secret`) |
@@ -16,6 +17,7 @@ API server.
 | Service + Deployment | `<job>-verifier` | reward verifier (absent with `spec.verifier.endpoint`) |
 | RayJob | `<job>` / `<job>-r<n>` | controller (head) + learner workers, one per attempt |
 | PodMonitor | `<job>` | only with `cluster.monitoring.pod_monitor` |
+| NetworkPolicy | `<job>` | only the job's pods (and the listed peers) reach its pods; `cluster.network_policy` |
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from forkrl.operator.names import (
     metadata,
     selector,
 )
+from forkrl.operator.network_policy import network_policy
 from forkrl.operator.ray_job import ray_job
 from forkrl.rollout.control_token import CONTROL_SECRET_KEY
 
@@ -92,11 +95,18 @@ def status_config_map(ctx: JobContext) -> Manifest:
     }
 
 
+def service_account(ctx: JobContext, name: str, component: str) -> Manifest:
+    """An account of the job's pods, with the workload-identity annotations of `cluster.service_account`."""
+    annotations = ctx.cluster.service_account.annotations
+    meta = metadata(ctx.names, name, ctx.uid, component, annotations=annotations or None)
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+
+
 def controller_rbac(ctx: JobContext) -> list[Manifest]:
     names = ctx.names
     meta = metadata(names, names.controller, ctx.uid, "controller")
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        service_account(ctx, names.controller, "controller"),
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -202,7 +212,9 @@ def build_children(ctx: JobContext) -> list[Manifest]:
     """Every child of the job, in the order they are applied (RBAC and config before the pods using them)."""
     names = ctx.names
     manifests: list[Manifest | None] = [
+        network_policy(ctx),  # before any pod: none of them is ever reachable from outside the job
         *controller_rbac(ctx),
+        service_account(ctx, names.workload, "workload"),
         config_map(ctx),
         status_config_map(ctx),
         claim(ctx),

@@ -182,6 +182,55 @@ class MonitoringSpec(_Spec):
     )
 
 
+LABELS_DESCRIPTION = "matchLabels; {} matches every one"
+
+
+class ServiceAccountSpec(_Spec):
+    """The job's ServiceAccounts: `<job>-controller` (Ray head) and `<job>-workload` (rollout and learner
+    pods). The verifier, which runs model-written programs, never gets either."""
+
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Annotations of both accounts: workload identity for object stores, e.g. "
+        "eks.amazonaws.com/role-arn or iam.gke.io/gcp-service-account.",
+    )
+
+
+class NetworkPeer(_Spec):
+    """Pods outside the job that may connect: those matching `pod_labels` in the namespaces matching
+    `namespace_labels` (null: only the job's own namespace)."""
+
+    namespace_labels: dict[str, str] | None = Field(
+        default_factory=dict, description=f"Namespaces, by label ({LABELS_DESCRIPTION}); null: the job's namespace."
+    )
+    pod_labels: dict[str, str] = Field(default_factory=dict, description=f"Pods, by label ({LABELS_DESCRIPTION}).")
+
+
+class NetworkPolicySpec(_Spec):
+    """A NetworkPolicy admitting only the job's own pods to every port of its pods, plus the listed peers to
+    the ports they need. Enforced only where the cluster's network plugin implements NetworkPolicy."""
+
+    enabled: bool = Field(True, description="Create the job's NetworkPolicy.")
+    metrics_from: list[NetworkPeer] = Field(
+        default_factory=lambda: [NetworkPeer(pod_labels={"app.kubernetes.io/name": "prometheus"})],
+        max_length=16,
+        description="Scrapers allowed to the metrics ports (`http`, `metrics`); default: prometheus-operator's "
+        "Prometheus pods in any namespace.",
+    )
+    dashboard_from: list[NetworkPeer] = Field(
+        default_factory=lambda: [NetworkPeer(pod_labels={"app.kubernetes.io/name": "kuberay-operator"})],
+        max_length=16,
+        description="Allowed to the Ray dashboard (8265; KubeRay submits the job there); default: the KubeRay "
+        "operator in any namespace.",
+    )
+    services_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Other clients of the rollout and verifier HTTP port (an evaluation notebook); default none.",
+    )
+
+
 def _exactly_one(model: _Spec, *fields: str) -> _Spec:
     """A model validator's body: exactly one of `fields` is set (the CRD has the same rule in CEL)."""
     if sum(getattr(model, name) is not None for name in fields) != 1:
@@ -282,6 +331,12 @@ class ClusterSpec(_Spec):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Gang scheduling and priority.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
     security: PodSecurity = Field(default_factory=PodSecurity, description="Security context of every job pod.")
+    service_account: ServiceAccountSpec = Field(
+        default_factory=ServiceAccountSpec, description="Annotations of the job's ServiceAccounts."
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="Who may connect to the job's pods."
+    )
     max_retries: int = Field(
         0,
         ge=0,

@@ -7,7 +7,8 @@
   their owner references. kopf's timers always add a finalizer, so the resync is then the operator's own
   loop over an index of the jobs (which does not know kopf's peering pause: one replica only).
 - Operator start: a sweep of the children of jobs that no longer exist (cleanup.sweep_orphans).
-- Children (RayJob, Deployment, Service, ConfigMap, ServiceAccount, Role, RoleBinding, PVC, PodMonitor):
+- Children (RayJob, Deployment, Service, ConfigMap, ServiceAccount, Role, RoleBinding, PVC, PodMonitor,
+  NetworkPolicy):
   watched with a server-side label selector `forkrl.dev/job`; each kind feeds a kopf index keyed by
   (namespace, job) that the reconciler reads instead of the API server, and its events trigger the
   owner's reconcile (a deleted child is recreated, a RayJob/Deployment status change updates the phase,

@@ -32,6 +32,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
     "RayJob": ("ray.io", "v1", "rayjobs"),
     "PodMonitor": ("monitoring.coreos.com", "v1", "podmonitors"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 # Kinds of the children of an RLVRJob (all labelled forkrl.dev/job), in the order they are watched.
 CHILD_KINDS = (
@@ -44,6 +45,7 @@ CHILD_KINDS = (
     "RoleBinding",
     "PersistentVolumeClaim",
     "PodMonitor",
+    "NetworkPolicy",
 )
 REQUEST_TIMEOUT_S = 30.0
 

@@ -45,6 +45,11 @@ class JobNames:
         """ServiceAccount, Role and RoleBinding of the controller (the Ray head)."""
         return f"{self.job}-controller"
 
+    @property
+    def workload(self) -> str:
+        """ServiceAccount of the rollout and learner pods (no API access; carries workload identity)."""
+        return f"{self.job}-workload"
+
     def control(self, uid: str) -> str:
         """Secret holding the job's control token (rollout control endpoints, weight-sync rendezvous). Named
         after the job's uid too: a job created again under the same name never meets the Secret of the old

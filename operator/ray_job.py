@@ -82,15 +82,15 @@ def ray_pod(
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
     where: Placement,
-    service_account: str | None,
+    service_account: str,
     metrics_port: int | None,
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [container], "volumes": volumes, **placement(ctx, where)}
+    """A Ray pod template. Only the head (the controller, which patches its status ConfigMap) mounts an API
+    token; workers run under the workload account without one."""
+    spec: dict[str, Any] = {"containers": [container], "volumes": volumes, **placement(ctx, where),
+                            "serviceAccountName": service_account}
     if component == "learner":
         spec.update(spread_over_nodes(ctx, component))
-    if service_account is not None:
-        spec["serviceAccountName"] = service_account
-    else:
         spec["automountServiceAccountToken"] = False
     annotations = scrape_annotations(metrics_port)
     pod_labels = {**labels(ctx.names.job, component), RAY_JOB_LABEL: ctx.ray_job_name}
@@ -190,7 +190,8 @@ def ray_job(ctx: JobContext) -> Manifest:
                     "maxReplicas": pods,
                     "rayStartParams": {},
                     "template": ray_pod(
-                        ctx, "learner", worker, [storage_volume(ctx), shm, *extra_volumes], cluster.learner, None, None
+                        ctx, "learner", worker, [storage_volume(ctx), shm, *extra_volumes], cluster.learner,
+                        names.workload, None
                     ),
                 }
             ],

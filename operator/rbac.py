@@ -1,12 +1,14 @@
-"""The operator's ClusterRole: exactly the verbs and resources it uses (chart `forkrl` renders these rules
-from helm/forkrl/files/clusterrole-rules.yaml, written by `forkrl crd --write`).
+"""The operator's RBAC: exactly the verbs and resources it uses. Chart `forkrl` renders them from files
+`forkrl crd --write` generates here: all of RULES in one ClusterRole when the operator watches every
+namespace; with `operator.watchNamespaces`, a Role of the namespaced rules in each watched namespace and
+a ClusterRole of only the cluster-scoped ones (CRD discovery, the cluster-wide peering object).
 
 Why each rule exists:
 - rlvrjobs: watch (kopf), get (fresh read per reconcile), patch (kopf's finalizer and annotations);
   rlvrjobs/status: the operator's status; rlvrjobs/finalizers: `blockOwnerDeletion` owner references
   need `update` there when the OwnerReferencesPermissionEnforcement admission plugin is on.
 - children (RayJobs, Deployments, Services, ConfigMaps, ServiceAccounts, Roles, RoleBindings, PVCs,
-  PodMonitors): list/watch (kopf indices), create+patch (server-side apply: a create the first time),
+  PodMonitors, NetworkPolicies): list/watch (kopf indices), create+patch (server-side apply: a create the first time),
   delete (retries replace the RayJob; the finalizer sweeps). ConfigMaps also `get` (none watched by name).
 - secrets: create only, for each job's control token (`<job>-control-<uid8>`): the operator never reads,
   lists or changes a Secret, so it cannot read the cluster's credentials.
@@ -36,6 +38,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", *CHILD_VERBS]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": CHILD_VERBS},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": CHILD_VERBS},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
@@ -44,8 +47,16 @@ RULES: list[dict[str, Any]] = [
 ]
 
 
-def cluster_role_rules_yaml() -> str:
-    return yaml.safe_dump(RULES, sort_keys=False, width=120)
+CLUSTER_SCOPED_RESOURCES = frozenset({"customresourcedefinitions", "clusterkopfpeerings"})
+NAMESPACED_RULES = [r for r in RULES if not CLUSTER_SCOPED_RESOURCES & set(r["resources"])]
+# With --namespace, kopf resolves the names against the namespace list (and watches it, for patterns); without
+# this it retries each start and falls back to assuming they exist. Cluster-wide mode never lists them.
+NAMESPACE_DISCOVERY = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}
+CLUSTER_SCOPED_RULES = [r for r in RULES if CLUSTER_SCOPED_RESOURCES & set(r["resources"])] + [NAMESPACE_DISCOVERY]
+
+
+def rules_yaml(rules: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump(rules, sort_keys=False, width=120)
 
 
 def allowed(group: str, resource: str, verb: str) -> bool:

@@ -228,6 +228,7 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
     pod = {
         "containers": [container],
         "volumes": [storage_volume(ctx), shared_memory(ctx.cluster.learner.shared_memory), *claim_mounts(ctx)[0]],
+        "serviceAccountName": ctx.names.workload,  # workload identity (object stores), no API token
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
         **placement(ctx, pods),

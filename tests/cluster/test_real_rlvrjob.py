@@ -146,6 +146,16 @@ def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_ke
         isolation = info["workers"][0]["isolation"]
         assert isolation["network_namespace"] is False, isolation
         assert any("unshare: Operation not permitted" in note for note in isolation["notes"]), isolation
+        # The weight syncs so far proved the job's control token across pods; a caller without it is refused
+        # (through the API server's pod proxy, so from outside the job) and the replica keeps serving.
+        replica = ready_pods(cluster, ns, "rollout")[0]
+        proxy = f"/api/v1/namespaces/{ns}/pods/{replica}:8000/proxy"
+        refused = cluster.kubectl("create", "--raw", f"{proxy}/v1/sleep", "-f", "-", input='{"level": 2}', check=False)
+        assert refused.returncode != 0 and "Unauthorized" in refused.stderr, refused.stderr
+        metrics = cluster.kubectl("get", "--raw", f"{proxy}/metrics").stdout
+        assert any(line.startswith("forkrl_rollout_unauthorized_requests_total{") and 'endpoint="/v1/sleep"' in line
+                   and float(line.rsplit(" ", 1)[1]) >= 1 for line in metrics.splitlines()), metrics[-2000:]
+        assert json.loads(cluster.kubectl("get", "--raw", f"{proxy}/v1/health").stdout)["sleeping"] is False
 
         victim = ready_pods(cluster, ns, "rollout")[0]
         cluster.kubectl("delete", "pod", "-n", ns, victim, "--wait=false")

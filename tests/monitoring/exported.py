@@ -27,6 +27,7 @@ def rollout_registry() -> CollectorRegistry:
     metrics.request_done("ok")
     metrics.weight_sync_done("ok", 1.0)
     metrics.observe_phase("decode", 0.5)
+    metrics.unauthorized("/v1/sleep")
     return metrics.registry
 
 

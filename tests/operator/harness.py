@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "forkrl"
 OPERATOR_NAMESPACE = "forkrl-system"
 OPERATOR_SA = "forkrl"
-CHILD_KINDS = ("rayjob", "deployment", "service", "configmap", "serviceaccount", "role", "rolebinding")
+CHILD_KINDS = ("rayjob", "deployment", "service", "configmap", "serviceaccount", "role", "rolebinding",
+               "networkpolicy")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

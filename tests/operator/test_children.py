@@ -46,6 +46,7 @@ def test_a_job_gets_exactly_these_children_all_owned_and_labelled() -> None:
     manifests = by_kind(context())
     assert set(manifests) == {
         ("ServiceAccount", "exp-controller"),
+        ("ServiceAccount", "exp-workload"),
         ("Role", "exp-controller"),
         ("RoleBinding", "exp-controller"),
         ("ConfigMap", "exp-config"),
@@ -55,6 +56,7 @@ def test_a_job_gets_exactly_these_children_all_owned_and_labelled() -> None:
         ("Service", "exp-verifier"),
         ("Deployment", "exp-verifier"),
         ("RayJob", "exp"),
+        ("NetworkPolicy", "exp"),
     }
     for manifest in manifests.values():
         meta = manifest["metadata"]
@@ -142,6 +144,29 @@ def test_ray_job_targets_kuberay_http_mode_without_kuberay_retries() -> None:
     assert container(head)["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     mounts = {m["mountPath"]: m["name"] for m in container(head)["volumeMounts"]}
     assert mounts == {"/etc/forkrl": "config", "/var/lib/forkrl": "storage", "/dev/shm": "dshm", "/tmp": "tmp"}
+
+
+def test_workload_identity_reaches_the_pods_that_touch_storage_and_never_the_verifier() -> None:
+    identity = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/forkrl"}
+    manifests = by_kind(context({"cluster": {"service_account": {"annotations": identity}}}))
+    def annotations(manifest: dict[str, Any]) -> dict[str, str]:
+        return {k: v for k, v in manifest["metadata"]["annotations"].items() if k != HASH_ANNOTATION}
+
+    for account in ("exp-controller", "exp-workload"):
+        assert annotations(manifests[("ServiceAccount", account)]) == identity
+    cluster = manifests[("RayJob", "exp")]["spec"]["rayClusterSpec"]
+    accounts = {
+        "head": cluster["headGroupSpec"]["template"]["spec"],
+        "learner": cluster["workerGroupSpecs"][0]["template"]["spec"],
+        "rollout": manifests[("Deployment", "exp-rollout")]["spec"]["template"]["spec"],
+        "verifier": manifests[("Deployment", "exp-verifier")]["spec"]["template"]["spec"],
+    }
+    assert {k: s.get("serviceAccountName") for k, s in accounts.items()} == {
+        "head": "exp-controller", "learner": "exp-workload", "rollout": "exp-workload", "verifier": None}
+    # Only the controller talks to the API server (its status ConfigMap): nobody else mounts a token.
+    assert {k: s.get("automountServiceAccountToken", True) for k, s in accounts.items()} == {
+        "head": True, "learner": False, "rollout": False, "verifier": False}
+    assert annotations(by_kind(context())[("ServiceAccount", "exp-workload")]) == {}
 
 
 def test_learner_pods_follow_ranks_per_pod_and_per_rank_resources() -> None:

@@ -56,7 +56,8 @@ def test_ambiguous_references_are_refused_naming_the_field() -> None:
 
 
 def test_the_api_server_accepts_the_referencing_pods(control_plane: ControlPlane, k8s_namespace: str) -> None:
-    control_plane.kubectl("create", "serviceaccount", "exp-controller", "-n", k8s_namespace)  # the head pod's
+    for account in ("exp-controller", "exp-workload"):  # the head pod's; the rollout and learner pods'
+        control_plane.kubectl("create", "serviceaccount", account, "-n", k8s_namespace)
     pods = _pod_specs(context({"cluster": {"env_value_from": SECRET_ENV, "env_from": ENV_FROM}}))
     for where, pod in pods.items():
         manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": where, "namespace": k8s_namespace},

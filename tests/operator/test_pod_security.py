@@ -85,7 +85,8 @@ def test_the_api_servers_pod_security_admission_accepts_every_job_pod_under_rest
     control_plane: ControlPlane, k8s_namespace: str
 ) -> None:
     control_plane.kubectl("label", "namespace", k8s_namespace, "pod-security.kubernetes.io/enforce=restricted")
-    control_plane.kubectl("create", "serviceaccount", "exp-controller", "-n", k8s_namespace)  # the head pod's
+    for account in ("exp-controller", "exp-workload"):  # the head pod's; the rollout and learner pods'
+        control_plane.kubectl("create", "serviceaccount", account, "-n", k8s_namespace)
     for where, pod in _pod_specs(context()).items():
         code, output = _dry_run_pod(control_plane, k8s_namespace, where, pod)
         assert code == 0, f"{where}: {output}"

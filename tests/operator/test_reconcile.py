@@ -25,6 +25,7 @@ from tests.operator.harness import (
 
 EXPECTED = {
     ("ServiceAccount", "{j}-controller"),
+    ("ServiceAccount", "{j}-workload"),
     ("Role", "{j}-controller"),
     ("RoleBinding", "{j}-controller"),
     ("ConfigMap", "{j}-config"),
@@ -34,6 +35,7 @@ EXPECTED = {
     ("Service", "{j}-verifier"),
     ("Deployment", "{j}-verifier"),
     ("RayJob", "{j}"),
+    ("NetworkPolicy", "{j}"),
 }
 
 
@@ -379,7 +381,7 @@ def test_deleting_the_job_leaves_no_child_behind(
         items = cluster.kubectl_json(
             "get",
             "rayjob,deployment,replicaset,pod,service,configmap,secret,serviceaccount,role,rolebinding,"
-            "persistentvolumeclaim,podmonitor",
+            "persistentvolumeclaim,podmonitor,networkpolicy",
             "-n",
             ns,
         )["items"]
