@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import uvicorn
@@ -12,6 +13,7 @@ import yaml
 from forkrl.rollout.lifeline import watch_from_env
 from forkrl.rollout.network import LOCAL_BIND_HOST
 from forkrl.rollout.verifier.config import VerifierConfig
+from forkrl.rollout.verifier.isolation import LIBRARY_UID_OFFSET, SandboxUnavailable, derive_uid_base, probe
 from forkrl.rollout.verifier.server import create_app
 
 
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, {"workers": args.workers, "run": args.run})
+    try:  # required isolation is checked once here, so a host without it stops the service at start
+        probe(config.sandbox, (config.sandbox.uid_base or derive_uid_base(os.getpid())) + LIBRARY_UID_OFFSET)
+    except SandboxUnavailable as error:
+        raise SystemExit(f"forkrl verifier: refusing to start: {error}") from None
     uvicorn.run(
         create_app(config),
         host=args.host,

@@ -62,6 +62,20 @@ class SandboxConfig(_Strict):
         "auto", description="Private tmpfs home, world-writable dirs and hide_paths masked read-only."
     )
     drop_privileges: Toggle = Field("auto", description="Run programs as a dedicated unprivileged uid.")
+    pid_namespace: Toggle = Field(
+        "auto", description="Run programs in their own PID namespace (with the mount namespace: a private /proc)."
+    )
+    seccomp: Toggle = Field(
+        "auto",
+        description="A seccomp filter: EPERM for ptrace, mount, namespaces, bpf, keyrings, perf, modules, io_uring "
+        "and similar calls (rollout/verifier/seccomp.py).",
+    )
+    isolation: Literal["auto", "strict"] = Field(
+        "auto",
+        description="strict: every feature that is not `off` is required, and the service refuses to start without "
+        "it. auto: a missing one is logged as a warning and reported in /v1/info and "
+        "forkrl_verifier_sandbox_isolated_processes.",
+    )
     uid_base: int | None = Field(
         None, ge=1000, le=2**31 - 4096, description="First sandbox uid (one per worker slot); None = derived."
     )

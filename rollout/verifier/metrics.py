@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from forkrl.rollout.metric_spec import Kind, MetricSpec
+from forkrl.rollout.verifier.isolation import FEATURES
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -37,8 +38,12 @@ REJECTED_ITEMS = _spec("forkrl_verifier_rejected_items_total", "counter",
 QUEUE_DEPTH = _spec("forkrl_verifier_queue_depth_items", "gauge", "Items waiting for a worker.")
 INFLIGHT = _spec("forkrl_verifier_inflight_items", "gauge", "Items being scored by a worker.")
 WORKERS = _spec("forkrl_verifier_worker_processes", "gauge", "Live worker processes.")
+ISOLATED = _spec("forkrl_verifier_sandbox_isolated_processes", "gauge",
+                 "Live worker processes whose sandbox has the isolation feature (network_namespace, mount_namespace, "
+                 "pid_namespace, seccomp, drop_privileges); fewer than the live workers: isolation: auto fell back.",
+                 "feature")
 VERIFIER_METRICS = (REQUESTS, REQUEST_SECONDS, ITEMS, ITEM_SECONDS, SANDBOX_KILLS, WORKER_RESTARTS, REJECTED_ITEMS,
-                    QUEUE_DEPTH, INFLIGHT, WORKERS)
+                    QUEUE_DEPTH, INFLIGHT, WORKERS, ISOLATED)
 
 
 class VerifierMetrics:
@@ -57,6 +62,7 @@ class VerifierMetrics:
         self.queue_depth = QUEUE_DEPTH.gauge(r)
         self.inflight = INFLIGHT.gauge(r)
         self.workers = WORKERS.gauge(r)
+        self.isolated = ISOLATED.gauge(r)
 
         for counter in (self.sandbox_kills, self.rejected_items):
             counter.labels(**self._base)  # exported as 0 before the first event
@@ -66,6 +72,14 @@ class VerifierMetrics:
         self.queue_depth.labels(**self._base).set_function(queued)
         self.inflight.labels(**self._base).set_function(inflight)
         self.workers.labels(**self._base).set_function(live)
+
+    def bind_isolation(self, features_of_workers: Callable[[], list[dict[str, bool]]]) -> None:
+        """Per feature, the live workers whose sandbox has it (read at scrape time)."""
+        for feature in FEATURES:
+            def count(feature: str = feature) -> float:
+                return float(sum(features.get(feature, False) for features in features_of_workers()))
+
+            self.isolated.labels(**self._base, feature=feature).set_function(count)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(**self._base, route=route, status=str(status)).inc()

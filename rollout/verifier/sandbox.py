@@ -1,7 +1,8 @@
 """Runs one untrusted program in a fresh child process with hard limits and classifies how it ended.
 
 Containment (the OS, not Python, enforces it): a new session/process group; an empty network
-namespace; mount and IPC namespaces with a private tmpfs home and read-only masks (isolation.py); rlimits on
+namespace; mount and IPC namespaces with a private tmpfs home and read-only masks (isolation.py); a PID
+namespace with a private /proc (pid_namespace.py); a seccomp filter (seccomp.py); rlimits on
 CPU time, address space, file size, processes, open files and core dumps; a dedicated unprivileged uid
 with no_new_privs; a minimal environment; PDEATHSIG so it dies with its worker. The parent enforces
 the wall-clock and output limits, and afterwards SIGKILLs the process group and every process of the
@@ -28,6 +29,7 @@ import resource
 import selectors
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,6 +54,8 @@ from forkrl.rollout.verifier.isolation import (
     unshare,
     write_files,
 )
+from forkrl.rollout.verifier.pid_namespace import enter_pid_namespace
+from forkrl.rollout.verifier.seccomp import install_filter
 
 LAUNCHER_SOURCE = Path(launcher.__file__).read_text()
 _STDERR_KEEP = 64 * 1024
@@ -153,6 +157,10 @@ class Sandbox:
         orphaned program processes (workers do; a library caller may not want to adopt orphans)."""
         self.config = config
         self.isolation: Isolation = probe(config, uid)
+        missing = [name for name, present in self.isolation.features().items() if not present]
+        if missing:  # isolation: auto went on without them (strict would have raised)
+            print(f"forkrl verifier: WARNING: the sandbox of uid {uid} runs WITHOUT {', '.join(missing)}: "
+                  f"{'; '.join(self.isolation.notes)}", file=sys.stderr, flush=True)
         self.kills = 0  # programs killed for a wall-clock or output limit
         if subreaper:
             become_subreaper()
@@ -184,11 +192,15 @@ class Sandbox:
                 workdir = build_private_home(files, iso.uid, iso.gid, limits.disk_bytes, self.config)
             else:
                 workdir = host_dir or "/"
+            if iso.pid_namespace:
+                enter_pid_namespace(remount_proc=iso.mount_namespace)  # from here on: the program, PID 2
             _set_limits(limits)
             prctl(PR_SET_NO_NEW_PRIVS, 1)
             if iso.uid is not None and iso.gid is not None:
                 drop_privileges(iso.uid, iso.gid)
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if iso.seccomp is not None:
+                install_filter(iso.seccomp)  # last: nothing after it but chdir and exec
             os.chdir(workdir)
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
             os.execve(argv[0], argv, env)

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from forkrl.rollout.verifier.config import VerifierConfig
-from forkrl.rollout.verifier.isolation import derive_uid_base
+from forkrl.rollout.verifier.isolation import derive_uid_base, features_of
 from forkrl.rollout.verifier.metrics import CONTENT_TYPE, VerifierMetrics
 from forkrl.rollout.verifier.pool import ItemTimedOut, WorkerCrashed, WorkerPool
 from forkrl.rollout.verifier.schemas import Reason, VerifyRequest, VerifyResponse, VerifyResult
@@ -42,6 +42,8 @@ class _Service:
             on_restart=self.metrics.restart,
         )
         self.metrics.bind_pool(lambda: self.pool.queued, lambda: self.pool.inflight, lambda: self.pool.live_workers)
+        self.metrics.bind_isolation(lambda: [features_of(w["isolation"]) for w in self.pool.workers()
+                                             if w.get("isolation") and w.get("alive", True)])
         self.draining = False
         self.item_seconds_ewma = 0.05  # per-item time, for the Retry-After estimate
 

@@ -34,6 +34,7 @@ def rollout_registry() -> CollectorRegistry:
 def verifier_registry() -> CollectorRegistry:
     metrics = VerifierMetrics("unit", "v0")
     metrics.bind_pool(lambda: 1, lambda: 2, lambda: 4)
+    metrics.bind_isolation(lambda: [{"seccomp": True, "pid_namespace": False}])
     metrics.request("/v1/verify", 200, 0.1)
     metrics.item("math", "ok", 0.01, sandbox_kills=1)
     metrics.restart("crash")

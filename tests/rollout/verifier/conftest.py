@@ -82,6 +82,19 @@ def verifier_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         yield server
 
 
+def ancestors(pid: int) -> list[int]:
+    """The parent of `pid`, its parent, ... up to PID 1 (host pids, read from /proc)."""
+    chain = []
+    while pid > 1:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        chain.append(pid)
+    return chain
+
+
 def sandbox_processes(uid_base: int, count: int = 1024) -> list[tuple[int, int]]:
     """(pid, ppid) of every live process whose real uid is in [uid_base, uid_base + count)."""
     found = []

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forkrl.rollout.verifier.client import VerifierClient
 from forkrl.rollout.verifier.schemas import Reason
-from tests.rollout.verifier.conftest import ServerProcess, sandbox_processes
+from tests.rollout.verifier.conftest import ServerProcess, ancestors, sandbox_processes
 
 CODE_DOUBLE = "```python\nprint(int(input()) * 2)\n```"
 
@@ -146,7 +146,9 @@ def test_worker_crash_loses_only_its_item(verifier_server: ServerProcess) -> Non
     request.start()
     deadline, victims = time.monotonic() + 20, []
     while not victims and time.monotonic() < deadline:  # the worker running the sleeping program
-        victims = [ppid for _, ppid in sandbox_processes(uid_base) if ppid in pids_before]
+        # Its ancestor, not its parent: the program runs under its PID namespace's init.
+        victims = [pid for program, _ in sandbox_processes(uid_base) for pid in ancestors(program)
+                   if pid in pids_before]
         time.sleep(0.05)
     assert victims, "the slow program never started"
     os.kill(victims[0], signal.SIGKILL)

@@ -1,0 +1,147 @@
+"""What the kernel enforces around a sandboxed program, with the audit hook off (so only the OS stands in the
+way), each checked against the same program with the feature turned off, so a pass means the feature did it:
+
+- PID namespace: the program is PID 2 and sees only its namespace in /proc; the worker's pid does not exist
+  for it; processes it leaves behind die with it.
+- seccomp: calls that succeed (or fail otherwise) for any unprivileged process answer EPERM.
+- isolation: strict refuses to start the service where a feature is missing (here: under a seccomp filter
+  that denies unshare, as a container runtime's default profile does); auto starts, logs the gap and
+  reports it in /v1/info and forkrl_verifier_sandbox_isolated_processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from forkrl.rollout.verifier.config import SandboxConfig
+from forkrl.rollout.verifier.isolation import derive_uid_base
+from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits
+from forkrl.rollout.verifier.seccomp import supported_arch
+from tests.rollout.verifier.conftest import free_port, sandbox_processes
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or supported_arch() is None,
+                                reason="namespaces and a dropped uid need root; the filter needs x86_64 or aarch64")
+LIMITS = SandboxLimits(wall_s=10, cpu_s=10, memory_bytes=1 << 30, file_bytes=1 << 20, processes=16,
+                       open_files=64, output_bytes=1 << 16, disk_bytes=1 << 22)
+UID_BASE = derive_uid_base(os.getpid()) + 512
+
+
+def _run(program: str, slot: int, **sandbox: object) -> str:
+    box = Sandbox(SandboxConfig(audit_hook=False, **sandbox), UID_BASE + slot)
+    run = box.run(program, mode="stdio", stdin=b"", limits=LIMITS)
+    assert run.outcome == "exited", (run.outcome, run.stderr[-2000:])
+    return run.stdout.decode().strip()
+
+
+def test_the_program_sees_only_its_own_pid_namespace() -> None:
+    program = f"""import json, os
+try:
+    os.kill({os.getpid()}, 0)
+    worker = 'seen'
+except ProcessLookupError:
+    worker = 'hidden'
+except PermissionError:
+    worker = 'seen'
+pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+print(json.dumps({{'pid': os.getpid(), 'pids': pids, 'worker': worker}}))
+"""
+    inside = json.loads(_run(program, 0))
+    # init and the program, nothing of the host; the worker (this test process) does not exist in there
+    assert inside == {"pid": 2, "pids": [1, 2], "worker": "hidden"}, inside
+    outside = json.loads(_run(program, 1, pid_namespace="off"))
+    assert outside["pid"] != 2 and outside["worker"] == "seen" and len(outside["pids"]) > 2, outside
+
+
+def test_processes_left_behind_die_with_the_program() -> None:
+    # A daemon that leaves the program's process group (setsid) and would outlive it without the namespace.
+    program = """import os, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(30)
+    os._exit(0)
+print('parent done')
+"""
+    assert _run(program, 2) == "parent done"
+    assert not sandbox_processes(UID_BASE + 2, 1), "the daemon died with the namespace"
+
+
+SYSCALLS = """import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(result):
+    return 0 if result != -1 else ctypes.get_errno()
+results = {
+    'personality': errno_of(libc.personality(ctypes.c_ulong(0xffffffff))),
+    'ptrace': errno_of(libc.ptrace(0, 0, None, None)),
+    'setns': errno_of(libc.setns(0, 0)),
+    'unshare': errno_of(libc.unshare(0)),
+}
+print(' '.join(f'{name}={value}' for name, value in results.items()))
+"""
+
+
+def test_seccomp_refuses_calls_an_unprivileged_process_could_otherwise_make() -> None:
+    filtered = dict(pair.split("=") for pair in _run(SYSCALLS, 3).split())
+    assert filtered == {"personality": "1", "ptrace": "1", "setns": "1", "unshare": "1"}  # EPERM, every one
+    unfiltered = dict(pair.split("=") for pair in _run(SYSCALLS, 4, seccomp="off").split())
+    # Without the filter: a query, PTRACE_TRACEME and a no-op unshare succeed; setns on a pipe is EINVAL.
+    yama = Path("/proc/sys/kernel/yama/ptrace_scope")
+    traceme = "1" if yama.exists() and yama.read_text().strip() == "3" else "0"  # Yama 3 forbids any ptrace
+    assert unfiltered == {"personality": "0", "ptrace": traceme, "setns": "22", "unshare": "0"}
+
+
+UNDER_DEFAULT_PROFILE = """import os, sys
+from forkrl.rollout.verifier.isolation import PR_SET_NO_NEW_PRIVS, prctl
+from forkrl.rollout.verifier.seccomp import install_filter, supported_arch
+prctl(PR_SET_NO_NEW_PRIVS, 1)
+install_filter(supported_arch())  # like a runtime's default profile: no unshare, no mount
+os.execv(sys.executable, [sys.executable, '-m', 'forkrl.rollout.verifier', *sys.argv[1:]])
+"""
+
+
+def _start_under_filter(tmp_path: Path, isolation: str) -> tuple[subprocess.Popen, str, Path]:
+    port = free_port()
+    config = tmp_path / f"{isolation}.json"
+    config.write_text(json.dumps({"workers": 1, "sandbox": {"isolation": isolation}}))
+    log = tmp_path / f"{isolation}.log"
+    argv = [sys.executable, "-c", UNDER_DEFAULT_PROFILE, "--host", "127.0.0.1", "--port", str(port),
+            "--config", str(config), "--log-level", "warning"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{port}", log
+
+
+def test_strict_refuses_to_start_without_namespaces_and_auto_says_what_it_lacks(tmp_path: Path) -> None:
+    strict, _, strict_log = _start_under_filter(tmp_path, "strict")
+    assert strict.wait(120) != 0
+    assert "refusing to start: sandbox.network_namespace is required by isolation: strict" in strict_log.read_text()
+    auto, url, auto_log = _start_under_filter(tmp_path, "auto")
+    try:
+        for _ in range(600):
+            assert auto.poll() is None, auto_log.read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        isolation = httpx.get(f"{url}/v1/info", timeout=10).json()["workers"][0]["isolation"]
+        assert not isolation["network_namespace"] and not isolation["pid_namespace"], isolation
+        assert isolation["seccomp"] == supported_arch() and isolation["uid"] is not None, isolation
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        counts = {line.split('feature="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                  for line in metrics.splitlines() if line.startswith("forkrl_verifier_sandbox_isolated_processes{")}
+        assert counts == {"network_namespace": 0.0, "mount_namespace": 0.0, "pid_namespace": 0.0,
+                          "seccomp": 1.0, "drop_privileges": 1.0}
+        assert "WARNING: the sandbox of uid" in auto_log.read_text() and "WITHOUT network_namespace" in \
+            auto_log.read_text()
+    finally:
+        auto.terminate()
+        auto.wait(60)
