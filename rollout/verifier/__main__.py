@@ -12,8 +12,10 @@ import yaml
 
 from forkrl.rollout.lifeline import watch_from_env
 from forkrl.rollout.network import LOCAL_BIND_HOST
+from forkrl.rollout.verifier.cgroup import remove_slot_cgroups
 from forkrl.rollout.verifier.config import VerifierConfig
-from forkrl.rollout.verifier.isolation import LIBRARY_UID_OFFSET, SandboxUnavailable, derive_uid_base, probe
+from forkrl.rollout.verifier.isolation import LIBRARY_UID_OFFSET, SandboxUnavailable, cgroup_name, derive_uid_base
+from forkrl.rollout.verifier.probe import probe
 from forkrl.rollout.verifier.server import create_app
 
 
@@ -42,10 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, {"workers": args.workers, "run": args.run})
+    probe_uid = (config.sandbox.uid_base or derive_uid_base(os.getpid())) + LIBRARY_UID_OFFSET
     try:  # required isolation is checked once here, so a host without it stops the service at start
-        probe(config.sandbox, (config.sandbox.uid_base or derive_uid_base(os.getpid())) + LIBRARY_UID_OFFSET)
+        probe(config.sandbox, probe_uid)
     except SandboxUnavailable as error:
         raise SystemExit(f"forkrl verifier: refusing to start: {error}") from None
+    finally:
+        remove_slot_cgroups([cgroup_name(probe_uid)])
     uvicorn.run(
         create_app(config),
         host=args.host,

@@ -70,6 +70,11 @@ class SandboxConfig(_Strict):
         description="A seccomp filter: EPERM for ptrace, mount, namespaces, bpf, keyrings, perf, modules, io_uring "
         "and similar calls (rollout/verifier/seccomp.py).",
     )
+    cgroup: Toggle = Field(
+        "auto",
+        description="A cgroup per worker slot capping the memory (address-space limit + disk) and processes of "
+        "everything a program starts together; needs a writable cgroup (rollout/verifier/cgroup.py).",
+    )
     isolation: Literal["auto", "strict"] = Field(
         "auto",
         description="strict: every feature that is not `off` is required, and the service refuses to start without "

@@ -2,7 +2,8 @@
 
 Containment (the OS, not Python, enforces it): a new session/process group; an empty network
 namespace; mount and IPC namespaces with a private tmpfs home and read-only masks (isolation.py); a PID
-namespace with a private /proc (pid_namespace.py); a seccomp filter (seccomp.py); rlimits on
+namespace with a private /proc (pid_namespace.py); a seccomp filter (seccomp.py); a cgroup capping the
+memory and processes of the whole run (cgroup.py); rlimits on
 CPU time, address space, file size, processes, open files and core dumps; a dedicated unprivileged uid
 with no_new_privs; a minimal environment; PDEATHSIG so it dies with its worker. The parent enforces
 the wall-clock and output limits, and afterwards SIGKILLs the process group and every process of the
@@ -37,6 +38,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from forkrl.rollout.verifier import launcher
+from forkrl.rollout.verifier.cgroup import SandboxCgroup
 from forkrl.rollout.verifier.config import CodeRewardConfig, SandboxConfig
 from forkrl.rollout.verifier.isolation import (
     CLONE_NEWNET,
@@ -46,15 +48,16 @@ from forkrl.rollout.verifier.isolation import (
     Isolation,
     become_subreaper,
     build_private_home,
+    cgroup_name,
     drop_privileges,
     prctl,
-    probe,
     reap_orphans,
     sweep_uid,
     unshare,
     write_files,
 )
 from forkrl.rollout.verifier.pid_namespace import enter_pid_namespace
+from forkrl.rollout.verifier.probe import probe
 from forkrl.rollout.verifier.seccomp import install_filter
 
 LAUNCHER_SOURCE = Path(launcher.__file__).read_text()
@@ -114,6 +117,8 @@ class SandboxRun:
     wall_s: float
     cpu_s: float
     killed_for: str | None = None
+    oom_killed: bool = False
+    """The kernel's OOM killer ended a process of the run in the slot's cgroup."""
     detail: str | None = None
     records: list[dict] = field(default_factory=list)
 
@@ -157,6 +162,7 @@ class Sandbox:
         orphaned program processes (workers do; a library caller may not want to adopt orphans)."""
         self.config = config
         self.isolation: Isolation = probe(config, uid)
+        self.cgroup = SandboxCgroup.create(cgroup_name(uid)) if self.isolation.cgroup else None
         missing = [name for name, present in self.isolation.features().items() if not present]
         if missing:  # isolation: auto went on without them (strict would have raised)
             print(f"forkrl verifier: WARNING: the sandbox of uid {uid} runs WITHOUT {', '.join(missing)}: "
@@ -179,6 +185,8 @@ class Sandbox:
         error_fd = 4
         try:
             os.setsid()
+            if self.cgroup is not None:  # first: every process of the run is counted, init included
+                self.cgroup.enter()
             high = [_high_fd(fd) for fd in fds]
             for target, source in enumerate(high):
                 os.dup2(source, target)
@@ -209,6 +217,11 @@ class Sandbox:
                 os.write(error_fd, f"{type(error).__name__}: {error}".encode())
         os._exit(127)
 
+    def close(self) -> None:
+        """Removes the slot's cgroup (it is recreated by the next sandbox of this uid)."""
+        if self.cgroup is not None:
+            self.cgroup.remove()
+
     def _host_dir(self, files: dict[str, bytes]) -> str:
         root = self.config.workdir_root or tempfile.gettempdir()
         path = tempfile.mkdtemp(prefix="forkrl-sandbox-", dir=root)
@@ -226,6 +239,11 @@ class Sandbox:
         argv = [self.isolation.python, "-I", "-B", "-c", LAUNCHER_SOURCE, mode, fn_name or "-", audit]
         pipes = [os.pipe() for _ in range(5)]  # stdin, stdout, stderr, channel, exec error
         child_ends = (pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1], pipes[4][1])
+        oom_before = 0
+        if self.cgroup is not None:
+            # The tmpfs home is memory too; +2 processes: the sandbox child and the namespace's init.
+            self.cgroup.set_limits(limits.memory_bytes + limits.disk_bytes, limits.processes + 2)
+            oom_before = self.cgroup.oom_kills()
         started = time.monotonic()
         try:
             pid = os.fork()
@@ -240,7 +258,11 @@ class Sandbox:
                 for fd in (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
                     os.close(fd)
                 raise SandboxError(f"sandbox failed to start the program: {failure.decode(errors='replace')}")
-            return self._supervise(pid, started, stdin, limits, (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]))
+            run = self._supervise(pid, started, stdin, limits, (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]))
+            if self.cgroup is not None and self.cgroup.oom_kills() > oom_before:
+                run.oom_killed = True
+                run.outcome, run.detail = classify(run, limits)
+            return run
         finally:
             if host_dir is not None:
                 shutil.rmtree(host_dir, ignore_errors=True)
@@ -361,6 +383,8 @@ def classify(run: SandboxRun, limits: SandboxLimits) -> tuple[Outcome, str | Non
     if code == launcher.EXIT_VIOLATION:
         what = events.get("violation", {}).get("what") or _last_line(run.stderr)
         return Outcome.sandbox_violation, what
+    if run.oom_killed and (code or sig is not None):
+        return Outcome.memory_limit, f"memory of all its processes together over {limits.memory_bytes >> 20} MiB"
     if code == launcher.EXIT_MEMORY or (code and (_last_line(run.stderr) or "").startswith("MemoryError")):
         return Outcome.memory_limit, f"address space limit {limits.memory_bytes >> 20} MiB"
     if code == launcher.EXIT_COMPILE:

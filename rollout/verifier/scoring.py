@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import time
@@ -67,7 +68,9 @@ def error_result(item: MathItem | CodeItem, config: VerifierConfig, reason: Reas
 def _library_sandbox(config_json: str) -> Sandbox:
     config = VerifierConfig.model_validate_json(config_json)
     base = config.sandbox.uid_base or derive_uid_base(os.getpid())
-    return Sandbox(config.sandbox, base + LIBRARY_UID_OFFSET)
+    sandbox = Sandbox(config.sandbox, base + LIBRARY_UID_OFFSET)
+    atexit.register(sandbox.close)  # its cgroup, if it got one
+    return sandbox
 
 
 def verify_item(item: MathItem | CodeItem, config: VerifierConfig, sandbox: Sandbox | None = None) -> ItemOutcome:

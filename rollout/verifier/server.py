@@ -14,8 +14,9 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from forkrl.rollout.verifier.cgroup import remove_slot_cgroups
 from forkrl.rollout.verifier.config import VerifierConfig
-from forkrl.rollout.verifier.isolation import derive_uid_base, features_of
+from forkrl.rollout.verifier.isolation import cgroup_name, derive_uid_base, features_of
 from forkrl.rollout.verifier.metrics import CONTENT_TYPE, VerifierMetrics
 from forkrl.rollout.verifier.pool import ItemTimedOut, WorkerCrashed, WorkerPool
 from forkrl.rollout.verifier.schemas import Reason, VerifyRequest, VerifyResponse, VerifyResult
@@ -82,6 +83,7 @@ def create_app(config: VerifierConfig | None = None) -> FastAPI:
         yield
         service.draining = True  # readyz turns 503; new batches are refused; in-flight ones finish
         await asyncio.to_thread(service.pool.close, config.shutdown_grace_s)
+        remove_slot_cgroups([cgroup_name(service.uid_base + slot) for slot in range(config.workers)])
 
     app = FastAPI(
         title="forkrl reward verifier",

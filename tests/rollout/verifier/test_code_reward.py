@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,8 +20,10 @@ DOUBLE = "n = int(input())\nprint(n * 2)\n"
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(CONFIG.sandbox, derive_uid_base(os.getpid()) + 900)
+def sandbox() -> Iterator[Sandbox]:
+    box = Sandbox(CONFIG.sandbox, derive_uid_base(os.getpid()) + 900)
+    yield box
+    box.close()
 
 
 def _stdio(program: str, cases: list[tuple[str, str]], **extra: object) -> CodeItem:

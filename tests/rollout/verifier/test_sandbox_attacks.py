@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from forkrl.rollout.verifier.cgroup import remove_slot_cgroups
 from forkrl.rollout.verifier.config import VerifierConfig
-from forkrl.rollout.verifier.isolation import derive_uid_base
+from forkrl.rollout.verifier.isolation import cgroup_name, derive_uid_base
 from forkrl.rollout.verifier.pool import WorkerPool
 from forkrl.rollout.verifier.schemas import CodeItem, Reason, VerifyResult
 from forkrl.rollout.verifier.scoring import init_worker, score_in_worker
@@ -171,6 +172,7 @@ def unhooked() -> Iterator[tuple[WorkerPool, int]]:
         del os.environ[SECRET_ENV]
     yield pool, uid_base
     pool.close(5)
+    remove_slot_cgroups([cgroup_name(uid_base)])
 
 
 def _score(pool: WorkerPool, item: dict) -> dict:

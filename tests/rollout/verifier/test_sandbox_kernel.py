@@ -23,7 +23,7 @@ import pytest
 
 from forkrl.rollout.verifier.config import SandboxConfig
 from forkrl.rollout.verifier.isolation import derive_uid_base
-from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits
+from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits, SandboxRun
 from forkrl.rollout.verifier.seccomp import supported_arch
 from tests.rollout.verifier.conftest import free_port, sandbox_processes
 
@@ -34,9 +34,16 @@ LIMITS = SandboxLimits(wall_s=10, cpu_s=10, memory_bytes=1 << 30, file_bytes=1 <
 UID_BASE = derive_uid_base(os.getpid()) + 512
 
 
-def _run(program: str, slot: int, **sandbox: object) -> str:
+def _sandbox_run(program: str, slot: int, limits: SandboxLimits, **sandbox: object) -> SandboxRun:
     box = Sandbox(SandboxConfig(audit_hook=False, **sandbox), UID_BASE + slot)
-    run = box.run(program, mode="stdio", stdin=b"", limits=LIMITS)
+    try:
+        return box.run(program, mode="stdio", stdin=b"", limits=limits)
+    finally:
+        box.close()
+
+
+def _run(program: str, slot: int, **sandbox: object) -> str:
+    run = _sandbox_run(program, slot, LIMITS, **sandbox)
     assert run.outcome == "exited", (run.outcome, run.stderr[-2000:])
     return run.stdout.decode().strip()
 
@@ -139,9 +146,59 @@ def test_strict_refuses_to_start_without_namespaces_and_auto_says_what_it_lacks(
         counts = {line.split('feature="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
                   for line in metrics.splitlines() if line.startswith("forkrl_verifier_sandbox_isolated_processes{")}
         assert counts == {"network_namespace": 0.0, "mount_namespace": 0.0, "pid_namespace": 0.0,
-                          "seccomp": 1.0, "drop_privileges": 1.0}
+                          "seccomp": 1.0, "drop_privileges": 1.0, "cgroup": float(isolation["cgroup"] is not None)}
         assert "WARNING: the sandbox of uid" in auto_log.read_text() and "WITHOUT network_namespace" in \
             auto_log.read_text()
     finally:
         auto.terminate()
         auto.wait(60)
+
+
+CHILDREN_EACH_UNDER_THE_LIMIT = """import os, sys, time
+children = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(160 * 1024 * 1024)
+        for offset in range(0, len(block), 4096):  # touch every page: only touched memory is charged
+            block[offset] = 1
+        time.sleep(1)
+        os._exit(0)
+    children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print(codes)
+sys.exit(1 if any(codes) else 0)
+"""
+SMALL = SandboxLimits(wall_s=20, cpu_s=20, memory_bytes=256 << 20, file_bytes=1 << 20, processes=16,
+                      open_files=64, output_bytes=1 << 16, disk_bytes=4 << 20)
+
+
+def test_the_cgroup_caps_the_memory_of_all_processes_together() -> None:
+    """Each child stays under the per-process address-space limit; together they are over it."""
+    capped = _sandbox_run(CHILDREN_EACH_UNDER_THE_LIMIT, 5, SMALL)
+    assert capped.oom_killed and capped.outcome == "memory_limit", (capped.outcome, capped.stdout, capped.stderr[-500:])
+    # The kernel's OOM killer ended a process inside the cgroup (a child, or the program itself).
+    assert capped.term_signal == 9 or "-9" in capped.stdout.decode(), capped
+    free = _sandbox_run(CHILDREN_EACH_UNDER_THE_LIMIT, 6, SMALL, cgroup="off")
+    assert free.outcome == "exited" and free.stdout.decode().strip() == "[0, 0, 0]", free.stderr[-500:]
+
+
+FORKS = """import os, time
+started = 0
+for _ in range(40):
+    try:
+        if os.fork() == 0:
+            time.sleep(2)
+            os._exit(0)
+        started += 1
+    except OSError:
+        break
+print(started)
+"""
+
+
+def test_the_cgroup_caps_processes_even_for_root() -> None:
+    """RLIMIT_NPROC does not bind root (no privilege drop here); pids.max does."""
+    capped = _run(FORKS, 7, drop_privileges="off")
+    assert int(capped) <= SMALL.processes, capped
+    assert _run(FORKS, 8, drop_privileges="off", cgroup="off") == "40"
