@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from forkrl.operator.cel import COST_BOUNDS, model_rules, root_rules
+from forkrl.operator.recipes import MODEL_SIZES, OBJECTIVE_RECIPES
 from forkrl.operator.resource import (
     API_VERSION,
     CRD_NAME,
@@ -42,6 +43,7 @@ CRD_PATH = Path("helm/forkrl/files/crds/rlvrjobs.forkrl.dev.yaml")
 # `helm uninstall` keeps the CRD: deleting it would delete every RLVRJob (and their children) with it.
 CRD_ANNOTATIONS = {"helm.sh/resource-policy": "keep"}
 VALUES_SCHEMA_PATH = Path("helm/rlvrjob/values.schema.json")
+RECIPES_DIR = Path("helm/rlvrjob/files/recipes")
 RBAC_RULES_PATH = Path("helm/forkrl/files/clusterrole-rules.yaml")
 ROLE_RULES_PATH = Path("helm/forkrl/files/role-rules.yaml")
 CLUSTER_SCOPED_RULES_PATH = Path("helm/forkrl/files/cluster-scoped-rules.yaml")
@@ -135,7 +137,8 @@ def values_schema() -> dict[str, Any]:
     schema["title"] = f"{KIND} ({API_VERSION}) chart values"
     schema["description"] = (
         "Top-level keys are the RLVRJob's spec (see `kubectl explain rlvrjob.spec`); "
-        "`metadata` adds labels and annotations. The object is named by `name` or the release."
+        "`metadata` adds labels and annotations; `recipe` and `modelSize` add ready spec fragments under them. "
+        "The object is named by `name` or the release."
     )
     schema["properties"] = {
         "metadata": {
@@ -147,6 +150,18 @@ def values_schema() -> dict[str, Any]:
                 "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
             },
         },
+        "recipe": {
+            "type": "string",
+            "enum": ["", *OBJECTIVE_RECIPES],
+            "description": "A ready objective (operator/recipes.py): forking-top20, dapo or archer; values set "
+            "here win over it. Empty: none.",
+        },
+        "modelSize": {
+            "type": "string",
+            "enum": ["", *MODEL_SIZES],
+            "description": "Learner layout, GPU counts and rollout replicas for a model class, from `forkrl plan` "
+            "(operator/recipes.py); values set here win over it. Empty: none.",
+        },
         **schema["properties"],
     }
     # Helm always adds `global` to a chart's values.
@@ -156,9 +171,11 @@ def values_schema() -> dict[str, Any]:
 
 def generated_files() -> dict[Path, str]:
     """Every generated file of the charts, by path relative to the repository root."""
+    from forkrl.operator.chart_docs import JOB_CHART_README_PATH, job_chart_readme
     from forkrl.operator.dashboards import dashboard_files
     from forkrl.operator.metrics_docs import METRICS_DOC_PATH, metrics_markdown
     from forkrl.operator.rbac import CLUSTER_SCOPED_RULES, NAMESPACED_RULES, RULES, rules_yaml
+    from forkrl.operator.recipes import recipe_files
 
     return {
         CRD_PATH: crd_yaml(),
@@ -168,6 +185,9 @@ def generated_files() -> dict[Path, str]:
         CLUSTER_SCOPED_RULES_PATH: GENERATED_HEADER + rules_yaml(CLUSTER_SCOPED_RULES),
         **dashboard_files(),
         METRICS_DOC_PATH: metrics_markdown(),
+        JOB_CHART_README_PATH: job_chart_readme(values_schema()),
+        **{RECIPES_DIR / name: GENERATED_HEADER + yaml.safe_dump(fragment, sort_keys=False, width=120)
+           for name, fragment in recipe_files().items()},
     }
 
 
