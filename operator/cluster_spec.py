@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The image built from this repository (`forkrl` CLI, Ray, vLLM, the verifier).
 DEFAULT_IMAGE = "ghcr.io/forkrl/forkrl:0.1.0"
+# The CUDA image (docker/Dockerfile.cuda): chart rlvrjob's cluster.gpu_image.
+DEFAULT_GPU_IMAGE = "ghcr.io/forkrl/forkrl-cuda:0.1.0"
 # Ray inside DEFAULT_IMAGE; KubeRay reads it from the RayCluster to pick version-specific behaviour.
 DEFAULT_RAY_VERSION = "2.60.0"
 # Kubernetes' resource.Quantity grammar (apimachinery/pkg/api/resource), anchored.
@@ -297,6 +299,14 @@ class ClusterSpec(_Spec):
     """How the experiment maps onto Kubernetes."""
 
     image: str = Field(DEFAULT_IMAGE, min_length=1, max_length=512, description="Default image of every pod.")
+    gpu_image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="Image of the pods that use GPUs (learner ranks with resources.gpus_per_learner > 0, rollout "
+        "replicas with cluster.rollout.gpus > 0) unless their own image is set; default: image. Chart rlvrjob sets "
+        "the CUDA image (docker/Dockerfile.cuda).",
+    )
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field("IfNotPresent", description="Pull policy.")
     image_pull_secrets: list[str] = Field(default_factory=list, max_length=16, description="Secrets for the registry.")
     ray_version: str = Field(
@@ -372,8 +382,11 @@ class ClusterSpec(_Spec):
             raise ValueError("cluster.scheduling.queue_name is required with batch_scheduler kueue")
         return self
 
-    def image_of(self, component: Literal["controller", "learner", "rollout", "verifier"]) -> str:
-        return getattr(self, component).image or self.image
+    def image_of(
+        self, component: Literal["controller", "learner", "rollout", "verifier"], uses_gpu: bool = False
+    ) -> str:
+        """The component's own image, else the GPU image for a component on GPUs, else the default image."""
+        return getattr(self, component).image or (self.gpu_image if uses_gpu else None) or self.image
 
     @property
     def has_shared_storage(self) -> bool:

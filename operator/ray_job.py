@@ -140,7 +140,7 @@ def ray_job(ctx: JobContext) -> Manifest:
     ]
     worker = {
         "name": "ray-worker",
-        "image": cluster.image_of("learner"),
+        "image": cluster.image_of("learner", uses_gpu=resources.gpus_per_learner > 0),
         "imagePullPolicy": cluster.image_pull_policy,
         "ports": worker_ports,
         "env": env(ctx, [{"name": RENDEZVOUS_PORT_ENV, "value": str(RENDEZVOUS_PORT)},

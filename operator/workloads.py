@@ -207,7 +207,7 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         args += ["--max-batch-size", str(spec.rollout.max_batch_size)]
     container = {
         "name": "rollout",
-        "image": ctx.cluster.image_of("rollout"),
+        "image": ctx.cluster.image_of("rollout", uses_gpu=pods.gpus > 0),
         "imagePullPolicy": ctx.cluster.image_pull_policy,
         "command": ["python", "-m", "forkrl.rollout"],
         "args": args,
