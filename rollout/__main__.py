@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[RolloutServerConfig, Path
 def main(argv: list[str] | None = None) -> None:
     # Before the heavy imports and the model load: a controller that dies meanwhile takes this replica along.
     watch_from_env()
+    try:  # before the heavy imports: a bad token stops the replica at once
+        token = control_token_from_env()
+    except ValueError as exc:
+        sys.exit(f"forkrl rollout: {exc}")
     config, port_file = parse_args(argv)
     import uvicorn
 
@@ -87,10 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     from forkrl.rollout.metrics import RolloutMetrics
     from forkrl.rollout.server import create_app
 
-    try:
-        token = control_token_from_env()
-    except ValueError as exc:
-        sys.exit(f"forkrl rollout: {exc}")
     if token is None and config.host != LOCAL_BIND_HOST:
         print(f"forkrl rollout: WARNING: {CONTROL_TOKEN_ENV} is unset: anyone who reaches {config.host} may push "
               "weights to this replica or put it to sleep", file=sys.stderr)
