@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from forkrl.rollout.verifier.cgroup import probe_cgroup
 from forkrl.rollout.verifier.config import SandboxConfig
@@ -70,7 +71,7 @@ def _pick_python(config: SandboxConfig, dropping: bool, masking: bool) -> tuple[
     raise SandboxUnavailable("no Python interpreter usable inside the sandbox: " + "; ".join(notes))
 
 
-def _in_child(probe_fn: Callable[[], str]) -> str:
+def _in_child(probe_fn: Callable[[], Any]) -> Any:
     """`probe_fn()` in a forked child (whatever it changes stays there); its result, or OSError with its error."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -124,7 +125,7 @@ def _probe_seccomp() -> str:
     raise OSError("the seccomp filter was installed but did not refuse unshare(2)")
 
 
-def _probe_child(config: SandboxConfig, uid: int, write_fd: int) -> None:
+def _probe_child(config: SandboxConfig, uid: int) -> dict[str, Any]:
     found: dict = {"netns": False, "mountns": False, "pidns": False, "setuid": False, "seccomp": None, "errors": []}
     if config.network_namespace != "off":
         try:
@@ -157,24 +158,15 @@ def _probe_child(config: SandboxConfig, uid: int, write_fd: int) -> None:
             found["setuid"] = True
         except OSError as error:
             found["errors"].append(f"privilege drop: {error}")
-    os.write(write_fd, json.dumps(found).encode())
+    return found
 
 
 def probe(config: SandboxConfig, uid: int) -> Isolation:
     """Try each enabled feature in a throw-away child and settle what this worker's sandbox uses."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_fd)
-            _probe_child(config, uid, write_fd)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as reader:
-        raw = reader.read()
-    os.waitpid(pid, 0)
-    found = json.loads(raw or b'{"errors": ["probe died"]}')
+    try:
+        found = _in_child(lambda: _probe_child(config, uid))
+    except OSError as error:
+        found = {"errors": [f"probe: {error}"]}
     notes = list(found["errors"])
     if config.cgroup != "off":  # here, not in the probe child: the cgroup stays for the runs
         try:

@@ -137,6 +137,14 @@ def _set_limits(limits: SandboxLimits) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def cgroup_memory_bytes(limits: SandboxLimits) -> int:
+    """The whole run's memory cap: a quarter over the per-process address-space limit plus the tmpfs home and
+    64 MiB of page cache (the interpreter's files count too), so one process meets its own RLIMIT_AS (a
+    MemoryError) first; the cgroup stops several processes that together go past it. At the limit itself the
+    kernel reclaims page cache over and over, which would turn a clean MemoryError into a wall-clock timeout."""
+    return limits.memory_bytes + limits.memory_bytes // 4 + limits.disk_bytes + (64 << 20)
+
+
 def _last_line(data: bytes) -> str | None:
     lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
     return lines[-1][:300] if lines else None
@@ -241,8 +249,7 @@ class Sandbox:
         child_ends = (pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1], pipes[4][1])
         oom_before = 0
         if self.cgroup is not None:
-            # The tmpfs home is memory too; +2 processes: the sandbox child and the namespace's init.
-            self.cgroup.set_limits(limits.memory_bytes + limits.disk_bytes, limits.processes + 2)
+            self.cgroup.set_limits(cgroup_memory_bytes(limits), limits.processes + 2)  # + sandbox child, init
             oom_before = self.cgroup.oom_kills()
         started = time.monotonic()
         try:
@@ -384,7 +391,8 @@ def classify(run: SandboxRun, limits: SandboxLimits) -> tuple[Outcome, str | Non
         what = events.get("violation", {}).get("what") or _last_line(run.stderr)
         return Outcome.sandbox_violation, what
     if run.oom_killed and (code or sig is not None):
-        return Outcome.memory_limit, f"memory of all its processes together over {limits.memory_bytes >> 20} MiB"
+        cap_mib = cgroup_memory_bytes(limits) >> 20
+        return Outcome.memory_limit, f"memory of all its processes together over {cap_mib} MiB"
     if code == launcher.EXIT_MEMORY or (code and (_last_line(run.stderr) or "").startswith("MemoryError")):
         return Outcome.memory_limit, f"address space limit {limits.memory_bytes >> 20} MiB"
     if code == launcher.EXIT_COMPILE:

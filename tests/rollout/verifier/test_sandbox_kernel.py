@@ -23,7 +23,7 @@ import pytest
 
 from forkrl.rollout.verifier.config import SandboxConfig
 from forkrl.rollout.verifier.isolation import derive_uid_base
-from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits, SandboxRun
+from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits, SandboxRun, cgroup_memory_bytes
 from forkrl.rollout.verifier.seccomp import supported_arch
 from tests.rollout.verifier.conftest import free_port, sandbox_processes
 
@@ -174,7 +174,8 @@ SMALL = SandboxLimits(wall_s=20, cpu_s=20, memory_bytes=256 << 20, file_bytes=1 
 
 
 def test_the_cgroup_caps_the_memory_of_all_processes_together() -> None:
-    """Each child stays under the per-process address-space limit; together they are over it."""
+    """Each child stays under the per-process address-space limit; together they are over the cgroup's cap."""
+    assert SMALL.memory_bytes > 160 << 20 and cgroup_memory_bytes(SMALL) < 3 * (160 << 20)
     capped = _sandbox_run(CHILDREN_EACH_UNDER_THE_LIMIT, 5, SMALL)
     assert capped.oom_killed and capped.outcome == "memory_limit", (capped.outcome, capped.stdout, capped.stderr[-500:])
     # The kernel's OOM killer ended a process inside the cgroup (a child, or the program itself).
