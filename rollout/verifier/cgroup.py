@@ -43,19 +43,22 @@ class SandboxCgroup:
     version: int
 
     @classmethod
+    def at(cls, name: str) -> SandboxCgroup:
+        """Where `name` is (or would be) under this process's cgroups; creates nothing."""
+        if (CGROUP_ROOT / "memory").is_dir() and (CGROUP_ROOT / "pids").is_dir():
+            return cls([CGROUP_ROOT / c / _own_path(c).lstrip("/") / name for c in V1_CONTROLLERS], 1)
+        return cls([CGROUP_ROOT / _own_path(None).lstrip("/") / name], 2)
+
+    @classmethod
     def create(cls, name: str) -> SandboxCgroup:
         """Creates (or reuses) `name` under this process's cgroups; OSError where that is not possible."""
-        if (CGROUP_ROOT / "memory").is_dir() and (CGROUP_ROOT / "pids").is_dir():
-            directories = [CGROUP_ROOT / c / _own_path(c).lstrip("/") / name for c in V1_CONTROLLERS]
-            version = 1
-        else:
-            parent = CGROUP_ROOT / _own_path(None).lstrip("/")
-            if not _v2_usable(parent):
-                raise OSError(f"{parent}: memory and pids are not enabled for child cgroups (cgroup.subtree_control)")
-            directories, version = [parent / name], 2
-        for directory in directories:
+        group = cls.at(name)
+        parent = group.directories[0].parent
+        if group.version == 2 and not _v2_usable(parent):
+            raise OSError(f"{parent}: memory and pids are not enabled for child cgroups (cgroup.subtree_control)")
+        for directory in group.directories:
             directory.mkdir(exist_ok=True)
-        return cls(directories, version)
+        return group
 
     def _file(self, controller: str, name: str) -> Path:
         if self.version == 2:
@@ -95,15 +98,19 @@ class SandboxCgroup:
                 directory.rmdir()
 
 
+def run_memory_cap(memory_bytes: int, disk_bytes: int) -> int:
+    """The whole run's memory cap: a quarter over the per-process address-space limit plus the tmpfs home and
+    64 MiB of page cache (the interpreter's files count too), so one process meets its own RLIMIT_AS (a
+    MemoryError) first; the cgroup stops several processes that together go past it. At the limit itself the
+    kernel reclaims page cache over and over, which would turn a clean MemoryError into a wall-clock timeout."""
+    return memory_bytes + memory_bytes // 4 + disk_bytes + (64 << 20)
+
+
 def remove_slot_cgroups(names: list[str]) -> None:
     """Removes the cgroups of these slots under this process's cgroups, where they exist (service shutdown)."""
     for name in names:
         with contextlib.suppress(OSError):
-            if (CGROUP_ROOT / "memory").is_dir() and (CGROUP_ROOT / "pids").is_dir():
-                directories = [CGROUP_ROOT / c / _own_path(c).lstrip("/") / name for c in V1_CONTROLLERS]
-                SandboxCgroup(directories, 1).remove()
-            else:
-                SandboxCgroup([CGROUP_ROOT / _own_path(None).lstrip("/") / name], 2).remove()
+            SandboxCgroup.at(name).remove()
 
 
 def probe_cgroup(name: str, memory_bytes: int, processes: int) -> SandboxCgroup:

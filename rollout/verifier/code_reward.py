@@ -23,7 +23,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from forkrl.rollout.verifier.config import CodeRewardConfig
-from forkrl.rollout.verifier.sandbox import Outcome, Sandbox, SandboxLimits, SandboxRun
+from forkrl.rollout.verifier.outcome import Outcome, SandboxRun
+from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits
 from forkrl.rollout.verifier.schemas import CallTests, Reason, StdioTests
 
 _OUTCOME_REASON = {

@@ -7,24 +7,13 @@ memory and processes of the whole run (cgroup.py); rlimits on
 CPU time, address space, file size, processes, open files and core dumps; a dedicated unprivileged uid
 with no_new_privs; a minimal environment; PDEATHSIG so it dies with its worker. The parent enforces
 the wall-clock and output limits, and afterwards SIGKILLs the process group and every process of the
-sandbox uid.
-
-How the outcome is decided (first match wins):
-- output_limit: the parent killed it for printing more than `output_bytes` (all streams together), or
-  it exceeded RLIMIT_FSIZE (launcher exit EXIT_FILE_SIZE, or SIGXFSZ).
-- timeout: the parent killed it at the wall limit, or RLIMIT_CPU fired (SIGXCPU, or SIGKILL with the
-  CPU time at the limit).
-- sandbox_violation: the launcher's audit hook saw a forbidden action (exit EXIT_VIOLATION).
-- memory_limit: MemoryError under RLIMIT_AS (exit EXIT_MEMORY, or "MemoryError" ending stderr).
-- compile_error / missing_function: the program does not compile / lacks the function to call.
-- runtime_error: any other non-zero exit or signal; `exited` otherwise.
+sandbox uid. How a finished run's outcome is decided: outcome.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import resource
 import selectors
@@ -33,12 +22,11 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 
 from forkrl.rollout.verifier import launcher
-from forkrl.rollout.verifier.cgroup import SandboxCgroup
+from forkrl.rollout.verifier.cgroup import SandboxCgroup, run_memory_cap
 from forkrl.rollout.verifier.config import CodeRewardConfig, SandboxConfig
 from forkrl.rollout.verifier.isolation import (
     CLONE_NEWNET,
@@ -56,6 +44,7 @@ from forkrl.rollout.verifier.isolation import (
     unshare,
     write_files,
 )
+from forkrl.rollout.verifier.outcome import Outcome, SandboxRun, classify, parse_records
 from forkrl.rollout.verifier.pid_namespace import enter_pid_namespace
 from forkrl.rollout.verifier.probe import probe
 from forkrl.rollout.verifier.seccomp import install_filter
@@ -68,17 +57,6 @@ _DRAIN_S = 0.2
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed to start a program (not the program's fault)."""
-
-
-class Outcome(StrEnum):
-    exited = "exited"
-    timeout = "timeout"
-    memory_limit = "memory_limit"
-    output_limit = "output_limit"
-    sandbox_violation = "sandbox_violation"
-    runtime_error = "runtime_error"
-    compile_error = "compile_error"
-    missing_function = "missing_function"
 
 
 @dataclass(frozen=True)
@@ -106,23 +84,6 @@ class SandboxLimits:
         )
 
 
-@dataclass
-class SandboxRun:
-    outcome: Outcome
-    exit_code: int | None
-    term_signal: int | None
-    stdout: bytes
-    stderr: bytes
-    channel: bytes
-    wall_s: float
-    cpu_s: float
-    killed_for: str | None = None
-    oom_killed: bool = False
-    """The kernel's OOM killer ended a process of the run in the slot's cgroup."""
-    detail: str | None = None
-    records: list[dict] = field(default_factory=list)
-
-
 def _high_fd(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
 
@@ -135,31 +96,6 @@ def _set_limits(limits: SandboxLimits) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def cgroup_memory_bytes(limits: SandboxLimits) -> int:
-    """The whole run's memory cap: a quarter over the per-process address-space limit plus the tmpfs home and
-    64 MiB of page cache (the interpreter's files count too), so one process meets its own RLIMIT_AS (a
-    MemoryError) first; the cgroup stops several processes that together go past it. At the limit itself the
-    kernel reclaims page cache over and over, which would turn a clean MemoryError into a wall-clock timeout."""
-    return limits.memory_bytes + limits.memory_bytes // 4 + limits.disk_bytes + (64 << 20)
-
-
-def _last_line(data: bytes) -> str | None:
-    lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else None
-
-
-def _parse_records(channel: bytes) -> list[dict]:
-    records = []
-    for line in channel.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 class Sandbox:
@@ -249,7 +185,8 @@ class Sandbox:
         child_ends = (pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1], pipes[4][1])
         oom_before = 0
         if self.cgroup is not None:
-            self.cgroup.set_limits(cgroup_memory_bytes(limits), limits.processes + 2)  # + sandbox child, init
+            memory = run_memory_cap(limits.memory_bytes, limits.disk_bytes)
+            self.cgroup.set_limits(memory, limits.processes + 2)  # + the sandbox child and the namespace's init
             oom_before = self.cgroup.oom_kills()
         started = time.monotonic()
         try:
@@ -369,38 +306,7 @@ class Sandbox:
             wall_s=wall_s,
             cpu_s=usage.ru_utime + usage.ru_stime,
             killed_for=killed_for,
-            records=_parse_records(channel),
+            records=parse_records(channel),
         )
         run.outcome, run.detail = classify(run, limits)
         return run
-
-
-def classify(run: SandboxRun, limits: SandboxLimits) -> tuple[Outcome, str | None]:
-    """The outcome of a finished run (see the module docstring for the rules)."""
-    events = {record.get("event"): record for record in run.records}
-    code, sig = run.exit_code, run.term_signal
-    if run.killed_for == "output_limit":
-        return Outcome.output_limit, f"printed more than {limits.output_bytes} bytes"
-    if code == launcher.EXIT_FILE_SIZE or sig == signal.SIGXFSZ:
-        return Outcome.output_limit, f"wrote a file larger than {limits.file_bytes} bytes"
-    if run.killed_for == "wall_timeout":
-        return Outcome.timeout, f"wall-clock limit {limits.wall_s:.3g}s"
-    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and run.cpu_s >= int(limits.cpu_s + 0.999) - 0.05):
-        return Outcome.timeout, f"CPU limit {limits.cpu_s:.3g}s"
-    if code == launcher.EXIT_VIOLATION:
-        what = events.get("violation", {}).get("what") or _last_line(run.stderr)
-        return Outcome.sandbox_violation, what
-    if run.oom_killed and (code or sig is not None):
-        cap_mib = cgroup_memory_bytes(limits) >> 20
-        return Outcome.memory_limit, f"memory of all its processes together over {cap_mib} MiB"
-    if code == launcher.EXIT_MEMORY or (code and (_last_line(run.stderr) or "").startswith("MemoryError")):
-        return Outcome.memory_limit, f"address space limit {limits.memory_bytes >> 20} MiB"
-    if code == launcher.EXIT_COMPILE:
-        return Outcome.compile_error, events.get("compile_error", {}).get("error") or _last_line(run.stderr)
-    if code == launcher.EXIT_MISSING_FUNCTION:
-        return Outcome.missing_function, f"function {events.get('missing_function', {}).get('name')!r} not defined"
-    if sig is not None:
-        return Outcome.runtime_error, f"killed by {signal.Signals(sig).name}"
-    if code:
-        return Outcome.runtime_error, _last_line(run.stderr) or f"exit code {code}"
-    return Outcome.exited, None

@@ -38,14 +38,17 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def run_server(tmp_dir: Path, config: dict[str, Any], *, ready_timeout_s: float = 90.0) -> Iterator[ServerProcess]:
-    """Start `python -m forkrl.rollout.verifier` with `config`; yield once /readyz answers 200."""
+def run_server(tmp_dir: Path, config: dict[str, Any], *, ready_timeout_s: float = 90.0,
+               launcher: list[str] | None = None) -> Iterator[ServerProcess]:
+    """Start `python -m forkrl.rollout.verifier` (or `launcher`, which passes its arguments on to it) with
+    `config`; yield once /readyz answers 200. RuntimeError with the log if it exits or is not ready in time."""
     port = free_port()
     config_path = tmp_dir / f"verifier-{port}.json"
     config_path.write_text(json.dumps(config))
     log_path = tmp_dir / f"verifier-{port}.log"
     env = {**os.environ, SECRET_ENV: SECRET_VALUE}
-    command = [sys.executable, "-m", "forkrl.rollout.verifier", "--host", "127.0.0.1", "--port", str(port)]
+    command = [*(launcher or [sys.executable, "-m", "forkrl.rollout.verifier"])]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     command += ["--config", str(config_path), "--log-level", "warning"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from forkrl.rollout.verifier.cgroup import run_memory_cap
 from forkrl.rollout.verifier.config import SandboxConfig
 from forkrl.rollout.verifier.isolation import derive_uid_base
-from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits, SandboxRun, cgroup_memory_bytes
+from forkrl.rollout.verifier.outcome import SandboxRun
+from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits
 from forkrl.rollout.verifier.seccomp import supported_arch
-from tests.rollout.verifier.conftest import free_port, sandbox_processes
+from tests.rollout.verifier.conftest import run_server, sandbox_processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or supported_arch() is None,
                                 reason="namespaces and a dropped uid need root; the filter needs x86_64 or aarch64")
@@ -113,45 +113,22 @@ os.execv(sys.executable, [sys.executable, '-m', 'forkrl.rollout.verifier', *sys.
 """
 
 
-def _start_under_filter(tmp_path: Path, isolation: str) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    config = tmp_path / f"{isolation}.json"
-    config.write_text(json.dumps({"workers": 1, "sandbox": {"isolation": isolation}}))
-    log = tmp_path / f"{isolation}.log"
-    argv = [sys.executable, "-c", UNDER_DEFAULT_PROFILE, "--host", "127.0.0.1", "--port", str(port),
-            "--config", str(config), "--log-level", "warning"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    return process, f"http://127.0.0.1:{port}", log
-
-
 def test_strict_refuses_to_start_without_namespaces_and_auto_says_what_it_lacks(tmp_path: Path) -> None:
-    strict, _, strict_log = _start_under_filter(tmp_path, "strict")
-    assert strict.wait(120) != 0
-    assert "refusing to start: sandbox.network_namespace is required by isolation: strict" in strict_log.read_text()
-    auto, url, auto_log = _start_under_filter(tmp_path, "auto")
-    try:
-        for _ in range(600):
-            assert auto.poll() is None, auto_log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        isolation = httpx.get(f"{url}/v1/info", timeout=10).json()["workers"][0]["isolation"]
+    under_filter = [sys.executable, "-c", UNDER_DEFAULT_PROFILE]
+    refused = "refusing to start: sandbox.network_namespace is required by isolation: strict"
+    strict = run_server(tmp_path, {"workers": 1, "sandbox": {"isolation": "strict"}}, launcher=under_filter)
+    with pytest.raises(RuntimeError, match=refused), strict:  # it exited: run_server raises with its log
+        pass
+    with run_server(tmp_path, {"workers": 1, "sandbox": {"isolation": "auto"}}, launcher=under_filter) as auto:
+        isolation = httpx.get(f"{auto.url}/v1/info", timeout=10).json()["workers"][0]["isolation"]
         assert not isolation["network_namespace"] and not isolation["pid_namespace"], isolation
         assert isolation["seccomp"] == supported_arch() and isolation["uid"] is not None, isolation
-        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        metrics = httpx.get(f"{auto.url}/metrics", timeout=10).text
         counts = {line.split('feature="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
                   for line in metrics.splitlines() if line.startswith("forkrl_verifier_sandbox_isolated_processes{")}
         assert counts == {"network_namespace": 0.0, "mount_namespace": 0.0, "pid_namespace": 0.0,
                           "seccomp": 1.0, "drop_privileges": 1.0, "cgroup": float(isolation["cgroup"] is not None)}
-        assert "WARNING: the sandbox of uid" in auto_log.read_text() and "WITHOUT network_namespace" in \
-            auto_log.read_text()
-    finally:
-        auto.terminate()
-        auto.wait(60)
+        assert "WARNING: the sandbox of uid" in auto.log() and "WITHOUT network_namespace" in auto.log()
 
 
 CHILDREN_EACH_UNDER_THE_LIMIT = """import os, sys, time
@@ -175,7 +152,7 @@ SMALL = SandboxLimits(wall_s=20, cpu_s=20, memory_bytes=256 << 20, file_bytes=1 
 
 def test_the_cgroup_caps_the_memory_of_all_processes_together() -> None:
     """Each child stays under the per-process address-space limit; together they are over the cgroup's cap."""
-    assert SMALL.memory_bytes > 160 << 20 and cgroup_memory_bytes(SMALL) < 3 * (160 << 20)
+    assert SMALL.memory_bytes > 160 << 20 and run_memory_cap(SMALL.memory_bytes, SMALL.disk_bytes) < 3 * (160 << 20)
     capped = _sandbox_run(CHILDREN_EACH_UNDER_THE_LIMIT, 5, SMALL)
     assert capped.oom_killed and capped.outcome == "memory_limit", (capped.outcome, capped.stdout, capped.stderr[-500:])
     # The kernel's OOM killer ended a process inside the cgroup (a child, or the program itself).
