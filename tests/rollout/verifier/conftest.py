@@ -79,8 +79,10 @@ def run_server(tmp_dir: Path, config: dict[str, Any], *, ready_timeout_s: float 
 
 @pytest.fixture(scope="session")
 def verifier_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One 2-worker service shared by the HTTP, attack and fuzz tests."""
-    config = {"run": "pytest", "workers": 2, "code": {"test_timeout_s": 3.0, "output_kib": 256}}
+    """One 2-worker service shared by the HTTP, attack and fuzz tests. A test run may take 20 s: an attack
+    meant to end at its own limit (memory, output) must not meet the wall clock first on a loaded machine;
+    the tests that want the wall clock ask for a short one per item."""
+    config = {"run": "pytest", "workers": 2, "code": {"test_timeout_s": 20.0, "output_kib": 256}}
     with run_server(tmp_path_factory.mktemp("verifier"), config) as server:
         yield server
 
