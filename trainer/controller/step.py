@@ -186,8 +186,10 @@ class RLVRController:
                                   spec.rollout.sampling, spec.seed, f"s{step}r{round_index}",
                                   spec.model.max_prompt_tokens)
 
-        per_round = max(spec.schedule.train_batch_size,
-                        round(spec.schedule.train_batch_size * ds.gen_batch_multiplier))
+        # Without dynamic sampling nothing is filtered, so a round of exactly the batch fills it: generating the
+        # multiplier's extra prompts would only be discarded (and consume the data stream).
+        per_round = spec.schedule.train_batch_size if not ds.enabled else max(
+            spec.schedule.train_batch_size, round(spec.schedule.train_batch_size * ds.gen_batch_multiplier))
         generated, rounds = await collect_groups(self.stream.take, make_requests, self.replicas, self.verifier,
                                                  self.decode, sampler, per_round, ds.enabled, times)
         groups = sampler.take()

@@ -274,6 +274,23 @@ def test_all_stale_batch_trains_nothing() -> None:
     assert record.staleness.dropped_groups == 2
 
 
+@pytest.mark.parametrize("enabled", [False, True])
+def test_only_dynamic_sampling_generates_more_prompts_than_the_batch(enabled: bool) -> None:
+    spec = job_spec(dynamic_sampling={"enabled": enabled, "gen_batch_multiplier": 2.0},
+                    schedule={"train_batch_size": 4, "samples_per_prompt": 2, "mini_batch_size": 4})
+    # Every group has one right and one wrong answer, so dynamic sampling keeps all of them.
+    rows = [PromptRow(prompt=f"{i}%{i}=", answer="10", source="t", index=i) for i in range(16)]
+    replicas, learners = FakeReplicas(), FakeLearners()
+    ctl = RLVRController(spec, CharTokenizer(), learners, replicas, ScriptedVerifier(),
+                         PromptStream(rows, seed=0, shuffle=False), log=lambda _: None)
+    ctl.pusher = FakePusher(replicas)
+    record = asyncio.run(ctl.train_step_sync())
+    per_round = 8 if enabled else 4  # the multiplier's extra prompts would be thrown away without filtering
+    assert ctl.stream.state.position == per_round
+    assert record.generated.samples == 2 * per_round and record.trained.samples == 8
+    assert [t.shape[0] for t in learners.trained] == [8]
+
+
 class RestartingReplicas(FakeReplicas):
     """Records, per generate call, the version served; `restart()` drops the weights (version 0)."""
 
