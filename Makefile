@@ -3,7 +3,7 @@ VENV ?= $(HOME)/.cache/forkrl/venv
 export FORKRL_VENV := $(VENV)
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench bench-learning
 setup:
 	@bash scripts/setup.sh
 
@@ -24,3 +24,8 @@ bench: setup
 	$(PY) bench/e2e.py
 	$(PY) bench/multihost.py
 	$(PY) bench/operator.py --startup
+
+# forkrl against TRL's GRPOTrainer (bench/learning.py): installs the bench extra (TRL) first.
+bench-learning:
+	@FORKRL_EXTRAS=dev,gpu,bench bash scripts/setup.sh
+	$(PY) bench/learning.py

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 VENV="${FORKRL_VENV:-$HOME/.cache/forkrl/venv}"
 PY="${FORKRL_PYTHON:-python3.11}"
+# Extras to install: dev (tests) and gpu (vLLM) always; `make bench-learning` adds bench (TRL).
+EXTRAS="${FORKRL_EXTRAS:-dev,gpu}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -17,12 +19,12 @@ fi
 
 # Reinstall only when the dependency files or the checkout path (editable install) changed.
 STAMP="$VENV/.forkrl-stamp"
-WANT="$(cat pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16) $ROOT"
+WANT="$(cat pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16) $ROOT [$EXTRAS]"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   # The `gpu` extra (vLLM) installs on CPU machines too, so its adapter is tested against the real classes.
-  echo "[setup] installing forkrl (editable) with the dev and gpu extras; the first run downloads torch and vLLM"
+  echo "[setup] installing forkrl (editable) with the extras $EXTRAS; the first run downloads torch and vLLM"
   set +e
-  "$VENV/bin/pip" install --progress-bar off -e ".[dev,gpu]" 2>&1 | grep -v -E "^(Requirement already satisfied|  Using cached)"
+  "$VENV/bin/pip" install --progress-bar off -e ".[$EXTRAS]" 2>&1 | grep -v -E "^(Requirement already satisfied|  Using cached)"
   rc=${PIPESTATUS[0]}
   set -e
   [ "$rc" -eq 0 ] || { echo "[setup] pip install failed (exit $rc)" >&2; exit "$rc"; }
