@@ -41,6 +41,12 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 VOLCANO_QUEUE_LABEL = "volcano.sh/queue-name"
 SCHEDULER_LABEL = "ray.io/scheduler-name"
 PRIORITY_LABEL = "ray.io/priority-class-name"
+OVERWRITE_COMMAND_ANNOTATION = "ray.io/overwrite-container-cmd"
+RAY_START_COMMAND = ["/bin/bash", "-c", 'ulimit -n 65536 2>/dev/null; eval exec "$KUBERAY_GEN_RAY_START_CMD"']
+"""KubeRay's own `ray start` command (it puts it in $KUBERAY_GEN_RAY_START_CMD) as the Ray container's PID 1.
+KubeRay's default runs it under `bash -lc`, and bash as PID 1 ignores SIGTERM: every Ray pod then sat out its
+whole grace period on suspend, drain or retry, and Ray never shut down cleanly. With `exec`, `ray start
+--block` receives the SIGTERM and its handler drains the node and stops its processes."""
 
 
 def learner_layout(ctx: JobContext) -> tuple[int, int]:
@@ -92,12 +98,10 @@ def ray_pod(
     if component == "learner":
         spec.update(spread_over_nodes(ctx, component))
         spec["automountServiceAccountToken"] = False
-    annotations = scrape_annotations(metrics_port)
+    container["command"] = RAY_START_COMMAND
+    annotations = {**scrape_annotations(metrics_port), OVERWRITE_COMMAND_ANNOTATION: "true"}
     pod_labels = {**labels(ctx.names.job, component), RAY_JOB_LABEL: ctx.ray_job_name}
-    template: dict[str, Any] = {"metadata": {"labels": pod_labels}, "spec": secured(ctx, component, spec)}
-    if annotations:
-        template["metadata"]["annotations"] = annotations
-    return template
+    return {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": secured(ctx, component, spec)}
 
 
 def ray_job(ctx: JobContext) -> Manifest:

@@ -139,6 +139,12 @@ def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_ke
     try:
         at_step(1, "first step")
         learner_nodes, rollout_nodes = pod_nodes(cluster, ns, "learner"), pod_nodes(cluster, ns, "rollout")
+        # `ray start` itself is PID 1 of the Ray pods (not KubeRay's bash wrapper, which ignores SIGTERM), so
+        # the suspension and the drain below stop them at once rather than after their grace period.
+        for component in ("controller", "learner"):
+            pod = ready_pods(cluster, ns, component)[0]
+            argv = cluster.kubectl("exec", "-n", ns, pod, "--", "cat", "/proc/1/cmdline").stdout.split("\0")
+            assert argv[1].endswith("/ray") and argv[2] == "start", (component, argv)
         # Restricted pods run under the runtime's default seccomp profile, which denies unshare(2): the
         # verifier's sandbox runs without namespaces and says so (docs/kubernetes.md, "Pod security").
         info = json.loads(cluster.kubectl(

@@ -3,6 +3,8 @@ hand from the spec), and the spec the controller runs with."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 from forkrl.operator.children import build_children, manifest_hash
 from forkrl.operator.context import JobContext, controller_spec
 from forkrl.operator.names import HASH_ANNOTATION, JobNames
+from forkrl.operator.ray_job import OVERWRITE_COMMAND_ANNOTATION, RAY_START_COMMAND
 from forkrl.operator.resource import RLVRJobResourceSpec
 from forkrl.trainer.spec import RLVRJobSpec
 from tests.operator.harness import BASE_SPEC, deep_merge
@@ -144,6 +147,23 @@ def test_ray_job_targets_kuberay_http_mode_without_kuberay_retries() -> None:
     assert container(head)["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     mounts = {m["mountPath"]: m["name"] for m in container(head)["volumeMounts"]}
     assert mounts == {"/etc/forkrl": "config", "/var/lib/forkrl": "storage", "/dev/shm": "dshm", "/tmp": "tmp"}
+
+
+def test_ray_start_is_pid_1_of_every_ray_pod_so_sigterm_reaches_it() -> None:
+    cluster = by_kind(context())[("RayJob", "exp")]["spec"]["rayClusterSpec"]
+    for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
+        assert template["metadata"]["annotations"][OVERWRITE_COMMAND_ANNOTATION] == "true"
+        assert container(template)["command"] == RAY_START_COMMAND and "args" not in container(template)
+    # The command in a real bash, with a stand-in for KubeRay's generated `ray start ...` (quoted JSON as
+    # KubeRay writes --resources): the program replaces bash (same PID, so it is PID 1 in the pod) and gets
+    # its arguments unquoted.
+    stand_in = (f"{sys.executable} -c 'import os, sys; print(os.getpid(), sys.argv[1:])' "
+                """--resources='{"host0": 1}' --block""")
+    process = subprocess.Popen(RAY_START_COMMAND, env={"KUBERAY_GEN_RAY_START_CMD": stand_in, "PATH": "/usr/bin:/bin"},
+                               stdout=subprocess.PIPE, text=True)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert out.split(" ", 1) == [str(process.pid), """['--resources={"host0": 1}', '--block']\n"""]
 
 
 def test_workload_identity_reaches_the_pods_that_touch_storage_and_never_the_verifier() -> None:
@@ -329,7 +349,7 @@ def test_a_null_that_disables_survives_into_the_controller_spec() -> None:
     assert spec.objective.dual_clip_c is None
     assert spec.observability.metrics_port is None
     head = by_kind(ctx)[("RayJob", "exp")]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
-    assert "annotations" not in head["metadata"]  # nothing to scrape
+    assert set(head["metadata"]["annotations"]) == {OVERWRITE_COMMAND_ANNOTATION}  # nothing to scrape
 
 
 def test_hash_is_stable_and_follows_the_spec() -> None:
