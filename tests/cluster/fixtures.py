@@ -7,11 +7,15 @@ tests/cluster/conftest.py loads them; another test folder does the same in its c
 | fixture            | scope    | what it provides |
 |--------------------|----------|------------------|
 | `k8s_binaries`     | session  | ClusterBinaries: the built bin/ dir, KubeRay CRDs, kwok stages |
-| `control_plane`    | session  | ControlPlane: etcd + kube-apiserver + kube-controller-manager; admin kubeconfig |
-| `workload_cluster` | session  | the same ControlPlane plus kube-scheduler, kwok and the nodes in KWOK_NODES |
+| `control_plane`    | package  | ControlPlane: etcd + kube-apiserver + kube-controller-manager; admin kubeconfig |
+| `workload_cluster` | package  | the same ControlPlane plus kube-scheduler, kwok and the nodes in KWOK_NODES |
 | `kuberay_operator` | function | workload_cluster + KubeRay CRDs + a KubeRay operator running for this test only |
 | `k8s_namespace`    | function | a fresh namespace (its default ServiceAccount exists), deleted after the test |
 | `real_cluster`, `real_namespace` | | real nodes: see tests/cluster/real_fixtures.py |
+
+The clusters are package-scoped: each folder that loads these fixtures gets its own (a star import makes
+separate fixture definitions anyway), stopped after that folder's last test instead of idling, at ~5-15% of
+a core per cluster, through the rest of a 2-core suite.
 
 The binaries are built (tests/cluster/build.sh, a no-op when cached) after collection and before
 the first test, outside any per-test timeout; tests that use these fixtures are skipped only when
@@ -100,7 +104,7 @@ def k8s_binaries(pytestconfig: pytest.Config) -> ClusterBinaries:
     return _ensure_built(pytestconfig)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def control_plane(k8s_binaries: ClusterBinaries) -> Iterator[ControlPlane]:
     cluster = ControlPlane(k8s_binaries).start(controller_manager=True)
     try:
@@ -109,7 +113,7 @@ def control_plane(k8s_binaries: ClusterBinaries) -> Iterator[ControlPlane]:
         cluster.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def workload_cluster(control_plane: ControlPlane) -> ControlPlane:
     control_plane.start_scheduler()
     control_plane.start_kwok()

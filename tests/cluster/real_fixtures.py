@@ -74,7 +74,7 @@ def report(config: pytest.Config, line: str) -> None:
         print(f"\n[forkrl real cluster] {line}", file=sys.stderr, flush=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after tests/cluster: its nodes idle at ~15% of a core
 def real_cluster(k8s_binaries: ClusterBinaries, pytestconfig: pytest.Config) -> Iterator[RealCluster]:
     if reason := skip_reason():
         pytest.skip(reason)

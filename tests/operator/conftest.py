@@ -15,7 +15,7 @@ from tests.cluster.fixtures import *  # noqa: F403
 from tests.operator.harness import CHART, MONITORING_CRDS, OPERATOR_NAMESPACE, OPERATOR_SA, OperatorProcess
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def forkrl_cluster(workload_cluster: ControlPlane) -> ControlPlane:
     """The workload cluster with KubeRay's CRDs, monitoring CRDs and the `forkrl` chart (no operator pod)."""
     cluster = workload_cluster
@@ -56,7 +56,7 @@ def forkrl_cluster(workload_cluster: ControlPlane) -> ControlPlane:
     return cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator_kubeconfig(forkrl_cluster: ControlPlane) -> Path:
     """Credentials of the chart's ServiceAccount (the operator runs with exactly its RBAC)."""
     return forkrl_cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA, duration="6h")
