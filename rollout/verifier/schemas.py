@@ -39,10 +39,13 @@ class _Strict(BaseModel):
 
 
 class RewardValues(_Strict):
-    """Reward given for a correct and for an incorrect item, e.g. {1, 0} (Archer) or {+1, -1} (DAPO)."""
+    """Reward given for a correct and for an incorrect item, e.g. {1, 0} (Archer) or {+1, -1} (DAPO).
 
-    correct: float = Field(1.0, description="Reward when the item is correct.", ge=-1e6, le=1e6)
-    incorrect: float = Field(0.0, description="Reward for any other outcome.", ge=-1e6, le=1e6)
+    Numbers are strict (an integer is a number, `true` is not): the schema promises a number, and lax
+    coercion would turn a caller's `{"correct": false}` into a reward of 0 instead of refusing it."""
+
+    correct: float = Field(1.0, description="Reward when the item is correct.", ge=-1e6, le=1e6, strict=True)
+    incorrect: float = Field(0.0, description="Reward for any other outcome.", ge=-1e6, le=1e6, strict=True)
 
     @field_validator("correct", "incorrect")
     @classmethod
@@ -57,7 +60,7 @@ class _ItemBase(_Strict):
     response: str = Field(..., max_length=MAX_RESPONSE_CHARS, description="The model's full response text.")
     rewards: RewardValues | None = Field(None, description="Per-item reward values; task default if absent.")
     timeout_s: float | None = Field(
-        None, gt=0, le=600, description="Per-item time budget in seconds; task default if absent."
+        None, gt=0, le=600, strict=True, description="Per-item time budget in seconds; task default if absent."
     )
 
 

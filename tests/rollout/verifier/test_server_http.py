@@ -92,6 +92,13 @@ def test_malformed_requests_name_the_field(verifier_server: ServerProcess) -> No
     assert empty.status_code == 422 and empty.json()["fields"] == ["items"]
     not_json = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert not_json.status_code == 422
+    # A boolean is not a number (lax coercion would score `false` as a reward of 0); an integer is.
+    for field, value in (("rewards", {"correct": False}), ("timeout_s", True)):
+        coerced = httpx.post(url, json={"items": [_math("x", "r", "1", **{field: value})]})
+        assert coerced.status_code == 422 and any(f.startswith(f"items[0].math.{field}") for f in
+                                                  coerced.json()["fields"]), coerced.text
+    whole = httpx.post(url, json={"items": [_math("x", "\\boxed{1}", "1", rewards={"correct": 2, "incorrect": 0})]})
+    assert whole.status_code == 200 and whole.json()["results"][0]["reward"] == 2.0
 
 
 def test_metrics_count_items_by_task_and_reason(verifier_server: ServerProcess) -> None:
