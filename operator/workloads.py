@@ -215,10 +215,12 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         "env": env(ctx, [control_token_env(ctx)]),
         **env_from(ctx),
         "resources": requests_and_limits(ctx, pods.cpu, pods.memory, pods.gpus),
-        # Loading a large checkpoint into vLLM takes minutes: the startup probe allows 30 of them.
-        "startupProbe": http_probe("/healthz", 10, 180),
+        # Loading a large checkpoint into vLLM takes minutes: the startup probe allows 30 of them. It asks every
+        # 2 s (a local GET) and readiness every 5 s: the learner waits for the replicas to be Ready, so each
+        # probe period is start-up latency of the whole job, on every start, retry and resume.
+        "startupProbe": http_probe("/healthz", 2, 900),
         "livenessProbe": http_probe("/healthz", 30, 3),
-        "readinessProbe": http_probe("/readyz", 10, 3),
+        "readinessProbe": http_probe("/readyz", 5, 3),
         "volumeMounts": [
             {"name": "storage", "mountPath": ctx.cluster.storage.mount_path},
             {"name": "dshm", "mountPath": "/dev/shm"},

@@ -251,6 +251,15 @@ def test_rollout_deployment_runs_the_rollout_cli_with_the_spec_values() -> None:
     }
 
 
+def test_rollout_probes_allow_a_long_load_yet_report_ready_within_seconds() -> None:
+    rollout = container(by_kind(context())[("Deployment", "exp-rollout")]["spec"]["template"])
+    startup, readiness = rollout["startupProbe"], rollout["readinessProbe"]
+    assert startup["httpGet"]["path"] == "/healthz" and readiness["httpGet"]["path"] == "/readyz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60  # a large checkpoint into vLLM
+    # The learner starts once the replicas are Ready: a probe period is start-up latency of the whole job.
+    assert startup["periodSeconds"] <= 2 and readiness["periodSeconds"] <= 5
+
+
 def test_verifier_deployment_gets_its_config_and_a_worker_per_cpu() -> None:
     manifests = by_kind(context({"cluster": {"verifier": {"cpu": "3500m", "replicas": 3}}}))
     deployment = manifests[("Deployment", "exp-verifier")]
