@@ -14,6 +14,7 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "local-arith.yaml"
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 @pytest.mark.timeout(1800)
 def test_main_job_improves_heldout_accuracy(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "forkrl.trainer.cli", "train", str(EXAMPLE), "--quiet"],
