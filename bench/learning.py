@@ -5,19 +5,28 @@ every setting that changes learning matched (and checked), one evaluator for eve
     python bench/learning.py                  # 3 seeds x {forkrl, TRL}, 50 steps, forking top-20%
     python bench/learning.py --objective dapo --schedule constant --seeds 0
     python bench/learning.py --steps 2 --seeds 0 --eval-problems 32   # a smoke run of every part
+    python bench/learning.py --arms forkrl-ds   # + forkrl with DAPO dynamic sampling (same workdir: reused)
 
 Per seed, the training prompts are forkrl's stream for that seed (held-out problems excluded), written to a
 file that forkrl reads unshuffled and TRL reads with `shuffle_dataset=False`. The bench stops before
 training when a learning setting differs between the two arms (`learning_settings.py`), and prints every
 setting of both. Reported per arm: held-out avg@k gained over the cold start (mean over seeds with a 95%
 t-interval), per RL step and per RL wall-second, pass@k, and the RL phase's wall time (forkrl: the sum of
-its step times; TRL: `trainer.train()`), both without process start-up and model loading.
+its step times; TRL: `trainer.train()`), both without process start-up and model loading, and the tokens
+each arm generated (the gain per million generated tokens prices dynamic sampling, which generates more
+than it trains on). The arm `forkrl-ds` is forkrl with the spec's dynamic sampling on (TRL has none); every
+other setting is checked equal to the `forkrl` arm's.
+
+Each finished (arm, seed) is saved under <workdir>/results/ with a fingerprint of the settings and the
+evaluation; a rerun with the same settings reuses it, so an interrupted bench resumes and arms can be added
+later.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -38,20 +47,41 @@ ROOT = Path(__file__).resolve().parents[1]
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
+ARMS = ("forkrl", "trl", "forkrl-ds")
+
+
 @dataclass(frozen=True)
 class ArmResult:
     arm: str
     seed: int
     rl_seconds: float
+    generated_tokens: int
     score: HeldoutScore
 
+    def save(self, path: Path, fingerprint: str) -> None:
+        path.write_text(json.dumps({"fingerprint": fingerprint, **asdict(self)}))
 
-def bench_spec_data(base: dict[str, Any], objective: str, schedule: str, steps: int | None) -> dict[str, Any]:
-    """The main job's spec as the forkrl arm runs it: sync, dynamic sampling and overlong shaping off (TRL has
-    neither by default), the bench's objective and LR schedule, no evaluation inside the run."""
+    @staticmethod
+    def load(path: Path, fingerprint: str) -> ArmResult | None:
+        """The saved result, or None when absent or made under other settings."""
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        if data.pop("fingerprint") != fingerprint:
+            return None
+        score = data.pop("score")
+        score["pass_at_k"] = {int(k): v for k, v in score["pass_at_k"].items()}
+        score["per_problem"] = tuple(score["per_problem"])
+        return ArmResult(**data, score=HeldoutScore(**score))
+
+
+def bench_spec_data(base: dict[str, Any], objective: str, schedule: str, steps: int | None,
+                    dynamic_sampling: bool = False) -> dict[str, Any]:
+    """The main job's spec as the forkrl arm runs it: sync, dynamic sampling (unless asked for) and overlong
+    shaping off (TRL has neither by default), the bench's objective and LR schedule, no evaluation inside."""
     data = copy.deepcopy(base)
     data["schedule"] = {**data["schedule"], "mode": "sync", **({"steps": steps} if steps else {})}
-    data["dynamic_sampling"] = {"enabled": False}
+    data["dynamic_sampling"] = {**data.get("dynamic_sampling", {}), "enabled": dynamic_sampling}
     data["overlong"] = {"enabled": False}
     data["objective"] = ({"name": "forking", "rho": 0.2, "scope": "micro_batch"} if objective == "forking"
                          else {"name": "dapo"})
@@ -96,12 +126,14 @@ def write_rows(rows: list[Any], path: Path) -> Path:
     return path
 
 
-def run_forkrl(spec_data: dict[str, Any], model: Path, rows_file: Path, seed: int, workdir: Path) -> float:
-    """`forkrl train` on the fixed prompt file; returns the RL phase's seconds (sum of step times)."""
+def run_forkrl(spec_data: dict[str, Any], model: Path, rows_file: Path, seed: int, workdir: Path,
+               name: str) -> tuple[float, int, Path]:
+    """`forkrl train` on the fixed prompt file; returns the RL phase's seconds (sum of step times), the tokens
+    it generated and its final model."""
     from forkrl.trainer.controller.recorder import read_step_records
 
     data = copy.deepcopy(spec_data)
-    data.update(name=f"forkrl-seed{seed}", seed=seed)
+    data.update(name=name, seed=seed)
     data["model"] = {**data["model"], "path": str(model), "tiny": None}
     data["cold_start"] = {"enabled": False}
     data["data"] = {**data["data"], "shuffle": False, "train": [{"name": "bench-train", "path": str(rows_file)}]}
@@ -112,8 +144,9 @@ def run_forkrl(spec_data: dict[str, Any], model: Path, rows_file: Path, seed: in
     result = subprocess.run([forkrl, "train", str(path), "--quiet"], cwd=workdir, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"forkrl seed {seed} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    records = read_step_records(workdir / "runs" / data["name"] / "metrics.jsonl")
-    return sum(record.time.step for record in records)
+    records = read_step_records(workdir / "runs" / name / "metrics.jsonl")
+    generated = sum(round(r.generated.samples * r.generated.response_length_mean) for r in records)
+    return sum(record.time.step for record in records), generated, workdir / "runs" / name / "final_model"
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -136,9 +169,10 @@ def report(cold: HeldoutScore, results: list[ArmResult], steps: int, ks: tuple[i
     print(f"\ncold start: avg@k {cold.avg_at_k:.3f}, " + ", ".join(f"pass@{k} {v:.3f}" for k, v in
                                                                  cold.pass_at_k.items()))
     summary: dict[str, Any] = {}
-    header = f"{'arm':8} {'seeds':>5} {'held-out':>16} {'gain':>16} {'gain/step':>10} {'gain/RL s':>10} {'RL s':>12}"
+    header = (f"{'arm':9} {'seeds':>5} {'held-out':>16} {'gain':>16} {'gain/step':>10} {'gain/RL s':>10} "
+              f"{'RL s':>12} {'gen Mtok':>8} {'gain/Mtok':>9}")
     print(header + "".join(f" {'pass@' + str(k):>8}" for k in ks) + f" {'any fmt':>8}")
-    for arm in sorted({r.arm for r in results}):
+    for arm in [a for a in ARMS if any(r.arm == a for r in results)]:
         rows = [r for r in results if r.arm == arm]
         after = interval([r.score.avg_at_k for r in rows])
         gain = interval([r.score.avg_at_k - cold.avg_at_k for r in rows])
@@ -146,11 +180,14 @@ def report(cold: HeldoutScore, results: list[ArmResult], steps: int, ks: tuple[i
         per_second = statistics.fmean((r.score.avg_at_k - cold.avg_at_k) / r.rl_seconds for r in rows)
         passes = {k: statistics.fmean(r.score.pass_at_k[k] for r in rows) for k in ks}
         any_format = statistics.fmean(r.score.any_format for r in rows)
-        print(f"{arm:8} {len(rows):>5} {after[0]:>8.3f} ± {after[1]:.3f} {gain[0]:>+8.3f} ± {gain[1]:.3f} "
-              f"{gain[0] / steps:>10.5f} {per_second:>10.6f} {seconds[0]:>6.0f} ± {seconds[1]:<3.0f}"
+        tokens = statistics.fmean(r.generated_tokens for r in rows) / 1e6
+        print(f"{arm:9} {len(rows):>5} {after[0]:>8.3f} ± {after[1]:.3f} {gain[0]:>+8.3f} ± {gain[1]:.3f} "
+              f"{gain[0] / steps:>10.5f} {per_second:>10.6f} {seconds[0]:>6.0f} ± {seconds[1]:<3.0f} "
+              f"{tokens:>8.3f} {gain[0] / tokens:>9.4f}"
               + "".join(f" {passes[k]:>8.3f}" for k in ks) + f" {any_format:>8.3f}")
         summary[arm] = {"after": after, "gain": gain, "gain_per_step": gain[0] / steps,
                         "gain_per_rl_second": per_second, "rl_seconds": seconds, "pass_at_k": passes,
+                        "generated_mtokens": tokens, "gain_per_mtoken": gain[0] / tokens,
                         "any_format": any_format, "seeds": [r.seed for r in rows]}
     if {"forkrl", "trl"} <= summary.keys():
         ratio = summary["forkrl"]["rl_seconds"][0] / summary["trl"]["rl_seconds"][0]
@@ -166,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (3 for intervals)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the spec's)")
-    parser.add_argument("--arms", default="forkrl,trl")
+    parser.add_argument("--arms", default="forkrl,trl", help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--eval-problems", type=int, default=None, help="first N held-out problems (default all)")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "learning"))
     parser.add_argument("--out", default=None, help="JSON summary (default: <workdir>/summary.json)")
     args = parser.parse_args(argv)
     arms = args.arms.split(",")
-    if unknown := set(arms) - {"forkrl", "trl"}:
+    if unknown := set(arms) - set(ARMS):
         parser.error(f"--arms: unknown {sorted(unknown)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     workdir = Path(args.workdir).resolve()
@@ -194,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     print_settings(forkrl_side, trl_side)
     if trl_side is not None and (diff := differences(forkrl_side, trl_side)):
         raise SystemExit("the arms do not train alike:\n  " + "\n  ".join(diff))
+    ds_data = bench_spec_data(base, args.objective, args.schedule, args.steps, dynamic_sampling=True)
+    ds_diff = differences(forkrl_side, forkrl_settings(parse_spec(ds_data)))
+    if "forkrl-ds" in arms and [line.split(":")[0] for line in ds_diff] != ["dynamic_sampling"]:
+        raise SystemExit("forkrl-ds differs from forkrl in more than dynamic sampling:\n  " + "\n  ".join(ds_diff))
 
     print("\n[1/3] cold start", flush=True)
     model = cold_start(base, workdir)
@@ -214,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                                  ev.max_response_tokens or spec.model.max_response_tokens, tuple(ev.pass_k))
     print(f"evaluation: {len(heldout)} held-out problems, {asdict(eval_settings)}")
     cold = evaluate(model, heldout, render, decode, eval_settings)
+    fingerprint = hashlib.sha256(json.dumps([forkrl_side.rows(), asdict(eval_settings), len(heldout),
+                                             cold.per_problem]).encode()).hexdigest()[:16]
+    saved = workdir / "results"
+    saved.mkdir(exist_ok=True)
 
     print("\n[2/3] RL runs", flush=True)
     results: list[ArmResult] = []
@@ -222,19 +267,26 @@ def main(argv: list[str] | None = None) -> int:
         rows = training_prompts(spec_data, seed, count)
         rows_file = write_rows(rows, workdir / f"train-seed{seed}.jsonl")
         for arm in arms:
+            path = saved / f"{arm}-seed{seed}.json"
+            if (done := ArmResult.load(path, fingerprint)) is not None:
+                results.append(done)
+                print(f"  seed {seed} {arm}: done before (held-out {done.score.avg_at_k:.3f})", flush=True)
+                continue
             start = time.monotonic()
             print(f"  seed {seed} {arm}: training ...", flush=True)
-            if arm == "forkrl":
-                rl_seconds = run_forkrl(spec_data, model, rows_file, seed, workdir)
-                final = workdir / "runs" / f"forkrl-seed{seed}" / "final_model"
+            if arm in ("forkrl", "forkrl-ds"):
+                rl_seconds, generated, final = run_forkrl(spec_data if arm == "forkrl" else ds_data, model,
+                                                          rows_file, seed, workdir, f"{arm}-seed{seed}")
             else:
                 from learning_trl import run_trl
 
                 run = run_trl(model, [row.prompt for row in rows], rows, spec, seed, workdir / f"trl-seed{seed}",
                               [render(row) for row in rows])
-                rl_seconds, final = run.rl_seconds, run.final_model
+                rl_seconds, generated, final = run.rl_seconds, run.generated_tokens, run.final_model
             score = evaluate(final, heldout, render, decode, eval_settings, log=lambda _: None)
-            results.append(ArmResult(arm, seed, rl_seconds, score))
+            result = ArmResult(arm, seed, rl_seconds, generated, score)
+            result.save(path, fingerprint)
+            results.append(result)
             print(f"  seed {seed} {arm}: held-out {score.avg_at_k:.3f} (cold {cold.avg_at_k:.3f}), RL "
                   f"{rl_seconds:.0f} s, total {time.monotonic() - start:.0f} s", flush=True)
 
@@ -244,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({
         "settings": {"forkrl": dict(forkrl_side.rows()), "trl": dict(trl_side.rows()) if trl_side else None},
         "eval": asdict(eval_settings), "problems": len(heldout), "cold_start": asdict(cold) | {"per_problem": None},
-        "runs": [{"arm": r.arm, "seed": r.seed, "rl_seconds": r.rl_seconds, "avg_at_k": r.score.avg_at_k,
-                  "pass_at_k": r.score.pass_at_k, "any_format": r.score.any_format} for r in results],
+        "runs": [{"arm": r.arm, "seed": r.seed, "rl_seconds": r.rl_seconds, "generated_tokens": r.generated_tokens,
+                  "avg_at_k": r.score.avg_at_k, "pass_at_k": r.score.pass_at_k, "any_format": r.score.any_format}
+                 for r in results],
         "summary": summary,
     }, indent=2))
     print(f"wrote {out}")

@@ -20,6 +20,7 @@ from forkrl.trainer.data.schema import PromptRow
 class TrlRun:
     final_model: Path
     rl_seconds: float
+    generated_tokens: int
     config: Any  # trl.GRPOConfig (TRL is imported only when the arm runs)
 
 
@@ -112,4 +113,10 @@ def run_trl(model_dir: Path, prompts: Sequence[str], rows: Sequence[PromptRow], 
     final = out_dir / "final_model"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
-    return TrlRun(final, rl_seconds, config)
+    # One log per generation (logging_steps = updates per generation), each with that generation's mean length.
+    per_generation = spec.schedule.train_batch_size * spec.schedule.samples_per_prompt
+    lengths = [entry["completions/mean_length"] for entry in trainer.state.log_history
+               if "completions/mean_length" in entry]
+    if len(lengths) != spec.schedule.steps:
+        raise RuntimeError(f"expected one TRL log per generation ({spec.schedule.steps}), got {len(lengths)}")
+    return TrlRun(final, rl_seconds, round(sum(lengths) * per_generation), config)
