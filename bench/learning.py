@@ -76,10 +76,14 @@ class ArmResult:
 
 
 def bench_spec_data(base: dict[str, Any], objective: str, schedule: str, steps: int | None,
-                    dynamic_sampling: bool = False) -> dict[str, Any]:
+                    dynamic_sampling: bool = False, layout: str = "spec") -> dict[str, Any]:
     """The main job's spec as the forkrl arm runs it: sync, dynamic sampling (unless asked for) and overlong
-    shaping off (TRL has neither by default), the bench's objective and LR schedule, no evaluation inside."""
+    shaping off (TRL has neither by default), the bench's objective and LR schedule, no evaluation inside.
+    layout `one-rank`: one learner rank (TP=1) using every core, the resources TRL's single process has."""
     data = copy.deepcopy(base)
+    if layout == "one-rank":
+        data["learner"] = {**data["learner"], "parallel": {"tensor_parallel": 1}}
+        data["resources"] = {**data.get("resources", {}), "learner_ranks": 1, "torch_threads": os.cpu_count() or 1}
     data["schedule"] = {**data["schedule"], "mode": "sync", **({"steps": steps} if steps else {})}
     data["dynamic_sampling"] = {**data.get("dynamic_sampling", {}), "enabled": dynamic_sampling}
     data["overlong"] = {"enabled": False}
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", default=str(ROOT / "examples" / "local-arith.yaml"))
     parser.add_argument("--objective", choices=("forking", "dapo"), default="forking")
     parser.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear")
+    parser.add_argument("--layout", choices=("spec", "one-rank"), default="spec",
+                        help="forkrl's learner as the spec has it, or one rank with every core (as TRL runs)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (3 for intervals)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the spec's)")
     parser.add_argument("--arms", default="forkrl,trl", help=f"comma-separated, of {', '.join(ARMS)}")
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from forkrl.trainer.spec import parse_spec
 
     base = yaml.safe_load(Path(args.spec).read_text())
-    spec_data = bench_spec_data(base, args.objective, args.schedule, args.steps)
+    spec_data = bench_spec_data(base, args.objective, args.schedule, args.steps, layout=args.layout)
     spec = parse_spec(spec_data)
     forkrl_side = forkrl_settings(spec)
     trl_side = None
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     print_settings(forkrl_side, trl_side)
     if trl_side is not None and (diff := differences(forkrl_side, trl_side)):
         raise SystemExit("the arms do not train alike:\n  " + "\n  ".join(diff))
-    ds_data = bench_spec_data(base, args.objective, args.schedule, args.steps, dynamic_sampling=True)
+    ds_data = bench_spec_data(base, args.objective, args.schedule, args.steps, dynamic_sampling=True,
+                              layout=args.layout)
     ds_diff = differences(forkrl_side, forkrl_settings(parse_spec(ds_data)))
     if "forkrl-ds" in arms and [line.split(":")[0] for line in ds_diff] != ["dynamic_sampling"]:
         raise SystemExit("forkrl-ds differs from forkrl in more than dynamic sampling:\n  " + "\n  ".join(ds_diff))
@@ -267,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = training_prompts(spec_data, seed, count)
         rows_file = write_rows(rows, workdir / f"train-seed{seed}.jsonl")
         for arm in arms:
-            path = saved / f"{arm}-seed{seed}.json"
+            # forkrl's runs under another learner layout are other runs (TRL's are the same whatever it is).
+            tag = arm if arm == "trl" or args.layout == "spec" else f"{arm}-{args.layout}"
+            path = saved / f"{tag}-seed{seed}.json"
             if (done := ArmResult.load(path, fingerprint)) is not None:
                 results.append(done)
                 print(f"  seed {seed} {arm}: done before (held-out {done.score.avg_at_k:.3f})", flush=True)
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  seed {seed} {arm}: training ...", flush=True)
             if arm in ("forkrl", "forkrl-ds"):
                 rl_seconds, generated, final = run_forkrl(spec_data if arm == "forkrl" else ds_data, model,
-                                                          rows_file, seed, workdir, f"{arm}-seed{seed}")
+                                                          rows_file, seed, workdir, f"{tag}-seed{seed}")
             else:
                 from learning_trl import run_trl
 
