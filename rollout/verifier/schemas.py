@@ -39,11 +39,10 @@ class _Strict(BaseModel):
 
 
 class RewardValues(_Strict):
-    """Reward given for a correct and for an incorrect item, e.g. {1, 0} (Archer) or {+1, -1} (DAPO).
+    """Reward given for a correct and for an incorrect item, e.g. {1, 0} (Archer) or {+1, -1} (DAPO)."""
 
-    Numbers are strict (an integer is a number, `true` is not): the schema promises a number, and lax
-    coercion would turn a caller's `{"correct": false}` into a reward of 0 instead of refusing it."""
-
+    # Strict numbers (an integer is a number, `true` is not): the schema promises a number, and lax coercion
+    # would turn a caller's `{"correct": false}` into a reward of 0 instead of refusing it.
     correct: float = Field(1.0, description="Reward when the item is correct.", ge=-1e6, le=1e6, strict=True)
     incorrect: float = Field(0.0, description="Reward for any other outcome.", ge=-1e6, le=1e6, strict=True)
 

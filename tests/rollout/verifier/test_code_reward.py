@@ -15,7 +15,9 @@ from forkrl.rollout.verifier.sandbox import Sandbox, SandboxLimits
 from forkrl.rollout.verifier.schemas import CodeItem, Reason, RewardValues
 from forkrl.rollout.verifier.scoring import verify_item
 
-CONFIG = VerifierConfig(workers=1, code={"test_timeout_s": 3.0})
+# No program here should meet the wall clock; 15 s leaves room for a sandboxed interpreter's start on a loaded
+# machine (3 s timed out once under the full suite).
+CONFIG = VerifierConfig(workers=1, code={"test_timeout_s": 15.0})
 DOUBLE = "n = int(input())\nprint(n * 2)\n"
 
 
