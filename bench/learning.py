@@ -79,11 +79,15 @@ def bench_spec_data(base: dict[str, Any], objective: str, schedule: str, steps: 
                     dynamic_sampling: bool = False, layout: str = "spec") -> dict[str, Any]:
     """The main job's spec as the forkrl arm runs it: sync, dynamic sampling (unless asked for) and overlong
     shaping off (TRL has neither by default), the bench's objective and LR schedule, no evaluation inside.
-    layout `one-rank`: one learner rank (TP=1) using every core, the resources TRL's single process has."""
+    layout `one-rank`: one learner rank (TP=1) using every core, the resources TRL's single process has;
+    `tp2`: two tensor-parallel ranks sharing the cores."""
     data = copy.deepcopy(base)
-    if layout == "one-rank":
-        data["learner"] = {**data["learner"], "parallel": {"tensor_parallel": 1}}
-        data["resources"] = {**data.get("resources", {}), "learner_ranks": 1, "torch_threads": os.cpu_count() or 1}
+    cores = os.cpu_count() or 1
+    if layout in ("one-rank", "tp2"):
+        ranks = 1 if layout == "one-rank" else 2
+        data["learner"] = {**data["learner"], "parallel": {"tensor_parallel": ranks}}
+        data["resources"] = {**data.get("resources", {}), "learner_ranks": ranks,
+                             "torch_threads": max(1, cores // ranks)}
     data["schedule"] = {**data["schedule"], "mode": "sync", **({"steps": steps} if steps else {})}
     data["dynamic_sampling"] = {**data.get("dynamic_sampling", {}), "enabled": dynamic_sampling}
     data["overlong"] = {"enabled": False}
@@ -205,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", default=str(ROOT / "examples" / "local-arith.yaml"))
     parser.add_argument("--objective", choices=("forking", "dapo"), default="forking")
     parser.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear")
-    parser.add_argument("--layout", choices=("spec", "one-rank"), default="spec",
-                        help="forkrl's learner as the spec has it, or one rank with every core (as TRL runs)")
+    parser.add_argument("--layout", choices=("spec", "one-rank", "tp2"), default="spec",
+                        help="forkrl's learner as the spec has it, one rank with every core (as TRL runs), or "
+                        "two tensor-parallel ranks")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (3 for intervals)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the spec's)")
     parser.add_argument("--arms", default="forkrl,trl", help=f"comma-separated, of {', '.join(ARMS)}")
