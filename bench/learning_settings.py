@@ -96,18 +96,12 @@ def differences(a: LearningSettings, b: LearningSettings) -> list[str]:
 
 
 def megatron_lr_sequence(optimizer_spec: Any, updates: int) -> tuple[float, ...]:
-    """The learning rate of each optimizer update under forkrl's learner schedule (megatron-core's scheduler,
-    built as `trainer/learner/optimizer.py` builds it, on a throwaway parameter)."""
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    """The learning rate of each optimizer update under forkrl's learner schedule (the learner's own
+    megatron-core scheduler, on a throwaway parameter)."""
+    from forkrl.trainer.learner.optimizer import build_scheduler
 
-    opt = optimizer_spec
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=opt.lr)
-    decay_steps = opt.decay_steps or opt.warmup_steps + 1
-    scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=0.0 if opt.warmup_steps else opt.lr, max_lr=opt.lr, min_lr=opt.min_lr,
-        lr_warmup_steps=opt.warmup_steps, lr_decay_steps=decay_steps, lr_decay_style=opt.decay_style,
-        start_wd=opt.weight_decay, end_wd=opt.weight_decay, wd_incr_steps=decay_steps, wd_incr_style="constant",
-    )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optimizer_spec.lr)
+    scheduler = build_scheduler(optimizer, optimizer_spec)
     sequence = []
     for _ in range(updates):
         sequence.append(float(optimizer.param_groups[0]["lr"]))

@@ -8,6 +8,7 @@ sum of all micro-batch losses on all DP ranks is the mini-batch loss and needs n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
@@ -16,7 +17,7 @@ from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_mega
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.learner.config import LearnerSpec, OptimizerSpec
 
 
 def wrap_ddp(chunks: Sequence[GPTModel], config: TransformerConfig, spec: LearnerSpec) -> list[DistributedDataParallel]:
@@ -60,8 +61,13 @@ def build_optimizer(
         use_distributed_optimizer=opt.distributed,
     )
     optimizer = get_megatron_optimizer(config, list(model))
+    return optimizer, build_scheduler(optimizer, opt)
+
+
+def build_scheduler(optimizer: Any, opt: OptimizerSpec) -> OptimizerParamScheduler:
+    """The warm-up + constant/cosine/linear schedule of `opt` on `optimizer` (anything with param_groups)."""
     decay_steps = opt.decay_steps or opt.warmup_steps + 1
-    scheduler = OptimizerParamScheduler(
+    return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if opt.warmup_steps else opt.lr,
         max_lr=opt.lr,
@@ -74,4 +80,3 @@ def build_optimizer(
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
     )
-    return optimizer, scheduler
