@@ -19,6 +19,7 @@ from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.evaluation import pass_at_k
 
 EVAL_SEED = 1234  # the draws' seed: every model, arm and seed of a bench run is scored on the same draws
+REWARDS = MathRewardConfig()  # the verifier's defaults, as the forkrl arm's verifier service scores
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,10 @@ class HeldoutScore:
     seconds: float
 
 
-def reward_of(response: str, answer: str, config: MathRewardConfig | None = None) -> float:
+def reward_of(response: str, answer: str) -> float:
     """The reward forkrl's verifier gives a math response with a boxed ground truth (1 correct, 0 not)."""
-    config = config or MathRewardConfig()
-    verdict = score_math(response, answer, "boxed", config)
-    return config.rewards_boxed.correct if verdict.correct else config.rewards_boxed.incorrect
+    verdict = score_math(response, answer, "boxed", REWARDS)
+    return REWARDS.rewards_boxed.correct if verdict.correct else REWARDS.rewards_boxed.incorrect
 
 
 def evaluate(model_dir: str | Path, rows: Sequence[PromptRow], render: Callable[[PromptRow], list[int]],
@@ -60,7 +60,6 @@ def evaluate(model_dir: str | Path, rows: Sequence[PromptRow], render: Callable[
     sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p)
     correct: list[list[bool]] = []
     any_format = 0
-    config = MathRewardConfig()
     for first in range(0, len(rows), batch_problems):
         chunk = rows[first:first + batch_problems]
         requests = [GenerateRequest(request_id=f"eval/{first + i}", prompt_token_ids=render(row),
@@ -69,9 +68,10 @@ def evaluate(model_dir: str | Path, rows: Sequence[PromptRow], render: Callable[
                     for i, row in enumerate(chunk)]
         for row, result in zip(chunk, engine.generate(requests), strict=True):
             texts = [decode(sample.token_ids) for sample in result.samples]
-            correct.append([score_math(text, row.answer, "boxed", config).correct for text in texts])
-            any_format += sum(score_math(text, row.answer, "boxed", config).correct
-                              or score_math(text, row.answer, "dapo", config).correct for text in texts)
+            boxed = [score_math(text, row.answer, "boxed", REWARDS).correct for text in texts]
+            correct.append(boxed)
+            any_format += sum(ok or score_math(text, row.answer, "dapo", REWARDS).correct
+                              for ok, text in zip(boxed, texts, strict=True))
         log(f"  eval {Path(model_dir).name}: {len(correct)}/{len(rows)} problems")
     n = settings.samples_per_problem
     per_problem = tuple(sum(samples) / n for samples in correct)

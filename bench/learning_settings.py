@@ -178,6 +178,7 @@ def trl_settings(config: Any, steps: int) -> LearningSettings:
     if config.loss_type != "dapo":
         raise ValueError(f"GRPOConfig.loss_type={config.loss_type!r}: forkrl's dapo/forking loss is a token mean")
     total = steps * updates_per_step * config.num_iterations
+    schedule_name = str(getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type))
     return LearningSettings(
         steps=steps,
         prompts_per_step=generation // config.num_generations,
@@ -186,10 +187,8 @@ def trl_settings(config: Any, steps: int) -> LearningSettings:
         passes_per_batch=config.num_iterations,
         peak_lr=config.learning_rate,
         warmup_updates=config.warmup_steps,
-        lr_schedule=str(getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type)),
-        lr_per_update=transformers_lr_sequence(str(getattr(config.lr_scheduler_type, "value",
-                                                           config.lr_scheduler_type)),
-                                               config.learning_rate, config.warmup_steps, total),
+        lr_schedule=schedule_name,
+        lr_per_update=transformers_lr_sequence(schedule_name, config.learning_rate, config.warmup_steps, total),
         weight_decay=config.weight_decay,
         adam_betas=(config.adam_beta1, config.adam_beta2),
         adam_eps=config.adam_epsilon,

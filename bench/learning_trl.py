@@ -37,11 +37,9 @@ def grpo_config(spec: Any, seed: int, output_dir: Path) -> Any:
     if update % micro or generation % micro:
         raise ValueError(f"micro-batch size {micro} must divide the update ({update}) and the generation "
                          f"({generation}) in completions")
+    # HF schedules decay over the whole run; a forkrl decay_steps that differs shows in the LR of each update,
+    # which learning_settings.differences compares.
     schedule_name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[opt.decay_style]
-    if opt.decay_style != "constant" and opt.decay_steps != schedule.steps * schedule.train_batch_size // \
-            schedule.mini_batch_size * schedule.epochs:
-        raise ValueError("learner.optimizer.decay_steps must equal the run's updates: HF schedules decay over the "
-                         "whole run")
     sampling = spec.rollout.sampling
     return GRPOConfig(
         output_dir=str(output_dir),
