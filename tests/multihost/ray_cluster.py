@@ -77,7 +77,7 @@ class RayCluster:
     def wait_for_nodes(self, count: int, timeout_s: float = 180.0) -> list[dict]:
         """Block until `count` nodes are alive (asked from inside the head host); returns them."""
         probe = (f"import json, ray; ray.init(address={self.address!r}, log_to_driver=False); "
-                 "print(json.dumps([{'ip': n['NodeManagerAddress'], 'alive': n['Alive'], "
+                 "print('NODES ' + json.dumps([{'ip': n['NodeManagerAddress'], 'alive': n['Alive'], "
                  "'resources': n['Resources']} for n in ray.nodes()]))")
         deadline = time.monotonic() + timeout_s
         last = ""
@@ -92,8 +92,10 @@ class RayCluster:
             except subprocess.TimeoutExpired:
                 continue
             last = result.stderr[-2000:]
-            if result.returncode == 0:
-                nodes = [n for n in json.loads(result.stdout.strip().splitlines()[-1]) if n["alive"]]
+            # Ray may print warnings (lagging heartbeats, ...) on stdout after the listing: find it by tag.
+            listing = [line for line in result.stdout.splitlines() if line.startswith("NODES ")]
+            if result.returncode == 0 and listing:
+                nodes = [n for n in json.loads(listing[-1].removeprefix("NODES ")) if n["alive"]]
                 if len(nodes) >= count:
                     return nodes
             time.sleep(2)
