@@ -164,7 +164,7 @@ def cpu_bench(args: argparse.Namespace) -> None:
 
 
 def gpu_bench(args: argparse.Namespace) -> None:
-    from forkrl.trainer.learner.model import ModelArch
+    from forkrl.trainer.learner.arch import ModelArch
     from forkrl.trainer.learner.presets import preset
 
     hf = preset("qwen2.5-0.5b")

@@ -57,7 +57,7 @@ def rollout_tensor_parallel(parameters: int) -> int:
 
 def size_recipe(size: str) -> dict[str, Any]:
     """The spec fragment of a model size, from `forkrl plan`'s recommendation."""
-    from forkrl.trainer.learner.model import ModelArch
+    from forkrl.trainer.learner.arch import ModelArch
     from forkrl.trainer.learner.plan import Cluster, Workload, plan
     from forkrl.trainer.learner.presets import preset
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from forkrl.trainer.learner.model import ModelArch
+from forkrl.trainer.learner.arch import ModelArch
 from forkrl.trainer.learner.presets import PRESETS, preset
 
 GIB = 2**30

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from forkrl.trainer.learner.model import ModelArch
+from forkrl.trainer.learner.arch import ModelArch
 from forkrl.trainer.learner.plan import (
     GIB,
     Cluster,
