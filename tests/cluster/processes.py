@@ -130,9 +130,13 @@ def wait_until(
     timeout: float,
     watched: Sequence[ManagedProcess] = (),
     interval: float = 0.1,
+    max_interval: float = 1.0,
 ) -> float:
     """Poll `condition` until true; return the seconds it took.
 
+    The interval starts at `interval` and grows by half each poll up to `max_interval`: a condition met
+    at once is seen at once, while a long wait does not spend the cores it is waiting for (a condition is
+    often a kubectl call, a process start and several API requests).
     Raises ComponentError (with the log tail) as soon as a watched process dies, or on timeout.
     """
     start = time.monotonic()
@@ -148,6 +152,7 @@ def wait_until(
                 raise watched[0].failure(f"did not become ready: {what} within {timeout:.0f} s")
             raise ComponentError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+        interval = min(interval * 1.5, max(interval, max_interval))
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None, expect: bytes | None = None) -> bool:

@@ -5,6 +5,7 @@ survives losing a rollout pod, a drained node and a suspension on the way."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import time
@@ -95,6 +96,25 @@ def ready_pods(cluster: RealCluster, namespace: str, component: str) -> list[str
             if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
 
 
+def pod_startup(cluster: RealCluster, namespace: str, since: float) -> str:
+    """Per pod, seconds after `since` (wall clock) at which it was created, its containers started and it
+    became Ready: where a job's start-up time goes."""
+    def at(stamp: str | None) -> str:
+        if not stamp:
+            return "-"
+        return f"{datetime.datetime.fromisoformat(stamp.replace('Z', '+00:00')).timestamp() - since:.0f}"
+
+    parts = []
+    for pod in cluster.kubectl_json("get", "pods", "-n", namespace)["items"]:
+        conditions = {c["type"]: c.get("lastTransitionTime") for c in pod["status"].get("conditions", [])}
+        started = [c["state"]["running"]["startedAt"] for c in pod["status"].get("containerStatuses", [])
+                   if "running" in c.get("state", {})]
+        component = pod["metadata"].get("labels", {}).get("app.kubernetes.io/component", pod["metadata"]["name"])
+        parts.append(f"{component} created {at(pod['metadata']['creationTimestamp'])} running "
+                     f"{at(min(started) if started else None)} ready {at(conditions.get('Ready'))}")
+    return "; ".join(sorted(parts))
+
+
 def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_keeps_its_checkpoints(
     forkrl_on_nodes: RealCluster, real_namespace: str, pytestconfig: pytest.Config
 ) -> None:
@@ -115,7 +135,7 @@ def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_ke
     job["spec"]["cluster"]["max_retries"] = 1
     values = checkpoints.parent / f"{ns}-values.yaml"
     values.write_text(yaml.safe_dump(job["spec"]))
-    start = time.monotonic()
+    start, started_at = time.monotonic(), time.time()
     timeline: list[str] = []
 
     def mark(event: str) -> None:
@@ -138,6 +158,7 @@ def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_ke
     cluster.cp.helm("install", "arith", str(JOB_CHART), "--namespace", ns, "-f", str(values))
     try:
         at_step(1, "first step")
+        report(pytestconfig, "pods (s after helm install): " + pod_startup(cluster, ns, started_at))
         learner_nodes, rollout_nodes = pod_nodes(cluster, ns, "learner"), pod_nodes(cluster, ns, "rollout")
         # `ray start` itself is PID 1 of the Ray pods (not KubeRay's bash wrapper, which ignores SIGTERM), so
         # the suspension and the drain below stop them at once rather than after their grace period.

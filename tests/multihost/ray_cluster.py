@@ -32,6 +32,25 @@ def node_env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
+# argv: address, node count, seconds. Prints the alive nodes once there are enough (exit 0), or exits 1.
+_NODES_PROBE = """
+import json, sys, time, ray
+address, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ray.init(address=address, log_to_driver=False)
+deadline = time.monotonic() + seconds
+while True:
+    alive = [{"ip": n["NodeManagerAddress"], "alive": n["Alive"], "resources": n["Resources"]}
+             for n in ray.nodes() if n["Alive"]]
+    if len(alive) >= count:
+        print("NODES " + json.dumps(alive), flush=True)
+        sys.exit(0)
+    if time.monotonic() > deadline:
+        print(f"{len(alive)} of {count} nodes alive: {alive}", flush=True)
+        sys.exit(1)
+    time.sleep(1)
+"""
+
+
 @dataclass
 class RayCluster:
     """The nodes started so far; `address` is the head's GCS address (what RAY_ADDRESS names)."""
@@ -75,10 +94,11 @@ class RayCluster:
         self._start(host, cpus, {f"host{host.index}": 1, **(resources or {})}, head=False, env=env)
 
     def wait_for_nodes(self, count: int, timeout_s: float = 180.0) -> list[dict]:
-        """Block until `count` nodes are alive (asked from inside the head host); returns them."""
-        probe = (f"import json, ray; ray.init(address={self.address!r}, log_to_driver=False); "
-                 "print('NODES ' + json.dumps([{'ip': n['NodeManagerAddress'], 'alive': n['Alive'], "
-                 "'resources': n['Resources']} for n in ray.nodes()]))")
+        """Block until `count` nodes are alive (asked from inside the head host); returns them.
+
+        One probe process joins the cluster and polls it (each join costs seconds of a core: a probe per
+        poll would slow the nodes being waited for); it is restarted only if it fails, e.g. before the head
+        answers."""
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
@@ -86,18 +106,17 @@ class RayCluster:
                 if process.poll() is not None:
                     log = (self.root / f"{name}-ray.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"ray node on {name} exited with {process.returncode}:\n{log}")
+            budget = max(1.0, deadline - time.monotonic())
             try:
-                result = self.head.run([sys.executable, "-c", probe], timeout=60, check=False,
-                                       env={**self.env(), "RAY_ADDRESS": ""})
+                result = self.head.run([sys.executable, "-c", _NODES_PROBE, self.address, str(count), str(budget)],
+                                       timeout=budget + 60, check=False, env={**self.env(), "RAY_ADDRESS": ""})
             except subprocess.TimeoutExpired:
                 continue
-            last = result.stderr[-2000:]
-            # Ray may print warnings (lagging heartbeats, ...) on stdout after the listing: find it by tag.
+            last = (result.stdout + result.stderr)[-2000:]
+            # Ray may print warnings (lagging heartbeats, ...) on stdout too: the listing is found by its tag.
             listing = [line for line in result.stdout.splitlines() if line.startswith("NODES ")]
             if result.returncode == 0 and listing:
-                nodes = [n for n in json.loads(listing[-1].removeprefix("NODES ")) if n["alive"]]
-                if len(nodes) >= count:
-                    return nodes
+                return json.loads(listing[-1].removeprefix("NODES "))
             time.sleep(2)
         raise TimeoutError(f"{count} Ray nodes not alive after {timeout_s}s; last probe said:\n{last}")
 

@@ -1,6 +1,12 @@
 """A few steps of the real loop with every component a real process (verifier and rollout servers on
 127.0.0.1, learner ranks as Ray actors over gloo), plus the fault tests: verifier killed, rollout replica
-killed and restarted, replicas joining and leaving, SIGTERM then --resume, unwritable checkpoints."""
+killed and restarted, replicas joining and leaving, SIGTERM then --resume, unwritable checkpoints.
+
+The reference run uses the one-step-off-policy schedule: its first step is on-policy (the learner and the
+rollout engine agree on log-probs to rounding), the later ones are generated one version behind, and its
+checkpoint must carry the in-flight rollout; one reference then serves both schedules' claims. (Each run
+costs about a minute of both cores here: the on-policy loop runs in the fault test, the main job's test and
+the multi-host and real-pod tests.)"""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from tests.browser import check_page
 
 SMOKE = Path(__file__).parent / "smoke.yaml"
 STEPS = 3
+OFF_POLICY = {"mode": "one_step_off_policy"}
 
 
 def write_spec(directory: Path, **changes: dict) -> Path:
@@ -47,8 +54,8 @@ def forkrl_train(spec: Path, *extra: str) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted 3-step run; returns its run directory."""
-    spec = write_spec(tmp_path_factory.mktemp("reference"))
+    """An uninterrupted 3-step off-policy run; returns its run directory."""
+    spec = write_spec(tmp_path_factory.mktemp("reference"), schedule=OFF_POLICY)
     process = forkrl_train(spec)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
@@ -61,10 +68,17 @@ def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None
     for r in records:
         assert r.trained is not None and r.learner is not None and r.entropy is not None
         assert r.generated.samples == r.trained.samples == 16  # 4 prompts x 4 samples, no dynamic sampling
-        assert r.weight_version == r.step and r.staleness.lag_max == 0
-        # The learner's log-probs of the sampled tokens equal the rollout engine's: same weights, same math.
+        assert r.weight_version == r.step
+        # Step 1 is generated with the weights the learner holds: same weights, same math, so the learner's
+        # log-probs of the sampled tokens equal the rollout engine's. Later steps were generated one version
+        # behind (while the learner trained the step before), and the mismatch shows it.
         assert r.learner.mismatch is not None
-        assert abs(r.learner.mismatch.k1) < 1e-4 and r.learner.mismatch.k3 < 1e-6
+        if r.step == 1:
+            assert r.staleness.lag_max == 0
+            assert abs(r.learner.mismatch.k1) < 1e-4 and r.learner.mismatch.k3 < 1e-6
+        else:
+            assert r.staleness.lag_per_sample == [1] * 16
+            assert r.learner.mismatch.k3 > 1e-5, r.learner.mismatch
         # Rewards are {1, 0}: their mean is the accuracy; shaping only lowers it.
         assert r.trained.reward_mean == pytest.approx(r.trained.accuracy)
         assert r.trained.shaped_reward_mean <= r.trained.reward_mean + 1e-12
@@ -101,28 +115,34 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(reference_run: Path, tmp_path: Path) -> None:
-    spec = write_spec(tmp_path)
-    metrics = tmp_path / "runs" / "smoke" / "metrics.jsonl"
+    """The off-policy checkpoint keeps the in-flight rollout (generated with the weights before the last
+    update, which a resumed run no longer has) and the cursor it started from: no prompt is skipped, and the
+    final weights are bitwise the uninterrupted run's."""
+    spec = write_spec(tmp_path, schedule=OFF_POLICY)
+    run_dir = tmp_path / "runs" / "smoke"
     process = forkrl_train(spec)
     deadline = time.monotonic() + 600
-    while not read_records(metrics, "train") and time.monotonic() < deadline and process.poll() is None:
+    while not read_records(run_dir / "metrics.jsonl", "train") and time.monotonic() < deadline \
+            and process.poll() is None:
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert "received SIGTERM" in output and "--resume" in output
-    stopped_at = json.loads((tmp_path / "runs/smoke/checkpoints" / (tmp_path / "runs/smoke/checkpoints/latest")
-                             .read_text() / "controller.json").read_text())["step"]
-    assert 1 <= stopped_at < STEPS
-    assert not (tmp_path / "runs/smoke/final_model").exists()
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints/latest").read_text()
+    assert 1 <= json.loads((latest / "controller.json").read_text())["step"] < STEPS
+    assert (latest / "inflight_rollout.pt").exists()
+    assert not (run_dir / "final_model").exists()
 
     resumed = forkrl_train(spec, "--resume")
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     assert "resumed from" in output
-    steps = [int(r["step"]) for r in read_records(metrics, "train")]
-    assert steps == list(range(1, STEPS + 1))
-    expected, got = _final_weights(reference_run), _final_weights(tmp_path / "runs" / "smoke")
+    records = read_step_records(run_dir / "metrics.jsonl")
+    assert [r.step for r in records] == list(range(1, STEPS + 1))
+    # The resumed steps trained on the very samples of the uninterrupted run.
+    assert [r.trained for r in records] == [r.trained for r in read_step_records(reference_run / "metrics.jsonl")]
+    expected, got = _final_weights(reference_run), _final_weights(run_dir)
     assert expected.keys() == got.keys() and expected
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
