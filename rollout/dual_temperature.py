@@ -3,8 +3,8 @@
 Per token: H = entropy of softmax(z) at T = 1; the token is sampled from softmax(z / T) with
 T = t_high if H > tau else t_low. In the running-quantile mode tau follows the Robbins-Monro update
 tau <- tau + lr * (1[H > tau] - rho), whose fixed point is the upper rho-quantile of the sample's
-entropies. `HFEngine` calls `dual_temperature_step` directly; the vLLM logits processor
-(`vllm_logits_processor.py`) calls the same function on the rows that asked for it, so the two engines
+entropies. `HFEngine` calls `dual_temperature_step` directly; the vLLM logits processors (through
+`dual_temperature_state.py`) call the same function on the rows that asked for it, so the two engines
 make identical decisions from identical logits.
 """
 

@@ -6,7 +6,13 @@ pure and tested on CPU against the real vLLM classes. The engine:
   blocks are shared through prefix caching) and `logprobs=0` in `processed_logprobs` mode, so every
   sample carries the log-prob of its token under the distribution it was drawn from, like `HFEngine`;
 - resolves unset sampling values from the model's generation config (`generation_config="auto"`);
-- registers `DualTemperatureLogitsProcessor` and the `ForkrlWorkerExtension` weight receiver;
+- registers the dual-temperature logits processor of the model runner vLLM builds for its config (vLLM
+  0.33 builds the V2 runner on CUDA and falls back to V1 where V2 lacks a feature; each runner's loader
+  accepts only its own interface), and the `ForkrlWorkerExtension` weight receiver;
+- attaches to each sample the exact number of its tokens drawn at the high temperature: the workers keep
+  the counts by sample until read, and finished samples are read together (`BatchedLookup`: one
+  collective RPC per wave of finishing samples, not one per sample). vLLM gives a logits processor no way
+  to return a value with a request's output, hence the RPC; see `dual_temperature_state.py`;
 - tags weights with vLLM's weight version and reads the per-sample version spans back (no mixing).
 `AsyncLLM` runs on a private event loop thread so that weight-sync RPCs can overlap generation.
 """
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from forkrl.rollout.batched_lookup import BatchedLookup
 from forkrl.rollout.dual_temperature import EXTRA_ARGS_KEY, SAMPLE_KEY
 from forkrl.rollout.engine import (
     EngineHealth,
@@ -36,7 +43,11 @@ from forkrl.rollout.sampling import GenerationDefaults, resolve_sampling, stream
 from forkrl.rollout.types import GenerateRequest, GenerateResult, RequestValidationError, SampleResult
 from forkrl.rollout.weight_sync import WeightSyncBegin
 
-DUAL_TEMPERATURE_PROCESSOR = "forkrl.rollout.vllm_logits_processor:DualTemperatureLogitsProcessor"
+ModelRunner = Literal["v1", "v2"]
+DUAL_TEMPERATURE_PROCESSORS: dict[ModelRunner, str] = {
+    "v2": "forkrl.rollout.vllm_logits_processor_v2:DualTemperatureLogitsProcessorV2",
+    "v1": "forkrl.rollout.vllm_logits_processor:DualTemperatureLogitsProcessor",
+}
 WORKER_EXTENSION = "forkrl.rollout.vllm_worker.ForkrlWorkerExtension"
 
 
@@ -56,13 +67,14 @@ class VLLMEngineConfig(BaseModel):
         "auto", description="auto: weights from the path (version 0); dummy: random init, no version."
     )
     dual_temperature: bool = Field(
-        True, description="Register the dual-temperature logits processor (turns chunked prefill off)."
+        True,
+        description="Register the dual-temperature logits processor (on vLLM's V1 runner: chunked prefill off).",
     )
     staging_device: Literal["cpu", "cuda"] = Field("cpu", description="Where a received sync is staged.")
 
 
-def engine_args_for(model_path: str, config: VLLMEngineConfig) -> dict[str, Any]:
-    """Keyword arguments of vLLM's `AsyncEngineArgs`."""
+def engine_args_for(model_path: str, config: VLLMEngineConfig, runner: ModelRunner = "v2") -> dict[str, Any]:
+    """Keyword arguments of vLLM's `AsyncEngineArgs` for a vLLM that builds the `runner` model runner."""
     args: dict[str, Any] = {
         "model": model_path,
         "tensor_parallel_size": config.tensor_parallel_size,
@@ -81,11 +93,56 @@ def engine_args_for(model_path: str, config: VLLMEngineConfig) -> dict[str, Any]
     if config.max_model_len is not None:
         args["max_model_len"] = config.max_model_len
     if config.dual_temperature:
-        args["logits_processors"] = [DUAL_TEMPERATURE_PROCESSOR]
-        args["enable_chunked_prefill"] = False
-        if config.max_model_len is not None:
-            args["max_num_batched_tokens"] = max(config.max_model_len, 8192)
+        args["logits_processors"] = [DUAL_TEMPERATURE_PROCESSORS[runner]]
+        if runner == "v1":  # V1 shows no positions: a prefill chunk's discarded row would count as a token
+            args["enable_chunked_prefill"] = False
+            if config.max_model_len is not None:
+                args["max_num_batched_tokens"] = max(config.max_model_len, 8192)
     return args
+
+
+def model_runner_of(vllm_config: Any) -> ModelRunner:
+    """The model runner vLLM builds for a `VllmConfig` (the property its frontend and workers decide by)."""
+    return "v2" if vllm_config.use_v2_model_runner else "v1"
+
+
+def build_vllm_config(model_path: str, config: VLLMEngineConfig) -> tuple[Any, Any, ModelRunner]:
+    """(VllmConfig, AsyncEngineArgs, runner): what vLLM builds for this engine, with the dual-temperature
+    processor of the runner that config selects.
+
+    The config is built with the V2 processor (vLLM's default runner on CUDA; the runner choice does not
+    depend on the processors) and built again with the V1 arguments only when it selects V1, whose
+    processor needs chunked prefill off, a scheduler setting fixed at build time.
+    """
+    from vllm import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    args = AsyncEngineArgs(**engine_args_for(model_path, config, "v2"))
+    vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    runner = model_runner_of(vllm_config)
+    if runner == "v1" and config.dual_temperature:
+        args = AsyncEngineArgs(**engine_args_for(model_path, config, "v1"))
+        vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+        if model_runner_of(vllm_config) != "v1":
+            raise RuntimeError("vLLM chose its model runner differently with chunked prefill off")
+    return vllm_config, args, runner
+
+
+def merge_rank_counts(emitted: dict[str, int], per_rank: Sequence[dict[str, int]]) -> dict[str, int]:
+    """High-temperature counts by sample key from the workers' answers.
+
+    The ranks that hold a key (every tensor-parallel rank of the last pipeline stage) computed it from the
+    same logits, so any one answers. A key no rank holds never reached a worker (aborted before it was
+    scheduled): its count is exactly 0 if it emitted nothing, and unknown otherwise (raises).
+    """
+    counts: dict[str, int] = {}
+    for answer in per_rank:
+        for key, count in (answer or {}).items():
+            counts.setdefault(key, int(count))
+    lost = [key for key, n in emitted.items() if key not in counts and n > 0]
+    if lost:
+        raise RuntimeError(f"no vLLM worker holds the high-temperature count of samples {lost}")
+    return {key: counts.get(key, 0) for key in emitted}
 
 
 def generation_defaults_from(diff: dict[str, Any]) -> GenerationDefaults:
@@ -98,8 +155,17 @@ def sample_seed(seed: int, sample_index: int) -> int:
     return int(stream_keys(seed, [sample_index])[0] >> np.uint64(1))
 
 
-def to_vllm_sampling_params(request: GenerateRequest, sample_index: int, seed: int, defaults: GenerationDefaults):
-    """vLLM `SamplingParams` of sample `sample_index` of `request` (n = 1, FINAL_ONLY output)."""
+def to_vllm_sampling_params(
+    request: GenerateRequest,
+    sample_index: int,
+    seed: int,
+    defaults: GenerationDefaults,
+    sample_key: str | None = None,
+):
+    """vLLM `SamplingParams` of sample `sample_index` of `request` (n = 1, FINAL_ONLY output).
+
+    `sample_key`: the key of the sample's dual-temperature state in the workers; it must be unique among
+    the samples a replica has not finished (VLLMEngine passes the vLLM request id)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -108,7 +174,7 @@ def to_vllm_sampling_params(request: GenerateRequest, sample_index: int, seed: i
     if resolved.dual_temperature is not None:
         extra_args = {
             EXTRA_ARGS_KEY: resolved.dual_temperature.model_dump(),
-            SAMPLE_KEY: f"{request.request_id}/{sample_index}/{seed}",
+            SAMPLE_KEY: sample_key or f"{request.request_id}/{sample_index}/{seed}",
         }
     return SamplingParams(
         n=1,
@@ -150,7 +216,6 @@ def sample_from_completion(completion: Any, fallback_version: int) -> SampleResu
 
 class VLLMEngine:
     def __init__(self, model_path: str, config: VLLMEngineConfig | None = None) -> None:
-        from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.config = config or VLLMEngineConfig()
@@ -158,8 +223,8 @@ class VLLMEngine:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
         self._thread.start()
-        args = AsyncEngineArgs(**engine_args_for(model_path, self.config))
-        self.engine = self._run(self._create(AsyncLLM, args))
+        vllm_config, args, self.model_runner = build_vllm_config(model_path, self.config)
+        self.engine = self._run(self._create(AsyncLLM, vllm_config, args))
         model_config = self.engine.model_config
         self.defaults = generation_defaults_from(model_config.get_diff_sampling_param())
         self.max_context = int(model_config.max_model_len)
@@ -172,8 +237,11 @@ class VLLMEngine:
         if self._version is not None:
             self._run(self.engine.update_weight_version(str(self._version)))
 
-    async def _create(self, cls, args):
-        return cls.from_engine_args(args)
+    async def _create(self, cls, vllm_config, args):
+        # On the loop thread: AsyncLLM starts its output handler on the running loop.
+        return cls.from_vllm_config(
+            vllm_config, enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats
+        )
 
     def _run(self, coroutine, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
@@ -212,24 +280,19 @@ class VLLMEngine:
     async def _generate(self, requests, on_result, abort, version: int) -> list[GenerateResult]:
         seeds = [r.seed if r.seed is not None else int(self._seed_rng.integers(0, 2**63)) for r in requests]
         ids = {(i, j): f"{r.request_id}/{j}/{uuid.uuid4().hex[:8]}" for i, r in enumerate(requests) for j in range(r.n)}
+        high_temperature_counts: BatchedLookup[int, int] = BatchedLookup(self._high_temperature_counts)
 
         async def one_sample(i: int, j: int) -> SampleResult:
-            params = to_vllm_sampling_params(requests[i], j, seeds[i], self.defaults)
+            params = to_vllm_sampling_params(requests[i], j, seeds[i], self.defaults, sample_key=ids[(i, j)])
             final = None
             prompt = {"prompt_token_ids": list(requests[i].prompt_token_ids)}
             async for output in self.engine.generate(prompt, params, ids[(i, j)]):
                 final = output
             sample = sample_from_completion(final.outputs[0], version)
             if params.extra_args:
-                stats = [
-                    s
-                    for s in await self.engine.collective_rpc(
-                        "forkrl_drain_dual_temperature_stats", args=([params.extra_args[SAMPLE_KEY]],)
-                    )
-                    if s
-                ]
-                if stats:
-                    sample.num_high_temperature_tokens = next(iter(stats[0].values()))[0]
+                sample.num_high_temperature_tokens = await high_temperature_counts.lookup(
+                    params.extra_args[SAMPLE_KEY], len(sample.token_ids)
+                )
             return sample
 
         async def one_request(i: int) -> GenerateResult:
@@ -251,6 +314,10 @@ class VLLMEngine:
             return list(await asyncio.gather(*(one_request(i) for i in range(len(requests)))))
         finally:
             watcher.cancel()
+
+    async def _high_temperature_counts(self, emitted: dict[str, int]) -> dict[str, int]:
+        per_rank = await self.engine.collective_rpc("forkrl_high_temperature_counts", args=(emitted,))
+        return merge_rank_counts(emitted, per_rank)
 
     # Weights ----------------------------------------------------------------------------------------
 

@@ -56,12 +56,14 @@ class ForkrlWorkerExtension:
     def forkrl_load_tensors(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         self._forkrl_load(weights)
 
-    def forkrl_drain_dual_temperature_stats(self, keys: list[str]) -> dict[str, tuple[int, int]]:
-        if self.rank != 0:  # type: ignore[attr-defined]
-            return {}
-        from forkrl.rollout.vllm_logits_processor import drain_stats
+    def forkrl_high_temperature_counts(self, emitted: dict[str, int]) -> dict[str, int]:
+        """Exact high-temperature token counts of finished samples (sample key -> emitted tokens).
 
-        return drain_stats(keys)
+        Every rank drains its own processors (all ranks of the last pipeline stage hold the same
+        counts; the others hold none), so no rank keeps rows of samples that are done."""
+        from forkrl.rollout.dual_temperature_state import drain_high_temperature_counts
+
+        return drain_high_temperature_counts(emitted)
 
     def _forkrl_load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         from vllm.config import set_current_vllm_config

@@ -1,6 +1,6 @@
-"""VLLMEngine's translation layer and the dual-temperature logits processor, against the real vLLM
-classes on CPU tensors (engine args, SamplingParams, CompletionOutput, BatchUpdate, the v1 Sampler).
-The GPU test at the end runs the whole engine."""
+"""VLLMEngine's translation layer and the V1-runner dual-temperature logits processor, against the real
+vLLM classes on CPU tensors (engine args, SamplingParams, CompletionOutput, BatchUpdate, the v1 Sampler).
+The V2-runner processor: test_vllm_logits_processor_v2.py. The GPU test at the end runs the whole engine."""
 
 from __future__ import annotations
 
@@ -19,24 +19,29 @@ from vllm.v1.sample.logits_processor import (  # noqa: E402
     BatchUpdate,
     LogitsProcessors,
     MoveDirectionality,
+    validate_logits_processors_parameters,
 )
 from vllm.v1.sample.logits_processor import _load_custom_logitsprocs as load_custom  # noqa: E402
 from vllm.v1.sample.metadata import SamplingMetadata  # noqa: E402
 from vllm.v1.sample.sampler import Sampler  # noqa: E402
 
 from forkrl.rollout.dual_temperature import EXTRA_ARGS_KEY, SAMPLE_KEY, entropy_at_unit_temperature  # noqa: E402
+from forkrl.rollout.dual_temperature_state import RING, drain_high_temperature_counts  # noqa: E402
 from forkrl.rollout.sampling import GenerationDefaults, RowSampling, resolve_sampling, sample_step  # noqa: E402
 from forkrl.rollout.types import DualTemperatureParams, GenerateRequest, SamplingParams  # noqa: E402
 from forkrl.rollout.vllm_engine import (  # noqa: E402
-    DUAL_TEMPERATURE_PROCESSOR,
+    DUAL_TEMPERATURE_PROCESSORS,
     VLLMEngineConfig,
+    build_vllm_config,
     engine_args_for,
+    merge_rank_counts,
     sample_from_completion,
     sample_seed,
     to_vllm_sampling_params,
 )
-from forkrl.rollout.vllm_logits_processor import DualTemperatureLogitsProcessor, drain_stats  # noqa: E402
-from tests.rollout.helpers import chi_square_pvalue, next_token_logits, one_torch_thread, tiny  # noqa: E402
+from forkrl.rollout.vllm_logits_processor import DualTemperatureLogitsProcessor  # noqa: E402
+from forkrl.rollout.vllm_logits_processor_v2 import DualTemperatureLogitsProcessorV2  # noqa: E402
+from tests.rollout.helpers import chi_square_pvalue, next_token_logits, one_torch_thread, save_model, tiny  # noqa: E402
 
 DUAL = DualTemperatureParams(t_high=1.6, t_low=0.6, threshold=0.7)
 
@@ -48,18 +53,86 @@ def _single_thread():
 
 
 def test_engine_args_are_real_vllm_engine_args() -> None:
-    args = engine_args_for("/models/x", VLLMEngineConfig(max_model_len=4096, tensor_parallel_size=2))
-    engine_args = AsyncEngineArgs(**args)
+    config = VLLMEngineConfig(max_model_len=4096, tensor_parallel_size=2)
+    engine_args = AsyncEngineArgs(**engine_args_for("/models/x", config))
     assert engine_args.logprobs_mode == "processed_logprobs"
     assert engine_args.enable_prefix_caching is True
     assert engine_args.generation_config == "auto"
     assert engine_args.worker_extension_cls == "forkrl.rollout.vllm_worker.ForkrlWorkerExtension"
-    assert engine_args.enable_chunked_prefill is False
     assert engine_args.tensor_parallel_size == 2
-    (loaded,) = load_custom(tuple(engine_args.logits_processors))
+    assert engine_args.logits_processors == [DUAL_TEMPERATURE_PROCESSORS["v2"]]
+    assert engine_args.enable_chunked_prefill is None  # the V2 processor sees prefill chunks; vLLM decides
+    v1 = AsyncEngineArgs(**engine_args_for("/models/x", config, runner="v1"))
+    assert v1.enable_chunked_prefill is False
+    (loaded,) = load_custom(tuple(v1.logits_processors))
     assert loaded is DualTemperatureLogitsProcessor
-    no_dual = engine_args_for("/models/x", VLLMEngineConfig(dual_temperature=False))
+    no_dual = engine_args_for("/models/x", VLLMEngineConfig(dual_temperature=False), runner="v1")
     assert "logits_processors" not in no_dual and "enable_chunked_prefill" not in no_dual
+
+
+@pytest.mark.parametrize("forced_runner", [None, "0"], ids=["default", "VLLM_USE_V2_MODEL_RUNNER=0"])
+def test_the_runner_vllm_builds_loads_the_registered_processor(tmp_path, monkeypatch, forced_runner) -> None:
+    """What VLLMEngine builds, up to the processors: vLLM's config for the engine's default settings, then
+    a dual-temperature request validated and the registered processor built by the loader of the runner
+    that config selects (V2 by default, on CUDA and here; V1 when forced). A vLLM that changes either side
+    fails here first."""
+    from types import SimpleNamespace
+
+    from vllm.platforms import current_platform
+    from vllm.v1.worker.gpu.sample.logits_processor import (
+        build_custom_logits_processors,
+        build_custom_logits_processors_params_validator,
+    )
+
+    if forced_runner is None:
+        monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", forced_runner)
+    config = VLLMEngineConfig(max_model_len=256, max_num_seqs=8)
+    if current_platform.is_unspecified():  # no GPU: give vLLM a device type; its sleep mode needs a GPU
+        monkeypatch.setattr(current_platform, "device_type", "cpu")
+        config = config.model_copy(update={"enable_sleep_mode": False})  # neither enters the runner choice
+    vllm_config, _, runner = build_vllm_config(str(save_model(tmp_path / "model")), config)
+    assert runner == ("v2" if forced_runner is None else "v1")
+    assert vllm_config.use_v2_model_runner == (runner == "v2")
+    registered = vllm_config.model_config.logits_processors
+    assert registered == [DUAL_TEMPERATURE_PROCESSORS[runner]]
+    assert vllm_config.scheduler_config.enable_chunked_prefill == (runner == "v2")
+    request = GenerateRequest(prompt_token_ids=[1, 2], sampling=SamplingParams(dual_temperature=DUAL))
+    params = to_vllm_sampling_params(request, 0, 1, GenerationDefaults())
+    if vllm_config.use_v2_model_runner:
+        build_custom_logits_processors_params_validator(registered)(params)
+        # The RequestState fields the builder hands to processors (the real one needs pinned memory).
+        request_state = SimpleNamespace(
+            device=torch.device("cpu"),
+            max_num_reqs=8,
+            vocab_size=64,
+            all_token_ids=None,
+            prompt_len=None,
+            prefill_len=None,
+            total_len=None,
+        )
+        (processor,) = build_custom_logits_processors(vllm_config, request_state, False, registered)
+        assert isinstance(processor, DualTemperatureLogitsProcessorV2)
+        assert processor.add_request(0, params) is True
+    else:
+        validate_logits_processors_parameters(registered, params)
+        # build_logitsprocs also builds vLLM's built-in processors, which need pinned memory: load only ours.
+        (loaded,) = load_custom(tuple(registered))
+        processor = loaded(vllm_config, torch.device("cpu"), False)
+        assert isinstance(processor, DualTemperatureLogitsProcessor)
+        assert processor.row_of_index.shape == (8,)  # sized from the built scheduler config
+
+
+def test_rank_answers_merge_into_one_count_per_sample() -> None:
+    answers = [{"a": 3, "b": 0}, {"a": 3, "b": 0}, {}]  # two TP ranks of the last stage, one earlier stage
+    assert merge_rank_counts({"a": 7, "b": 2, "never-scheduled": 0}, answers) == {
+        "a": 3,
+        "b": 0,
+        "never-scheduled": 0,
+    }
+    with pytest.raises(RuntimeError, match="lost"):
+        merge_rank_counts({"a": 7, "lost": 1}, answers)
 
 
 def test_sampling_params_translation() -> None:
@@ -96,6 +169,8 @@ def test_dual_temperature_translation_is_accepted_by_the_processor() -> None:
     assert params.temperature == 1.0
     assert DualTemperatureParams.model_validate(params.extra_args[EXTRA_ARGS_KEY]) == DUAL
     assert params.extra_args[SAMPLE_KEY] == "r2/1/8"
+    keyed = to_vllm_sampling_params(request, 1, 8, GenerationDefaults(), sample_key="r2/1/8f3a")
+    assert keyed.extra_args[SAMPLE_KEY] == "r2/1/8f3a"
     DualTemperatureLogitsProcessor.validate_params(params)
     bad = VSamplingParams(temperature=1.0, extra_args={EXTRA_ARGS_KEY: {"t_high": -1}})
     with pytest.raises(ValueError, match="t_high"):
@@ -122,8 +197,8 @@ def test_sample_from_completion() -> None:
     assert sample_from_completion(completion, 0).finish_reason == "abort"  # mixed versions: never trained on
 
 
-def _added(index: int, params: VSamplingParams) -> tuple:
-    return (index, params, [1, 2], [])
+def _added(index: int, params: VSamplingParams, output_tok_ids: list[int] | None = None) -> tuple:
+    return (index, params, [1, 2], output_tok_ids or [])
 
 
 def _dual_params(key: str, dual: DualTemperatureParams) -> VSamplingParams:
@@ -162,8 +237,9 @@ def test_processor_follows_rows_through_adds_moves_and_removals() -> None:
     assert torch.allclose(out, torch.stack([logits[0] / 0.5, logits[1] / 2.0]))
     processor.update_state(BatchUpdate(batch_size=0, removed=[1, 0], added=[], moved=[]))
     assert processor.apply(logits[:0].clone()).shape == (0, 11)
-    assert drain_stats(["a", "c"]) == {"a": (3, 3), "c": (0, 3)}
-    assert drain_stats(["a"]) == {}
+    assert drain_high_temperature_counts({"a": 3, "c": 3}) == {"a": 3, "c": 0}
+    assert drain_high_temperature_counts({"a": 3}) == {}
+    assert processor.state.rows_in_use == 0
 
 
 def test_preempted_request_resumes_its_state() -> None:
@@ -173,12 +249,17 @@ def test_preempted_request_resumes_its_state() -> None:
     processor.update_state(BatchUpdate(batch_size=1, removed=[], added=[_added(0, params)], moved=[]))
     flat = torch.zeros(1, 8)  # entropy ln 8 > tau: high, tau += 0.125
     processor.apply(flat.clone())
+    processor.apply(flat.clone())  # in flight when preempted: discarded, recomputed on resume
     processor.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))  # preempted
-    processor.update_state(BatchUpdate(batch_size=1, removed=[], added=[_added(0, params)], moved=[]))
+    resumed = _added(0, params, output_tok_ids=[4])  # one committed token
+    processor.update_state(BatchUpdate(batch_size=1, removed=[], added=[resumed], moved=[]))
     processor.apply(flat.clone())
-    assert processor.tau[0].item() == pytest.approx(0.75)
+    row = int(processor.row_of_index[0])
+    assert processor.state.next_index[row].item() == 2  # resumed at output index 1, not 2
+    assert processor.state.ring_index[row, 2].item() == -1
+    assert processor.state.ring_tau[row, 1].item() == pytest.approx(0.75)
     processor.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
-    assert drain_stats(["p"]) == {"p": (2, 2)}
+    assert drain_high_temperature_counts({"p": 2}) == {"p": 2}
 
 
 def test_processor_and_hf_engine_make_identical_decisions() -> None:
@@ -208,7 +289,8 @@ def test_processor_and_hf_engine_make_identical_decisions() -> None:
         assert torch.allclose(vllm_out, logits / expected_t.unsqueeze(1))
         assert torch.allclose(hf.logprobs, (logits / expected_t.unsqueeze(1)).log_softmax(-1)[[0, 1], hf.tokens])
         rows.dual_rows.tau = hf.next_tau
-        assert torch.allclose(processor.tau[:2], rows.dual_rows.tau)
+        state_rows = torch.from_numpy(processor.row_of_index[:2])
+        assert torch.allclose(processor.state.ring_tau[state_rows, step % RING], rows.dual_rows.tau)
 
 
 def _metadata(rows: int, processor: DualTemperatureLogitsProcessor) -> SamplingMetadata:
@@ -258,9 +340,9 @@ def test_vllm_sampler_with_the_processor_samples_the_tempered_distribution(regim
     assert chi_square_pvalue(counts, (logits.double() / other).softmax(-1)) < 1e-3
     assert torch.allclose(logprobs, (logits / intended).log_softmax(-1)[tokens], atol=1e-5)
     processor.update_state(BatchUpdate(batch_size=0, removed=list(range(rows - 1, -1, -1)), added=[], moved=[]))
-    stats = drain_stats(keys)
-    assert all(total == rounds for _, total in stats.values())
-    assert sum(high for high, _ in stats.values()) == (rows * rounds if regime == "high" else 0)
+    counts = drain_high_temperature_counts(dict.fromkeys(keys, rounds))
+    assert len(counts) == rows
+    assert sum(counts.values()) == (rows * rounds if regime == "high" else 0)
 
 
 def test_processor_loads_by_name_and_sizes_its_state_from_the_scheduler() -> None:
@@ -272,10 +354,20 @@ def test_processor_loads_by_name_and_sizes_its_state_from_the_scheduler() -> Non
     class _Config:
         scheduler_config = _Scheduler()
 
-    (loaded,) = load_custom((DUAL_TEMPERATURE_PROCESSOR,))
+    (loaded,) = load_custom((DUAL_TEMPERATURE_PROCESSORS["v1"],))
     processor = loaded(_Config(), torch.device("cpu"), False)
     assert isinstance(processor, DualTemperatureLogitsProcessor)
-    assert processor.tau.shape == (8,)
+    assert processor.row_of_index.shape == (8,)
+
+
+def _high_decisions(model, prompt: list[int], tokens: list[int], dual: DualTemperatureParams) -> tuple[int, int]:
+    """(clearly high, too close to call) decisions of an absolute threshold over the emitted tokens, from a
+    float64 CPU pass: GPU float32 entropies may differ by ~1e-5, so tokens that near tau can go either way."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens])).logits[0].double()
+    entropy = entropy_at_unit_temperature(logits[len(prompt) - 1 : len(prompt) - 1 + len(tokens)])
+    near = (entropy - dual.threshold).abs() < 1e-3
+    return int(((entropy > dual.threshold) & ~near).sum()), int(near.sum())
 
 
 @pytest.mark.gpu
@@ -295,9 +387,13 @@ def test_vllm_engine_generates_with_processed_logprobs(tmp_path) -> None:
             ),
         ]
         results = engine.generate(requests)
+        assert engine.model_runner == "v2"  # what vLLM 0.33 builds on CUDA
         for sample in results[0].samples:
             expected = reference_logprobs(model, prompt, sample.token_ids, 0.8)
             assert torch.allclose(torch.tensor(sample.logprobs, dtype=torch.float64), expected, atol=2e-3)
+        for sample in results[1].samples:
+            clear, near = _high_decisions(model, prompt, sample.token_ids, DUAL)
+            assert clear <= sample.num_high_temperature_tokens <= clear + near
         assert all(s.weight_version == 0 for r in results for s in r.samples)
         new_model, _ = tiny(1, "float32")
         engine.update_weights(new_model.named_parameters(), version=1)
