@@ -8,11 +8,12 @@ import threading
 import pytest
 import torch
 
+from forkrl.rollout.dual_temperature import DualTemperatureRows, dual_temperature_step, entropy_at_unit_temperature
 from forkrl.rollout.engine import EngineUnavailableError, RolloutEngine
 from forkrl.rollout.hf_engine import HFEngine, HFEngineConfig
 from forkrl.rollout.sampling import apply_top_k_top_p
-from forkrl.rollout.types import GenerateRequest, RequestValidationError, SamplingParams
-from tests.rollout.helpers import one_torch_thread, reference_logprobs, tiny
+from forkrl.rollout.types import DualTemperatureParams, GenerateRequest, RequestValidationError, SamplingParams
+from tests.rollout.helpers import next_token_logits, one_torch_thread, reference_logprobs, tiny
 
 PROMPTS = ["12+7*3=", "9*9=", "What is 3+4?", "(2+3)*(4-1)="]
 
@@ -228,3 +229,37 @@ def test_dual_temperature_counts_high_tokens(engine64: HFEngine) -> None:
         for sample in result.samples:
             expected = reference_logprobs(model, prompt, sample.token_ids, temperature)
             assert torch.allclose(torch.tensor(sample.logprobs, dtype=torch.float64), expected, atol=1e-5)
+
+
+def test_dual_temperature_count_is_exact_over_the_emitted_tokens(engine64: HFEngine) -> None:
+    """Thresholds inside the model's entropy range: each sample's count equals the high-temperature
+    decisions of an independent teacher-forced pass over exactly its emitted tokens."""
+    model, _ = tiny(0, "float64")
+    prompts = [_ids(p) for p in PROMPTS[:2]]
+    start = float(entropy_at_unit_temperature(next_token_logits(model, prompts[0]).unsqueeze(0)))
+    params = [
+        DualTemperatureParams(t_high=1.4, t_low=0.7, threshold_mode="running_quantile", threshold=start, rho=0.3),
+        DualTemperatureParams(t_high=1.2, t_low=0.8, threshold=start),
+    ]
+    requests = [
+        GenerateRequest(prompt_token_ids=prompt, n=3, max_new_tokens=20, seed=7, sampling={"dual_temperature": p})
+        for prompt in prompts
+        for p in params
+    ]
+    results = engine64.generate(requests)
+    total_high = total_tokens = 0
+    for request, result in zip(requests, results, strict=True):
+        for sample in result.samples:
+            ids = torch.tensor([request.prompt_token_ids + sample.token_ids])
+            with torch.no_grad():
+                logits = model(ids).logits[0].double()
+            first = len(request.prompt_token_ids) - 1
+            rows = DualTemperatureRows.from_params([request.sampling.dual_temperature])
+            expected = 0
+            for step in logits[first : first + len(sample.token_ids)]:
+                _, high, rows.tau = dual_temperature_step(step.unsqueeze(0), rows)
+                expected += int(high[0])
+            assert sample.num_high_temperature_tokens == expected
+            total_high += expected
+            total_tokens += len(sample.token_ids)
+    assert 0 < total_high < total_tokens  # both temperatures were drawn
