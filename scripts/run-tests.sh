@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${FORKRL_VENV:-$HOME/.cache/forkrl/venv}"
 WORKERS="${FORKRL_TEST_WORKERS:-2}"
+# Two lanes of multi-process tests oversubscribe the cores: OpenMP threads that spin while they wait
+# (libgomp's default) would burn the time slices the other lane's processes need. Numerics are unchanged.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 "$VENV/bin/python" -m ruff check .
 if [ "$WORKERS" -gt 0 ]; then
   exec "$VENV/bin/python" -m pytest -n "$WORKERS" --dist loadscope "$@"

@@ -3,6 +3,10 @@ of `make test` (a pytest-xdist scheduler)."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +62,31 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     # xdist's default reorder (units by test count) would start it late and leave it running alone.
     config.option.loadscopereorder = False
     return Lanes(config, log)
+
+
+TIMELINE_ENV = "FORKRL_TEST_TIMELINE"
+"""A file path: every test appends one JSON line (id, lane, start, end, and the machine's busy CPU seconds
+from /proc/stat during it), to see where a run of `make test` spends its time and how the lanes overlap."""
+
+
+def _machine_busy_seconds() -> float:
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    path = os.environ.get(TIMELINE_ENV)
+    if not path:
+        yield
+        return
+    start, busy = time.time(), _machine_busy_seconds()
+    yield
+    record = {"id": item.nodeid, "lane": os.environ.get("PYTEST_XDIST_WORKER", "main"), "start": start,
+              "end": time.time(), "machine_busy_s": _machine_busy_seconds() - busy}
+    with open(path, "a") as timeline:
+        timeline.write(json.dumps(record) + "\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

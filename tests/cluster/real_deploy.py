@@ -130,5 +130,6 @@ def job_env() -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",  # as scripts/run-tests.sh sets for the suite's own processes
         "FORKRL_TEST_PID": str(os.getpid()),
     }

@@ -28,7 +28,8 @@ def _ray_bin() -> str:
 
 def node_env() -> dict[str, str]:
     """Environment of every Ray process and driver on the harness (one CPU thread each, no telemetry)."""
-    return {"RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
+    return {"RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+            "RAY_DEDUP_LOGS": "0",
             "PYTHONUNBUFFERED": "1"}
 
 
