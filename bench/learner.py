@@ -187,10 +187,16 @@ def gpu_bench(args: argparse.Namespace) -> None:
     name = result["device"]
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), args.peak_tflops)
     mfu = flops_per_token * result["tokens_per_s"] / (peak * 1e12)
-    print(
-        f"GPU {name}: Qwen2.5-0.5B shape, bf16, {args.gpu_sequences} x <= {seq} tokens, micro-batch "
-        f"{args.gpu_micro_batch_size}, selective recompute: {result['tokens_per_s']:.0f} tokens/s, "
-        f"MFU {100 * mfu:.1f}% of {peak} TFLOP/s, peak GPU memory {result['peak_gpu_mib']:.0f} MiB"
+    print(gpu_bench_line(name, args, result["tokens_per_s"], mfu, peak, result["peak_gpu_mib"]))
+
+
+def gpu_bench_line(device: str, args: argparse.Namespace, tokens_per_s: float, mfu: float, peak_tflops: float,
+                   peak_gpu_mib: float) -> str:
+    """The --gpu-only result line (scripts/gpu_summary.py reads its figures back)."""
+    return (
+        f"GPU {device}: Qwen2.5-0.5B shape, bf16, {args.gpu_sequences} x <= {args.gpu_width} tokens, micro-batch "
+        f"{args.gpu_micro_batch_size}, selective recompute: {tokens_per_s:.0f} tokens/s, "
+        f"MFU {100 * mfu:.1f}% of {peak_tflops} TFLOP/s, peak GPU memory {peak_gpu_mib:.0f} MiB"
     )
 
 
