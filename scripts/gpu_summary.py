@@ -20,7 +20,7 @@ BENCH_LINE = re.compile(
 )
 
 
-def test_outcomes(junit: Path) -> list[dict[str, Any]]:
+def junit_outcomes(junit: Path) -> list[dict[str, Any]]:
     """[{test, outcome, seconds, message}] of every test case in a pytest JUnit XML file."""
     if not junit.exists():
         return []
@@ -63,7 +63,7 @@ def main() -> int:
     parser.add_argument("--bench-rc", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args()
-    tests = test_outcomes(args.out / "tests.xml")
+    tests = junit_outcomes(args.out / "tests.xml")
     summary = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **device_facts(),

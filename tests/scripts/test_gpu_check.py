@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gpu_summary import bench_figures, test_outcomes  # noqa: E402
+from gpu_summary import bench_figures, junit_outcomes  # noqa: E402
 from learner import gpu_bench_line  # noqa: E402
 
 
@@ -27,12 +27,12 @@ def test_outcomes_come_from_a_real_junit_report(tmp_path: Path) -> None:
     junit = tmp_path / "tests.xml"
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                     f"--junitxml={junit}", "test_sample.py"], cwd=tmp_path, capture_output=True, check=False)
-    outcomes = {o["test"].rsplit("::", 1)[1]: o for o in test_outcomes(junit)}
+    outcomes = {o["test"].rsplit("::", 1)[1]: o for o in junit_outcomes(junit)}
     assert {name: o["outcome"] for name, o in outcomes.items()} == {
         "test_ok": "passed", "test_bad": "failed", "test_skipped": "skipped"}
     assert "one is not two" in outcomes["test_bad"]["message"]
     assert outcomes["test_skipped"]["message"].endswith("no device")
-    assert test_outcomes(tmp_path / "missing.xml") == []
+    assert junit_outcomes(tmp_path / "missing.xml") == []
 
 
 def test_the_bench_line_round_trips(tmp_path: Path) -> None:
