@@ -26,12 +26,14 @@ settings.load_profile("ci")
 
 # `make test` runs two xdist workers (scripts/run-tests.sh, `--dist loadscope`) in two lanes. The modules
 # that take the whole machine run one after another in one lane: network namespaces with fixed 198.18/15
-# addresses, real nodes and the cold-start cache they build (tests/cluster, tests/multihost), and modules
+# addresses, real nodes, the images and the cold-start cache they build (tests/cluster's real-node, image and
+# build modules, tests/multihost; the kwok control planes of test_controlplane.py can run beside), and modules
 # marked `exclusive` (the main job's learning run, which keeps both cores busy for minutes). Every other
 # module, `slow` ones included, is one unit of work for the other lane (its module fixtures start once).
 # The suite is CPU-bound on 2 cores, so what matters is that the two lanes end together (the split follows
 # a single-process profile of every test's wall and CPU time).
-SERIAL_DIRECTORIES = ("tests/cluster/", "tests/multihost/")
+SERIAL_PREFIXES = ("tests/cluster/test_real_", "tests/cluster/test_image.py", "tests/cluster/test_build_script.py",
+                   "tests/multihost/")
 SERIAL_LANE = "serial"
 
 
@@ -41,7 +43,7 @@ def serial_modules(root: Path) -> set[str]:
     modules = set()
     for path in (root / "tests").rglob("test_*.py"):
         relative = path.relative_to(root).as_posix()
-        if relative.startswith(SERIAL_DIRECTORIES) or "pytest.mark.exclusive" in path.read_text():
+        if relative.startswith(SERIAL_PREFIXES) or "pytest.mark.exclusive" in path.read_text():
             modules.add(relative)
     return modules
 
