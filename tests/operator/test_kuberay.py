@@ -65,7 +65,10 @@ def test_kuberay_runs_the_learner_on_gpu_nodes_and_the_job_succeeds(
         90,
     )
     job = wait_phase(cluster, ns, "exp", "Pending", reason="WaitingForLearner")
-    assert condition(job, "LearnerReady")["reason"] == "RayJobStarting"
+    # The phase and reason are the same while KubeRay initializes: wait for the operator to have seen Running.
+    cluster.wait_for(lambda: condition(get_job(cluster, ns, "exp"), "LearnerReady")["reason"] == "RayJobStarting",
+                     "the LearnerReady condition to follow the RayJob to RayJobStarting", 60)
+    job = get_job(cluster, ns, "exp")
     assert job["status"]["rayJob"]["rayClusterName"] == ray_cluster["metadata"]["name"]
 
     patch_ray_job_status(cluster, ns, "exp", jobStatus="RUNNING")
