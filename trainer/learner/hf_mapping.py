@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from forkrl.trainer.learner.model import ModelArch
+from forkrl.trainer.learner.arch import ModelArch
 
 Layout = Literal["replicated", "rows", "cols", "qkv", "gate_up"]
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from forkrl.trainer.learner import checkpoint as ckpt
+from forkrl.trainer.learner.arch import ModelArch
 from forkrl.trainer.learner.batch import (
     LearnerBatch,
     MicroBatch,
@@ -29,7 +30,7 @@ from forkrl.trainer.learner.batch import (
 )
 from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.loss import TokenStatsConfig, stats_forward_step, token_sum_norm_length, train_forward_step
-from forkrl.trainer.learner.model import ModelArch, build_model_chunks, transformer_config
+from forkrl.trainer.learner.model import build_model_chunks, transformer_config
 from forkrl.trainer.learner.optimizer import build_optimizer, wrap_ddp
 from forkrl.trainer.learner.parallel import ParallelLayout, destroy_parallel, initialize_parallel
 from forkrl.trainer.learner.step_metrics import summarize_losses

@@ -28,7 +28,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-from forkrl.trainer.learner.arch import ModelArch, load_hf_config  # noqa: F401 (re-exported)
+from forkrl.trainer.learner.arch import ModelArch
 from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.layers import PositionRotaryEmbedding, RMSNorm
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from megatron.core.models.gpt import GPTModel
 from safetensors import safe_open
 
+from forkrl.trainer.learner.arch import ModelArch
 from forkrl.trainer.learner.hf_mapping import (
     Rule,
     SliceReader,
@@ -29,7 +30,7 @@ from forkrl.trainer.learner.hf_mapping import (
     shard_from_hf,
     top_rules,
 )
-from forkrl.trainer.learner.model import ModelArch, global_layer_index
+from forkrl.trainer.learner.model import global_layer_index
 from forkrl.trainer.learner.parallel import ParallelLayout
 
 

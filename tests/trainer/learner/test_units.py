@@ -6,6 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from forkrl.trainer.learner.arch import ModelArch
 from forkrl.trainer.learner.batch import (
     LearnerBatch,
     dp_shard,
@@ -16,7 +17,6 @@ from forkrl.trainer.learner.batch import (
 from forkrl.trainer.learner.config import LearnerSpec, OptimizerSpec, ParallelConfig
 from forkrl.trainer.learner.hf_mapping import hf_shapes, layer_rules, merge_to_hf, shard_from_hf
 from forkrl.trainer.learner.loss import token_sum_norm_length
-from forkrl.trainer.learner.model import ModelArch
 from forkrl.trainer.objectives import parse_objective
 from tests.trainer.learner.tiny import make_batch
 
