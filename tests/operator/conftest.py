@@ -81,11 +81,13 @@ def start_operator(forkrl_cluster: ControlPlane, operator_kubeconfig: Path) -> I
 
 @pytest.fixture(scope="module")
 def module_operator(request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
-    """One standalone operator for a whole test module (resync every 2 s)."""
+    """One standalone operator for a whole test module, resyncing every `OPERATOR_RESYNC_SECONDS` of the module
+    (default 2 s, so that tests see the level-triggered path quickly)."""
     cluster: ControlPlane = request.getfixturevalue("forkrl_cluster")
     kubeconfig: Path = request.getfixturevalue("operator_kubeconfig")
     name = f"forkrl-operator-{request.module.__name__.rsplit('.', 1)[-1]}"
-    operator = OperatorProcess(cluster, kubeconfig, name, "--standalone", "--resync-seconds=2").start()
+    resync = getattr(request.module, "OPERATOR_RESYNC_SECONDS", 2.0)
+    operator = OperatorProcess(cluster, kubeconfig, name, "--standalone", f"--resync-seconds={resync:g}").start()
     yield operator
     operator.stop()
 

@@ -12,8 +12,6 @@ machine.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,14 +22,10 @@ FIFTY_JOBS_BOUND_S = 200.0
 MEMORY_GROWTH_BOUND = 48 * 2**20
 
 
-@pytest.fixture(scope="module")
-def module_operator(forkrl_cluster: ControlPlane, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
-    """The operator as deployed: the default 30 s resync, so every child's progress reaches the jobs through
-    the watch events, as it must at scale (the other modules' operators resync every 2 s: 50 jobs would
-    then be 25 full reconciles a second on top of the load being measured)."""
-    operator = OperatorProcess(forkrl_cluster, operator_kubeconfig, "forkrl-operator-load", "--standalone").start()
-    yield operator
-    operator.stop()
+# The operator as deployed (its default resync): every child's progress reaches the jobs through the watch
+# events, as it must at scale. At the other modules' 2 s, 50 jobs would be 25 full reconciles a second on top
+# of the load being measured.
+OPERATOR_RESYNC_SECONDS = 30.0
 
 
 @pytest.mark.slow
