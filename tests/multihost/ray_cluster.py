@@ -29,10 +29,10 @@ def _ray_bin() -> str:
 def node_env() -> dict[str, str]:
     """Environment of every Ray process and driver on the harness (one CPU thread each, no telemetry)."""
     return {"RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-            "RAY_DEDUP_LOGS": "0",
-            "PYTHONUNBUFFERED": "1"}
+            "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
 
 
+PROBE_S = 20.0
 # argv: address, node count, seconds. Prints the alive nodes once there are enough (exit 0), or exits 1.
 _NODES_PROBE = """
 import json, sys, time, ray
@@ -97,9 +97,9 @@ class RayCluster:
     def wait_for_nodes(self, count: int, timeout_s: float = 180.0) -> list[dict]:
         """Block until `count` nodes are alive (asked from inside the head host); returns them.
 
-        One probe process joins the cluster and polls it (each join costs seconds of a core: a probe per
-        poll would slow the nodes being waited for); it is restarted only if it fails, e.g. before the head
-        answers."""
+        A probe process joins the cluster and polls it for up to PROBE_S (each join costs seconds of a core:
+        a join per poll would slow the nodes being waited for); a node process that died fails the wait
+        when that probe ends."""
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
@@ -107,7 +107,7 @@ class RayCluster:
                 if process.poll() is not None:
                     log = (self.root / f"{name}-ray.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"ray node on {name} exited with {process.returncode}:\n{log}")
-            budget = max(1.0, deadline - time.monotonic())
+            budget = max(1.0, min(PROBE_S, deadline - time.monotonic()))
             try:
                 result = self.head.run([sys.executable, "-c", _NODES_PROBE, self.address, str(count), str(budget)],
                                        timeout=budget + 60, check=False, env={**self.env(), "RAY_ADDRESS": ""})
