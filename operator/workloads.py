@@ -204,7 +204,7 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
             str(spec.rollout.gpu_memory_utilization),
         ]
     else:
-        args += ["--max-batch-size", str(spec.rollout.max_batch_size)]
+        args += ["--max-batch-size", str(spec.rollout.max_batch_size), "--num-threads", str(spec.rollout.torch_threads)]
     container = {
         "name": "rollout",
         "image": ctx.cluster.image_of("rollout", uses_gpu=pods.gpus > 0),

@@ -251,6 +251,17 @@ def test_rollout_deployment_runs_the_rollout_cli_with_the_spec_values() -> None:
     }
 
 
+def test_an_hf_rollout_pod_decodes_with_the_spec_thread_count_not_every_core_of_its_node() -> None:
+    deployment = by_kind(context({"rollout": {"engine": "hf", "max_batch_size": 48, "torch_threads": 3}}))
+    args = container(deployment[("Deployment", "exp-rollout")]["spec"]["template"])["args"]
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert (pairs["--engine"], pairs["--max-batch-size"], pairs["--num-threads"]) == ("hf", "48", "3")
+    assert "--max-num-seqs" not in pairs
+    default = by_kind(context({"rollout": {"engine": "hf"}}))[("Deployment", "exp-rollout")]
+    default_args = container(default["spec"]["template"])["args"]
+    assert default_args[default_args.index("--num-threads") + 1] == "1"
+
+
 def test_rollout_probes_allow_a_long_load_yet_report_ready_within_seconds() -> None:
     rollout = container(by_kind(context())[("Deployment", "exp-rollout")]["spec"]["template"])
     startup, readiness = rollout["startupProbe"], rollout["readinessProbe"]

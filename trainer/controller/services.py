@@ -179,7 +179,7 @@ def rollout_replica_argv(spec: RLVRJobSpec, model_path: str, host: str, port: in
     rollout = spec.rollout
     return [sys.executable, "-m", "forkrl.rollout", "--engine", rollout.engine, "--model", model_path,
             "--host", host, "--port", str(port), "--replica", f"r{index}", "--seed", str(spec.seed),
-            "--max-batch-size", str(rollout.max_batch_size), "--num-threads", str(spec.resources.torch_threads or 1),
+            "--max-batch-size", str(rollout.max_batch_size), "--num-threads", str(rollout.torch_threads),
             "--in-flight-policy", "abort_retry" if rollout.in_flight_on_sync == "abort" else "finish"]
 
 

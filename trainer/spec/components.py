@@ -67,6 +67,11 @@ class RolloutSpec(_Spec):
         "temperature must be set and equal learner.temperature; with dual_temperature, t_low must equal it.",
     )
     max_batch_size: int = Field(64, ge=1, le=65536, description="Sequences decoded together by one replica.")
+    torch_threads: int = Field(
+        1, ge=1, le=1024, description="torch intra-op threads of each `hf` replica (local or a pod). Decoding a "
+        "small model is a chain of small ops: on the main job a second thread left the wall time unchanged "
+        "and doubled the CPU time (bench/rollout.py --threads)."
+    )
     in_flight_on_sync: Literal["finish", "abort"] = Field(
         "finish", description="Requests running when new weights arrive: finish on the old version or abort+retry."
     )

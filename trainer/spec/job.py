@@ -27,7 +27,10 @@ class ResourcesSpec(BaseModel):
     learner_ranks: int = Field(1, ge=1, le=100_000, description="Learner processes (GPUs); TP x PP must divide it.")
     cpus_per_learner: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per learner rank (Ray).")
     gpus_per_learner: float = Field(0.0, ge=0, le=8, description="GPUs per learner rank (0 on CPU).")
-    torch_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads per process.")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch intra-op threads of each learner rank (unset: 1); the rollout "
+        "replicas have their own (rollout.torch_threads)."
+    )
 
 
 class RLVRJobSpec(BaseModel):
