@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -80,10 +79,6 @@ class LearnerRank:
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
-        # megatron.core imports flashinfer (vLLM's kernels) for its own inference engine, which a learner
-        # never runs: ~2 CPU-seconds per rank, paid by every rank at once on every run's start. This process
-        # is the rank's own Ray worker, so nothing else here wants it; megatron treats it as not installed.
-        sys.modules.setdefault("flashinfer", None)  # type: ignore[assignment]
         if threads:
             torch.set_num_threads(threads)
         self.address = address or node_address()
@@ -109,6 +104,9 @@ class LearnerRank:
         """Join the process group and build the rank's model (collective: call on every rank at once)."""
         import torch.distributed as dist
 
+        from forkrl.trainer.learner.megatron_import import import_megatron_core
+
+        import_megatron_core()  # first: every rank of every start pays for this import at once
         from forkrl.trainer.learner.learner import Learner
         from forkrl.trainer.objectives.config import parse_objective
 

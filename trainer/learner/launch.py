@@ -27,6 +27,7 @@ from forkrl.rollout.network import LOCAL_BIND_HOST
 
 PRELOAD_MODULES = (
     "torch",
+    "forkrl.trainer.learner.megatron_preload",  # before any megatron module: see megatron_import.py
     "megatron.core.models.gpt",
     "megatron.core.pipeline_parallel",
     "megatron.core.distributed",
