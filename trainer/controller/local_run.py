@@ -75,9 +75,15 @@ class LocalRun:
         process = start_rollout_replica(spec, self.policy_path, self.log_dir, len(self.replica_processes), port=port,
                                         wait=wait, control_token=self.control_token)
         self.replica_processes.append(process)
+        self._log_metrics_url(process)
         if self.replicas is not None:
             self.replicas.add(process.url)
         return process
+
+    def _log_metrics_url(self, process: LocalProcess) -> None:
+        """Where the service serves Prometheus metrics, logged once it is spawned (as the controller logs its
+        own `metrics:` URL), so a Prometheus can scrape a local run's every process."""
+        self.log(f"metrics: {process.url}/metrics ({process.name})")
 
     def remove_replica(self, process: LocalProcess) -> None:
         """Take a replica out of the pool, then stop it (the operator scaling down)."""
@@ -99,6 +105,7 @@ class LocalRun:
         if spec.verifier.endpoint is None:
             self.verifier_process = start_verifier(verifier_config(spec), self.log_dir, spec.verifier.workers,
                                                    wait=False)
+            self._log_metrics_url(self.verifier_process)
         for _ in range(spec.rollout.replicas):
             self.add_replica(wait=False)
         env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}

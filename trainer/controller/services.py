@@ -175,11 +175,13 @@ def start_verifier(config: dict, log_dir: Path, workers: int | None = None, wait
 
 def rollout_replica_argv(spec: RLVRJobSpec, model_path: str, host: str, port: int, index: int) -> list[str]:
     """The command of rollout replica `index` of a run: engine, seed and batching from the spec, so a
-    replica started elsewhere (another host, a pod) behaves exactly like one forkrl starts itself."""
+    replica started elsewhere (another host, a pod) behaves exactly like one forkrl starts itself; its
+    metrics carry the run's name in `run`, as the operator's replicas do (the dashboards select by it)."""
     rollout = spec.rollout
     return [sys.executable, "-m", "forkrl.rollout", "--engine", rollout.engine, "--model", model_path,
-            "--host", host, "--port", str(port), "--replica", f"r{index}", "--seed", str(spec.seed),
-            "--max-batch-size", str(rollout.max_batch_size), "--num-threads", str(rollout.torch_threads),
+            "--host", host, "--port", str(port), "--run", spec.name, "--replica", f"r{index}",
+            "--seed", str(spec.seed), "--max-batch-size", str(rollout.max_batch_size),
+            "--num-threads", str(rollout.torch_threads),
             "--in-flight-policy", "abort_retry" if rollout.in_flight_on_sync == "abort" else "finish"]
 
 
