@@ -1,6 +1,7 @@
 """A few steps of the real loop with every component a real process (verifier and rollout servers on
 127.0.0.1, learner ranks as Ray actors over gloo), plus the fault tests: verifier killed, rollout replica
-killed and restarted, replicas joining and leaving, SIGTERM then --resume, unwritable checkpoints.
+killed and restarted, replicas joining and leaving, SIGTERM then --resume, unwritable checkpoints. A real
+Prometheus scrapes the reference run, and every dashboard panel and alert rule the chart ships is queried on it.
 
 The reference run uses the one-step-off-policy schedule: its first step is on-policy (the learner and the
 rollout engine agree on log-probs to rounding), the later ones are generated one version behind, and its
@@ -13,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,10 +35,15 @@ from forkrl.trainer.controller.recorder import read_eval_records, read_records, 
 from forkrl.trainer.controller.setup import PreflightError, preflight_checkpoint_dir
 from forkrl.trainer.spec import load_spec
 from tests.browser import check_page
+from tests.cluster.binaries import ClusterBinaries
+from tests.monitoring.chart import Chart
+from tests.monitoring.live_prometheus import LivePrometheus, find_prometheus
+from tests.monitoring.live_queries import DASHBOARD_DATA_ENV, alert_queries, panel_queries, problems, save_results
 
 SMOKE = Path(__file__).parent / "smoke.yaml"
 STEPS = 3
 OFF_POLICY = {"mode": "one_step_off_policy"}
+ALERT_RULE = ("PrometheusRule", "demo-forkrl")
 
 
 def write_spec(directory: Path, **changes: dict) -> Path:
@@ -53,12 +62,55 @@ def forkrl_train(spec: Path, *extra: str) -> subprocess.Popen:
                             cwd=spec.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def communicate_lines(process: subprocess.Popen, timeout_s: float,
+                      on_line: Callable[[str], object] | None = None) -> str:
+    """`process.communicate(timeout=timeout_s)`'s output, each line handed to `on_line` as it comes."""
+    lines: list[str] = []
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        reader.join(timeout=30)
+    return "".join(lines)
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted 3-step off-policy run; returns its run directory."""
+def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus | None]:
+    """A real Prometheus, started before the reference run, that scrapes each of its metrics endpoints every
+    second as the run logs them (controller, rollout replica, verifier). None where Debian's `prometheus` is
+    not installed: then only the test that queries it is skipped."""
+    binary = find_prometheus()
+    if binary is None:
+        yield None
+        return
+    prometheus = LivePrometheus.start(binary, tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield prometheus
+        print(f"live prometheus: {prometheus.cpu_seconds():.2f} CPU-s")  # what it adds (shown with -s)
+    finally:
+        prometheus.stop()
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, live_prometheus: LivePrometheus | None) -> Path:
+    """An uninterrupted 3-step off-policy run, scraped by `live_prometheus`; returns its run directory."""
     spec = write_spec(tmp_path_factory.mktemp("reference"), schedule=OFF_POLICY)
     process = forkrl_train(spec)
-    output, _ = process.communicate(timeout=600)
+    output = communicate_lines(process, 600, live_prometheus.add_targets_from if live_prometheus else None)
+    if live_prometheus is not None:
+        live_prometheus.finished_at = time.time()
     assert process.returncode == 0, output
     return spec.parent / "runs" / "smoke"
 
@@ -113,6 +165,29 @@ def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None
     check = check_page(reference_run / "report.html")
     assert check.problems() == [] and len(check.images) >= 9, check.problems()
     assert json.loads(json.dumps(load_spec(reference_run.parent.parent / "spec.yaml").model_dump()))
+
+
+def test_every_panel_and_alert_queries_series_the_run_exported(reference_run: Path,
+                                                               live_prometheus: LivePrometheus | None,
+                                                               k8s_binaries: ClusterBinaries, tmp_path: Path) -> None:
+    """Each expression of the shipped dashboards and alert rules returns data from a real Prometheus that
+    scraped the reference run, unless live_queries.NO_LOCAL_DATA says why it cannot (see there)."""
+    if live_prometheus is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            pytest.fail("prometheus is missing but installable here: run `bash scripts/setup.sh`")
+        pytest.skip("prometheus is missing and scripts/setup.sh cannot install it (needs root and apt-get)")
+    start, end = live_prometheus.first_target_at, live_prometheus.finished_at
+    assert start is not None and end is not None
+    # The controller, the rollout replica and the verifier each logged their endpoint, and each was scraped.
+    assert len(live_prometheus.targets) == 3, live_prometheus.targets
+    up = live_prometheus.query_range("up == 1", start, end)
+    assert {series.labels["instance"] for series in up} == set(live_prometheus.targets), live_prometheus.log_tail()
+    rules = Chart(k8s_binaries.path("helm"), tmp_path).render("--set", "alerts.enabled=true")[ALERT_RULE]["spec"]
+    queries = [*panel_queries("smoke"), *alert_queries(rules)]
+    results = {query.id: live_prometheus.query_range(query.query, start, end) for query in queries}
+    if os.environ.get(DASHBOARD_DATA_ENV):  # for tests/monitoring/render_dashboards.py
+        save_results(Path(os.environ[DASHBOARD_DATA_ENV]), queries, results)
+    assert problems(queries, results) == []
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
