@@ -61,7 +61,7 @@ def group_of(command: str, comm: str) -> str:
     if executable in BINARIES or comm in BINARIES:
         return executable if executable in BINARIES else comm
     for needle, group in GROUPS:
-        if needle in command:
+        if needle in command or needle in comm:  # pytest-xdist workers name themselves only in comm
             return group
     return f"other: {comm or executable}"
 

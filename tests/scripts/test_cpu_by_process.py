@@ -59,6 +59,8 @@ def test_records_decode_cpu_including_the_exponent_of_comp_t(tmp_path: Path) -> 
     ("/v/ray/core/src/ray/raylet/raylet --node_ip_address=1", "raylet", "Ray raylet"),
     ("/v/python -m forkrl.rollout.verifier --port 1", "python", "verifier"),
     ("/v/python -m forkrl.rollout --engine hf", "python", "rollout replica"),
+    ("/v/python -u -c import sys;exec(eval(sys.stdin.readline()))", "[pytest-xdist i",
+     "pytest worker (in-process tests)"),
     ("", "sh", "other: sh"),
 ])
 def test_processes_are_grouped_by_what_they_are(command: str, comm: str, group: str) -> None:
