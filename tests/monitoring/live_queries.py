@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forkrl.operator.dashboards import dashboard_files
+from tests.monitoring.chart import dashboard_targets
 from tests.monitoring.live_prometheus import Series
 
 DASHBOARD_DATA_ENV = "FORKRL_DASHBOARD_DATA"
@@ -58,14 +58,11 @@ def panel_queries(run: str, rate_interval: str = RATE_INTERVAL) -> list[LiveQuer
     """Every target of every panel of the generated dashboards (the JSON the chart ships)."""
     assert re.fullmatch(r"[\w-]+", run), f"{run!r}: substituted as is into run=~\"$run\""
     queries = []
-    for path, text in sorted(dashboard_files().items()):
-        dashboard = json.loads(text)
-        for panel in dashboard["panels"]:
-            for target in panel.get("targets", []):
-                expr = target["expr"]
-                query = expr.replace("$__rate_interval", rate_interval).replace("$run", run)
-                assert "$" not in query, f"{path.stem}/{panel['title']}: unknown variable in {expr}"
-                queries.append(LiveQuery(f"{path.stem} / {panel['title']} / {target['refId']}", expr, query))
+    for uid, title, target in dashboard_targets():
+        expr = target["expr"]
+        query = expr.replace("$__rate_interval", rate_interval).replace("$run", run)
+        assert "$" not in query, f"{uid}/{title}: unknown variable in {expr}"
+        queries.append(LiveQuery(f"{uid} / {title} / {target['refId']}", expr, query))
     return queries
 
 

@@ -13,16 +13,14 @@ import pytest
 import yaml
 
 from forkrl.rollout.metric_spec import TARGET_LABELS
-from tests.monitoring.chart import Chart, grouping_labels, selectors
+from tests.monitoring.chart import ALERT_RULE, Chart, grouping_labels, selectors
 from tests.monitoring.exported import exported_series
-
-RULE = ("PrometheusRule", "demo-forkrl")
 
 
 @pytest.fixture(scope="module")
 def rules(chart: Chart) -> dict[str, Any]:
     """The rendered PrometheusRule's `spec` (a Prometheus rule file: `groups`)."""
-    return chart.render("--set", "alerts.enabled=true")[RULE]["spec"]
+    return chart.alert_rules()
 
 
 def _alerts(rules: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -30,10 +28,10 @@ def _alerts(rules: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_rule_is_rendered_only_when_enabled_and_each_alert_can_be_switched_off(chart: Chart) -> None:
-    assert RULE not in chart.render()
+    assert ALERT_RULE not in chart.render()
     rendered = chart.render("--set", "alerts.enabled=true", "--set", "alerts.rewardFlat.enabled=false",
                             "--set", "alerts.labels.release=prom", "--set", "alerts.entropyCollapse.nats=0.2")
-    rule = rendered[RULE]
+    rule = rendered[ALERT_RULE]
     assert rule["metadata"]["labels"]["release"] == "prom"
     alerts = _alerts(rule["spec"])
     assert "ForkrlRewardFlat" not in alerts and len(alerts) == 7

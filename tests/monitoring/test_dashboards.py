@@ -15,7 +15,7 @@ import yaml
 
 from forkrl.operator.dashboards import dashboard_files
 from forkrl.rollout.metric_spec import TARGET_LABELS
-from tests.monitoring.chart import Chart, grouping_labels, selectors
+from tests.monitoring.chart import Chart, dashboard_targets, grouping_labels, selectors
 from tests.monitoring.exported import exported_series
 
 DASHBOARDS = {path.stem: json.loads(text) for path, text in dashboard_files().items()}
@@ -35,11 +35,6 @@ REQUIRED_PANELS = {
 
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
-
-
-def _targets() -> list[tuple[str, str, dict[str, Any]]]:
-    return [(uid, panel["title"], target) for uid, dashboard in DASHBOARDS.items() for panel in _panels(dashboard)
-            for target in panel["targets"]]
 
 
 def test_the_chart_ships_the_generated_dashboards(chart: Chart) -> None:
@@ -74,7 +69,7 @@ def test_dashboard_has_its_panels_laid_out_without_overlap(uid: str) -> None:
 
 def test_panels_query_exported_series_and_labels() -> None:
     series = exported_series()
-    for uid, title, target in _targets():
+    for uid, title, target in dashboard_targets():
         expr = target["expr"]
         used = selectors(expr)
         assert used, f"{uid}/{title}: {expr}"
@@ -93,7 +88,7 @@ def test_panels_query_exported_series_and_labels() -> None:
 def test_every_expression_parses(promtool: Path, tmp_path: Path) -> None:
     """promtool parses each panel's PromQL as a recording rule (Grafana's $__rate_interval made concrete)."""
     rules = [{"record": f"forkrl:panel_{i}", "expr": target["expr"].replace("$__rate_interval", "5m")}
-             for i, (_, _, target) in enumerate(_targets())]
+             for i, (_, _, target) in enumerate(dashboard_targets())]
     path = tmp_path / "panels.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
     result = subprocess.run([str(promtool), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)

@@ -43,7 +43,6 @@ from tests.monitoring.live_queries import DASHBOARD_DATA_ENV, alert_queries, pan
 SMOKE = Path(__file__).parent / "smoke.yaml"
 STEPS = 3
 OFF_POLICY = {"mode": "one_step_off_policy"}
-ALERT_RULE = ("PrometheusRule", "demo-forkrl")
 
 
 def write_spec(directory: Path, **changes: dict) -> Path:
@@ -182,7 +181,7 @@ def test_every_panel_and_alert_queries_series_the_run_exported(reference_run: Pa
     assert len(live_prometheus.targets) == 3, live_prometheus.targets
     up = live_prometheus.query_range("up == 1", start, end)
     assert {series.labels["instance"] for series in up} == set(live_prometheus.targets), live_prometheus.log_tail()
-    rules = Chart(k8s_binaries.path("helm"), tmp_path).render("--set", "alerts.enabled=true")[ALERT_RULE]["spec"]
+    rules = Chart(k8s_binaries.path("helm"), tmp_path).alert_rules()
     queries = [*panel_queries("smoke"), *alert_queries(rules)]
     results = {query.id: live_prometheus.query_range(query.query, start, end) for query in queries}
     if os.environ.get(DASHBOARD_DATA_ENV):  # for tests/monitoring/render_dashboards.py
