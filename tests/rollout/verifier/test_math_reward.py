@@ -81,7 +81,10 @@ EQUIVALENCE = [
     (r"\log_2 8", "3", True),
 ]
 
-CONFIG = MathRewardConfig()
+# math-verify's alarms are wall-clock: on a loaded machine (two test lanes on two cores) a 0.3 s comparison
+# has run past the 3 s default and turned a math fact into a timeout. These cases check verdicts, so they
+# get the largest alarms the config allows; the timeout path has its own test (an exhausted budget).
+CONFIG = MathRewardConfig(parse_timeout_s=60, verify_timeout_s=60, timeout_s=600)
 SYMBOLIC_ONLY = CONFIG.model_copy(update={"fast_path": False})
 
 
