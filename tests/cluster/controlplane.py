@@ -181,7 +181,8 @@ class ControlPlane(ClusterClients):
 
     # ----------------------------------------------------------------- optional components
     def start_controller_manager(self) -> None:
-        """Garbage collector, namespace, serviceaccount(-token), workload and endpoint controllers."""
+        """Garbage collector, namespace, serviceaccount(-token) and workload controllers, and the endpoint
+        controllers when the network's pods have publishable addresses."""
         if "kube-controller-manager" in self.processes:
             return
         assert self.pki is not None, "start() first"
@@ -192,6 +193,7 @@ class ControlPlane(ClusterClients):
             self.component_kubeconfig,
             port,
             self._dir("kube-controller-manager"),
+            self.network,
         )
         self._start_with_health("kube-controller-manager", args, f"https://127.0.0.1:{port}/healthz")
 

@@ -185,6 +185,25 @@ def test_gpu_pod_is_scheduled_onto_a_kwok_gpu_node_and_runs(workload_cluster: Co
     assert cluster.kubectl_json("get", "pod", "too-big", "-n", ns)["status"]["phase"] == "Pending"
 
 
+def test_endpoint_controllers_run_only_where_pod_addresses_can_be_published(tmp_path: Path) -> None:
+    from tests.cluster.network import LOOPBACK, real_nodes_network
+    from tests.cluster.pki import ClientCredentials
+
+    client = ClientCredentials("admin", (), tmp_path / "c.pem", tmp_path / "k.pem")
+    pki = components.PkiFiles(*(tmp_path / f"{index}.pem" for index in range(6)), client, tmp_path / "f.pem",
+                              client, client)
+
+    def controllers(network: object) -> set[str]:
+        args = components.controller_manager_args(Path("kcm"), pki, tmp_path / "kc", 1, tmp_path, network)
+        (flag,) = [arg for arg in args if arg.startswith("--controllers=")]
+        return set(flag.removeprefix("--controllers=").split(","))
+
+    # kwok pods have loopback addresses (Endpoints validation rejects them); real nodes' pods do not.
+    assert ipaddress.ip_network(LOOPBACK.pod_cidr).is_loopback and not LOOPBACK.publish_endpoints
+    assert controllers(LOOPBACK) == {"*", "-endpoint", "-endpointslice", "-endpointslicemirroring"}
+    assert controllers(real_nodes_network("198.18.0.1")) == {"*"}
+
+
 RAY_CLUSTER = """
 apiVersion: ray.io/v1
 kind: RayCluster
