@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from forkrl.rollout.control_token import CONTROL_TOKEN_ENV, control_token_from_env
 from forkrl.rollout.lifeline import watch_from_env
 from forkrl.rollout.network import LOCAL_BIND_HOST
+from forkrl.rollout.text_only import skip_vision_packages
 
 if TYPE_CHECKING:
     from forkrl.rollout.config import RolloutServerConfig
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RolloutServerConfig, Path
     args = parser.parse_args(argv)
     if not Path(args.model).is_dir():
         parser.error(f"--model: {args.model} is not a model directory")
+    if args.engine == "hf":
+        skip_vision_packages()  # before transformers is imported (the configs below import it)
     # Heavy imports only once the arguments are known to be usable.
     from forkrl.rollout.config import RolloutServerConfig
     from forkrl.rollout.hf_engine import HFEngineConfig

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -79,6 +80,11 @@ def test_generate_round_trip_equals_the_in_process_engine(served) -> None:
 
     before, results, after = asyncio.run(call())
     local = HFEngine.from_pretrained(model_dir, HFEngineConfig()).generate(requests)
+    # The replica served without torchvision (rollout/text_only.py); this process has it, as transformers
+    # imports it wherever it is installed, and the two generate the same.
+    assert "torchvision" in sys.modules
+    mapped = Path(f"/proc/{process.process.pid}/maps").read_text()
+    assert "/torch/" in mapped and "/torchvision/" not in mapped
     assert [r.request_id for r in results] == ["a", "b", "c"]
     for remote, expected in zip(results, local, strict=True):
         assert [s.token_ids for s in remote.samples] == [s.token_ids for s in expected.samples]
