@@ -138,6 +138,9 @@ def save_tiny_model(path: str | Path, spec: TinyModelSpec | None = None) -> Path
     """Writes a Hugging Face model directory (config, safetensors, generation config, tokenizer)."""
     path = Path(path)
     model, tokenizer = build_tiny_model(spec)
+    from forkrl.rollout.weight_checkpoint import make_files_readable
+
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    make_files_readable(path)
     return path

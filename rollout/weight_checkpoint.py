@@ -38,6 +38,24 @@ def _umask() -> int:
     return 0o022
 
 
+def plain_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file in this process (0o666 less the umask)."""
+    return 0o666 & ~_umask()
+
+
+def make_files_readable(directory: str | Path) -> None:
+    """Give every file of a model directory the mode a plainly written file gets (0644 under umask 022).
+
+    Writers that save through a temporary file (safetensors 0.8's `save_file`, hence `save_pretrained`;
+    `tempfile.mkstemp`) leave it 0600: a model written by one user, then mounted into a pod that runs as
+    another (the operator's pods run as uid 1000) or served by another process user, could not be read.
+    """
+    mode = plain_file_mode()
+    for path in Path(directory).iterdir():
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+
+
 def write_checkpoint(named_tensors: Iterable[tuple[str, torch.Tensor]], path: str | Path) -> Path:
     """Writes `model.safetensors` atomically (temp file + rename) into directory `path`."""
     directory = Path(path)
@@ -48,7 +66,7 @@ def write_checkpoint(named_tensors: Iterable[tuple[str, torch.Tensor]], path: st
     save_file(tensors, temp_name, metadata={"format": "pt"})
     # mkstemp makes the file 0600; a model directory is read by other processes, possibly as other
     # users (a rollout pod, a model mounted into a job), so it gets the mode a plainly written file would.
-    os.chmod(temp_name, 0o666 & ~_umask())
+    os.chmod(temp_name, plain_file_mode())
     target = directory / "model.safetensors"
     os.replace(temp_name, target)
     return target

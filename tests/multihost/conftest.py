@@ -66,6 +66,7 @@ def build_cold_start(changes: dict) -> str:
     import torch
     import transformers
 
+    from forkrl.rollout.weight_checkpoint import make_files_readable
     from forkrl.trainer.controller.loop import prepare_policy
 
     spec = main_job(changes)
@@ -77,6 +78,9 @@ def build_cold_start(changes: dict) -> str:
     if not (ready / "model.safetensors").exists():
         spec = main_job({**changes, "observability": {"run_dir": str(root / "{name}")}})
         prepare_policy(spec, spec.run_dir(), print)
+    # A cache written before save_checkpoint fixed its files' modes may hold a 0600 model.safetensors, which the
+    # real-node tests' pods (uid 1000) cannot read.
+    make_files_readable(ready)
     return str(ready)
 
 

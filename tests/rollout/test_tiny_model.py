@@ -40,3 +40,25 @@ def test_tokenizer_is_character_level_and_round_trips_through_save_pretrained(tm
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(loaded(torch.tensor([ids])).logits, model(torch.tensor([ids])).logits)
+
+
+def test_saved_model_files_get_plain_file_modes_whatever_the_writer_does(tmp_path) -> None:
+    """safetensors 0.8 writes through a temporary 0600 file: a model saved by root and mounted into a pod running
+    as uid 1000 could not be read. Every file of a saved model directory gets 0666 less the umask."""
+    import os
+    import stat
+
+    from forkrl.rollout.weight_checkpoint import plain_file_mode
+    from forkrl.trainer.controller.cold_start import save_checkpoint
+
+    previous = os.umask(0o022)
+    try:
+        assert plain_file_mode() == 0o644
+        save_tiny_model(tmp_path / "tiny")
+        model, tokenizer = build_tiny_model()
+        save_checkpoint(model, tokenizer, tmp_path / "cold")
+    finally:
+        os.umask(previous)
+    for directory in (tmp_path / "tiny", tmp_path / "cold"):
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+        assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes

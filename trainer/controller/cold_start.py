@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from forkrl.rollout.weight_checkpoint import make_files_readable
 from forkrl.trainer.data.schema import PromptRow
 
 
@@ -81,4 +82,5 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    make_files_readable(path)  # rollout replicas and learner pods may read it as another user
     return path
