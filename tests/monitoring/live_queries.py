@@ -24,23 +24,25 @@ DASHBOARD_DATA_ENV = "FORKRL_DASHBOARD_DATA"
 RATE_INTERVAL = "15s"
 """Grafana's $__rate_interval at a 1 s scrape interval and a 1 s step would be 4 s; 15 s smooths a short run."""
 
-_OPERATOR = "operator metric: a local run has no operator (tests/operator covers it on a real control plane)"
+OPERATOR_ONLY = ("operator metric: a local run has no operator (tests/operator/test_prometheus_scrape.py has a real "
+                 "Prometheus scrape one on the test control plane)")
+"""The reason of every expression over the operator's metrics: test_prometheus_scrape.py checks exactly those."""
 NO_LOCAL_DATA: dict[str, str] = {
     "forkrl-experiment / KL by token type / A": "the run's forking objective has no KL term, so its learner "
     "reports no KL (Archer's low-entropy tokens or a KL penalty export it)",
     "forkrl-services / Sandbox kills, restarts, rejections / B": "no verifier worker is replaced in a healthy "
     "run, and the restarts counter has a series per cause only from the first restart on",
-    "forkrl-services / Reconciles by outcome / A": _OPERATOR,
-    "forkrl-services / Reconcile duration / A": _OPERATOR,
-    "forkrl-services / Reconcile duration / B": _OPERATOR,
-    "forkrl-services / RLVRJobs by phase / A": _OPERATOR,
-    "forkrl-services / Children applied and deleted / A": _OPERATOR,
-    "forkrl-services / Children applied and deleted / B": _OPERATOR,
-    "forkrl-services / Status writes and events / A": _OPERATOR,
-    "forkrl-services / Status writes and events / B": _OPERATOR,
+    "forkrl-services / Reconciles by outcome / A": OPERATOR_ONLY,
+    "forkrl-services / Reconcile duration / A": OPERATOR_ONLY,
+    "forkrl-services / Reconcile duration / B": OPERATOR_ONLY,
+    "forkrl-services / RLVRJobs by phase / A": OPERATOR_ONLY,
+    "forkrl-services / Children applied and deleted / A": OPERATOR_ONLY,
+    "forkrl-services / Children applied and deleted / B": OPERATOR_ONLY,
+    "forkrl-services / Status writes and events / A": OPERATOR_ONLY,
+    "forkrl-services / Status writes and events / B": OPERATOR_ONLY,
     "alert ForkrlVerifierErrors": "its ratio's numerator counts internal_error items, which a healthy run has "
     "none of (the items it divides by are the 'Verifier items by reason' panel)",
-    "alert ForkrlOperatorReconcileErrors": _OPERATOR,
+    "alert ForkrlOperatorReconcileErrors": OPERATOR_ONLY,
 }
 
 
