@@ -28,7 +28,8 @@ settings.load_profile("ci")
 # that take the whole machine run one after another in one lane: network namespaces with fixed 198.18/15
 # addresses, real nodes, the images and the cold-start cache they build (tests/cluster's real-node, image and
 # build modules, tests/multihost; the kwok control planes of test_controlplane.py can run beside), and modules
-# marked `exclusive` (the main job's learning run, which keeps both cores busy for minutes). Every other
+# marked `exclusive` (the main job's learning run: minutes of CPU, run first in that lane, see
+# pytest_collection_modifyitems). Every other
 # module, `slow` ones included, is one unit of work for the other lane (its module fixtures start once).
 # The suite is CPU-bound on 2 cores, so what matters is that the two lanes end together (the split follows
 # a single-process profile of every test's wall and CPU time).
@@ -92,6 +93,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `exclusive` modules lead the serial lane: alone, the main job's learning run keeps ~1.4 cores busy, so run
+    # last it left the rest of the machine idle for minutes after the other lane had finished (measured with
+    # FORKRL_TEST_TIMELINE); first, the other lane's tests fill those cores. Stable: the rest keep their order.
+    items.sort(key=lambda item: item.get_closest_marker("exclusive") is None)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
