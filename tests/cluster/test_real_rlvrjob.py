@@ -32,7 +32,7 @@ from tests.multihost.conftest import SHORT_COLD_START, build_cold_start
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-STEPS = 7
+STEPS = 9
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def forkrl_on_nodes(real_cluster: RealCluster) -> RealCluster:
 
 
 def rlvrjob(name: str, namespace: str, image: str, model_path: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The main job on its cold-start policy: TP=2 over two learner pods, two rollout replicas, 3 steps."""
+    """The main job on its cold-start policy: TP=2 over two learner pods, two rollout replicas, STEPS steps."""
     spec = {
         "seed": 7,
         "model": {"path": model_path, "max_prompt_tokens": 24, "max_response_tokens": 64},
@@ -190,13 +190,22 @@ def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_ke
         mark(f"deleted {victim}")
         cluster.cp.wait_for(lambda: len(ready := ready_pods(cluster, ns, "rollout")) == 2 and victim not in ready,
                             "a ready replacement rollout pod", timeout=300)
-        # A step that starts after the replacement is ready finds it on the base weights and re-pushes.
-        at_step(step() + 2, "after the replacement rollout pod")
+        # A step that starts after the replacement is ready finds it on the base weights and re-pushes. The drain
+        # follows at once: on a quiet machine a step takes ~12 s, and the job must still be running when the
+        # learner worker is evicted (with 7 steps and a 2-step wait here, it had finished before the drain).
+        at_step(step() + 1, "after the replacement rollout pod")
+        assert step() < STEPS - 1, f"step {step()} of {STEPS}: too few steps left for the drain to interrupt"
 
         cluster.kubectl("drain", "node-2", "--ignore-daemonsets", "--delete-emptydir-data", "--force",
                         "--timeout=120s", timeout=180)
         mark("drained node-2")
-        cluster.cp.wait_for(lambda: int(status().get("retries") or 0) == 1, "the retry after the drain", timeout=600)
+        def retried() -> bool:
+            current = status()
+            if current.get("phase") == "Succeeded":
+                raise AssertionError(f"the job finished at step {current.get('step')} before the drain interrupted it")
+            return int(current.get("retries") or 0) == 1
+
+        cluster.cp.wait_for(retried, "the retry after the drain", timeout=600)
         mark("retrying")
         # Suspended as soon as the retry exists (node-2 still cordoned: its pods pending, or packed onto
         # node-1): every pod goes, pending ones too, and the resumed retry continues from the checkpoint.
