@@ -5,6 +5,7 @@
     forkrl config validate FILE     # check a spec, naming every bad field
     forkrl plan --model qwen2.5-32b --gpus-per-node 8 --gpu-memory-gib 80 --nodes 4
     forkrl crd [--write | --check]  # the RLVRJob CRD generated from the spec models
+    forkrl analyze entropy|tokens|overlap ...  # entropy analyses of responses (trainer/analysis)
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     crd.add_argument("--check", action="store_true", help="exit 1 if a generated file in the repository is stale")
     crd.add_argument("--root", default=None, help="repository root (default: this checkout)")
     crd.set_defaults(handler=_crd)
+
+    from forkrl.trainer.analysis.cli import add_analyze_parser
+
+    add_analyze_parser(commands)
     return parser
 
 

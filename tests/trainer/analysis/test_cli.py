@@ -1,0 +1,91 @@
+"""`forkrl analyze` end to end on a saved tiny model: the JSON it writes equals an independent computation
+(torch.distributions over the model's own logits), malformed rows are counted and skipped, the PNGs exist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from forkrl.rollout.tiny_model import TinyModelSpec, save_tiny_model
+from forkrl.trainer.cli import main
+
+RESPONSES = [
+    {"prompt": "12+7*3=", "response": "12+21=33 so \\boxed{33}"},
+    {"prompt": "9*9-1=", "response": "81-1=80"},
+    {"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 10, 11]},
+]
+MALFORMED = ["not json", json.dumps({"prompt": "1+1="}), json.dumps({"prompt_ids": [1], "response_ids": [-3]})]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("analyze")
+    base = save_tiny_model(root / "base", TinyModelSpec(seed=0))
+    other = save_tiny_model(root / "other", TinyModelSpec(seed=1))
+    lines = [json.dumps(RESPONSES[0]), MALFORMED[0], json.dumps(RESPONSES[1]), MALFORMED[1], "",
+             json.dumps(RESPONSES[2]), MALFORMED[2]]
+    responses = root / "responses.jsonl"
+    responses.write_text("\n".join(lines) + "\n")
+    return base, other, responses
+
+
+def independent_entropies(model_dir: Path, temperature: float) -> list[float]:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    out = []
+    for row in RESPONSES:
+        if "prompt" in row:
+            prompt = tokenizer(row["prompt"], add_special_tokens=False).input_ids
+            response = tokenizer(row["response"], add_special_tokens=False).input_ids
+        else:
+            prompt, response = row["prompt_ids"], row["response_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + response])).logits[0]
+        for position in range(len(prompt) - 1, len(prompt) + len(response) - 1):
+            out.append(float(torch.distributions.Categorical(logits=logits[position] / temperature).entropy()))
+    return out
+
+
+def test_entropy_summary_equals_an_independent_computation(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    base, _, responses = setup
+    assert main(["analyze", "entropy", "--model", str(base), "--responses", str(responses), "--out", str(tmp_path),
+                 "--temperature", "0.7"]) == 0
+    result = json.loads((tmp_path / "entropy.json").read_text())
+    expected = independent_entropies(base, 0.7)
+    assert result["tokens"] == len(expected)
+    assert result["mean"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    assert result["share_below_0.01"] == sum(value < 1e-2 for value in expected) / len(expected)
+    assert result["max"] == pytest.approx(max(expected), rel=1e-5)
+    assert result["responses_file"]["malformed_rows"] == 3 and len(result["responses_file"]["first_errors"]) == 3
+    assert (tmp_path / "entropy.png").stat().st_size > 10_000
+
+
+def test_tokens_and_overlap(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    base, other, responses = setup
+    assert main(["analyze", "tokens", "--model", str(base), "--responses", str(responses), "--out", str(tmp_path),
+                 "--top", "5"]) == 0
+    tokens = json.loads((tmp_path / "tokens.json").read_text())
+    # Each response contributes ceil(0.2 * length) positions to each table.
+    lengths = [22, 7, 4]
+    assert sum(row["count"] for row in tokens["highest_entropy"]) <= sum(-(-n // 5) for n in lengths)
+    assert all(isinstance(row["token"], str) for row in tokens["lowest_entropy"])
+
+    assert main(["analyze", "overlap", "--base", str(base), "--model", str(base), "--model", str(other),
+                 "--responses", str(responses), "--out", str(tmp_path)]) == 0
+    overlap = json.loads((tmp_path / "overlap.json").read_text())["checkpoints"]
+    itself = overlap[str(base)]
+    assert itself["responses"] == 3 and itself["top_position_overlap"] == 1.0
+    assert itself["high_entropy_tokens"]["change"] == 0.0 and itself["low_entropy_tokens"]["change"] == 0.0
+    assert 0.0 <= overlap[str(other)]["top_position_overlap"] <= 1.0
+    assert (tmp_path / "tokens.png").is_file() and (tmp_path / "overlap.png").is_file()
+
+
+def test_a_missing_responses_file_is_named(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    base, _, _ = setup
+    with pytest.raises(SystemExit, match="--responses: .*missing.jsonl is not a file"):
+        main(["analyze", "entropy", "--model", str(base), "--responses", str(tmp_path / "missing.jsonl"),
+              "--out", str(tmp_path)])

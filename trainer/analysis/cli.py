@@ -1,0 +1,133 @@
+"""`forkrl analyze entropy|tokens|overlap`: each scores a responses file (scoring.py) and writes
+`<out>/<command>.json` and `<out>/<command>.png`.
+
+    forkrl analyze entropy --model runs/local-arith/final_model --responses responses.jsonl --out analysis/
+    forkrl analyze tokens  --model M --responses R --out DIR [--rho 0.2] [--top 30]
+    forkrl analyze overlap --base COLD_START --model STEP_50 [--model STEP_100 ...] --responses R --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def add_analyze_parser(commands: Any) -> None:
+    analyze = commands.add_parser("analyze", help="entropy analyses of a checkpoint's responses (80/20 paper)")
+    sub = analyze.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--responses", required=True, type=Path,
+                            help="JSON lines: {prompt_ids, response_ids} or {prompt, response}")
+        parser.add_argument("--out", required=True, type=Path, help="folder for the JSON and PNG")
+        parser.add_argument("--temperature", type=float, default=1.0, help="entropy of softmax(logits / T)")
+        parser.add_argument("--limit", type=int, default=None, help="score at most this many responses")
+        parser.add_argument("--device", default="cpu")
+
+    entropy = sub.add_parser("entropy", help="histogram and percentiles of per-token entropy")
+    entropy.add_argument("--model", required=True)
+    common(entropy)
+    entropy.set_defaults(handler=_entropy)
+    tokens = sub.add_parser("tokens", help="tokens most often at the highest / lowest entropy positions")
+    tokens.add_argument("--model", required=True)
+    tokens.add_argument("--rho", type=float, default=0.2, help="share of each response's positions counted")
+    tokens.add_argument("--top", type=int, default=30, help="rows of each table")
+    common(tokens)
+    tokens.set_defaults(handler=_tokens)
+    overlap = sub.add_parser("overlap", help="overlap of top-rho entropy positions with a base checkpoint")
+    overlap.add_argument("--base", required=True, help="the reference checkpoint (e.g. the cold start)")
+    overlap.add_argument("--model", required=True, action="append", help="a checkpoint to compare (repeatable)")
+    overlap.add_argument("--rho", type=float, default=0.2)
+    common(overlap)
+    overlap.set_defaults(handler=_overlap)
+
+
+def _progress(items: Iterable[T], what: str, every_s: float = 10.0) -> Iterator[T]:
+    start = last = time.monotonic()
+    count = 0
+    for count, item in enumerate(items, start=1):
+        yield item
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            print(f"{what}: {count} responses ({count / (last - start):.1f}/s)", file=sys.stderr, flush=True)
+    print(f"{what}: {count} responses in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def _records(args: argparse.Namespace, tokenize: Any) -> tuple[Any, Iterator[Any]]:
+    from itertools import islice
+
+    from forkrl.trainer.analysis.scoring import ResponseFile
+
+    if not args.responses.is_file():
+        raise SystemExit(f"forkrl analyze: --responses: {args.responses} is not a file")
+    source = ResponseFile(args.responses, tokenize)
+    return source, islice(iter(source), args.limit)
+
+
+def _finish(args: argparse.Namespace, name: str, result: dict[str, Any], source: Any, figure: Any) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    result["responses_file"] = {"path": str(args.responses), "malformed_rows": source.malformed,
+                                "first_errors": source.errors}
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    figure.savefig(args.out / f"{name}.png", dpi=120, bbox_inches="tight")
+    if source.malformed:
+        print(f"forkrl analyze: skipped {source.malformed} malformed rows, e.g. {source.errors[0]}", file=sys.stderr)
+    print(f"wrote {args.out / f'{name}.json'} and {args.out / f'{name}.png'}")
+    return 0
+
+
+def _entropy(args: argparse.Namespace) -> int:
+    from forkrl.trainer.analysis.histogram import EntropyHistogram
+    from forkrl.trainer.analysis.plots import entropy_figure
+    from forkrl.trainer.analysis.scoring import Checkpoint, response_entropies
+
+    model = Checkpoint.load(args.model, args.device)
+    source, records = _records(args, model.tokenize)
+    histogram = EntropyHistogram()
+    for record in _progress(records, "entropy"):
+        histogram.add(response_entropies(model.logits, record, args.temperature))
+    if histogram.total == 0:
+        raise SystemExit(f"forkrl analyze: no usable responses in {args.responses} ({source.malformed} malformed)")
+    result = {"model": args.model, "temperature": args.temperature, **histogram.summary()}
+    return _finish(args, "entropy", result, source, entropy_figure(histogram, args.model))
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from forkrl.trainer.analysis.plots import tokens_figure
+    from forkrl.trainer.analysis.scoring import Checkpoint, response_entropies
+    from forkrl.trainer.analysis.token_table import TokenEntropyTable
+
+    model = Checkpoint.load(args.model, args.device)
+    source, records = _records(args, model.tokenize)
+    table = TokenEntropyTable(rho=args.rho)
+    for record in _progress(records, "tokens"):
+        table.add(record.response_ids, response_entropies(model.logits, record, args.temperature))
+    result = {"model": args.model, "temperature": args.temperature, "rho": args.rho,
+              "highest_entropy": table.rows("high", args.top, model.decode),
+              "lowest_entropy": table.rows("low", args.top, model.decode)}
+    return _finish(args, "tokens", result, source, tokens_figure(result))
+
+
+def _overlap(args: argparse.Namespace) -> int:
+    from forkrl.trainer.analysis.overlap import OverlapStats
+    from forkrl.trainer.analysis.plots import overlap_figure
+    from forkrl.trainer.analysis.scoring import Checkpoint, response_entropies
+
+    base = Checkpoint.load(args.base, args.device)
+    others = [Checkpoint.load(path, args.device) for path in args.model]
+    source, records = _records(args, base.tokenize)
+    stats = [OverlapStats(rho=args.rho) for _ in others]
+    for record in _progress(records, "overlap"):
+        reference = response_entropies(base.logits, record, args.temperature)
+        for checkpoint, stat in zip(others, stats, strict=True):
+            stat.add(reference, response_entropies(checkpoint.logits, record, args.temperature))
+    result = {"base": args.base, "temperature": args.temperature,
+              "checkpoints": {path: stat.summary() for path, stat in zip(args.model, stats, strict=True)}}
+    return _finish(args, "overlap", result, source, overlap_figure(result))
