@@ -86,6 +86,6 @@ def test_tokens_and_overlap(setup: tuple[Path, Path, Path], tmp_path: Path) -> N
 
 def test_a_missing_responses_file_is_named(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
     base, _, _ = setup
-    with pytest.raises(SystemExit, match="--responses: .*missing.jsonl is not a file"):
+    with pytest.raises(SystemExit, match=r"--responses: .*missing\.jsonl is not a file"):
         main(["analyze", "entropy", "--model", str(base), "--responses", str(tmp_path / "missing.jsonl"),
               "--out", str(tmp_path)])
