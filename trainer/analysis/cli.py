@@ -1,5 +1,7 @@
-"""`forkrl analyze entropy|tokens|overlap`: each scores a responses file (scoring.py) and writes
-`<out>/<command>.json` and `<out>/<command>.png`.
+"""`forkrl analyze generate|entropy|tokens|overlap`: `generate` samples a responses file from a checkpoint;
+the others score one (scoring.py) and write `<out>/<command>.json` and `<out>/<command>.png`.
+
+    forkrl analyze generate --model M --spec examples/local-arith.yaml --dataset arith-heldout --out r.jsonl
 
     forkrl analyze entropy --model runs/local-arith/final_model --responses responses.jsonl --out analysis/
     forkrl analyze tokens  --model M --responses R --out DIR [--rho 0.2] [--top 30]
@@ -30,6 +32,21 @@ def add_analyze_parser(commands: Any) -> None:
         parser.add_argument("--temperature", type=float, default=1.0, help="entropy of softmax(logits / T)")
         parser.add_argument("--limit", type=int, default=None, help="score at most this many responses")
         parser.add_argument("--device", default="cpu")
+
+    generate = sub.add_parser("generate", help="sample responses to analyse from a checkpoint (HF rollout engine)")
+    generate.add_argument("--model", required=True)
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="take the prompts of a data set of this spec (with --dataset)")
+    source.add_argument("--prompts", type=Path, help='JSON lines of {"prompt": "..."}')
+    generate.add_argument("--dataset", help="the spec's data set (an eval or training set) to prompt with")
+    generate.add_argument("--samples", type=int, default=4, help="responses per prompt")
+    generate.add_argument("--max-new-tokens", type=int, default=256)
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--limit", type=int, default=None, help="at most this many prompts")
+    generate.add_argument("--out", required=True, type=Path, help="the responses file to write (JSON lines)")
+    generate.set_defaults(handler=_generate)
 
     entropy = sub.add_parser("entropy", help="histogram and percentiles of per-token entropy")
     entropy.add_argument("--model", required=True)
@@ -80,6 +97,32 @@ def _finish(args: argparse.Namespace, name: str, result: dict[str, Any], source:
     if source.malformed:
         print(f"forkrl analyze: skipped {source.malformed} malformed rows, e.g. {source.errors[0]}", file=sys.stderr)
     print(f"wrote {args.out / f'{name}.json'} and {args.out / f'{name}.png'}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    from transformers import AutoTokenizer
+
+    from forkrl.trainer.analysis.generate import file_prompts, generate_responses, spec_prompts
+
+    if args.spec and not args.dataset:
+        raise SystemExit("forkrl analyze generate: --spec needs --dataset (which of its data sets to prompt with)")
+    if args.prompts and not args.prompts.is_file():
+        raise SystemExit(f"forkrl analyze generate: --prompts: {args.prompts} is not a file")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    prompts = spec_prompts(args.spec, args.dataset, tokenizer) if args.spec else file_prompts(args.prompts)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+
+    def progress(done: int) -> None:
+        print(f"generate: {done} prompts ({done / (time.monotonic() - start):.1f}/s)", file=sys.stderr, flush=True)
+
+    with args.out.open("w") as out:
+        written = generate_responses(args.model, islice(prompts, args.limit), out, args.samples, args.max_new_tokens,
+                                     args.temperature, args.top_p, args.seed, progress)
+    print(f"wrote {written} responses to {args.out}")
     return 0
 
 

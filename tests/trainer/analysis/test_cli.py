@@ -89,3 +89,29 @@ def test_a_missing_responses_file_is_named(setup: tuple[Path, Path, Path], tmp_p
     with pytest.raises(SystemExit, match=r"--responses: .*missing\.jsonl is not a file"):
         main(["analyze", "entropy", "--model", str(base), "--responses", str(tmp_path / "missing.jsonl"),
               "--out", str(tmp_path)])
+
+
+def test_generate_from_a_spec_data_set_then_analyse(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from forkrl.trainer.data.arithmetic import arithmetic_rows
+    from forkrl.trainer.spec import load_spec
+
+    base, _, _ = setup
+    example = Path(__file__).resolve().parents[3] / "examples" / "local-arith.yaml"
+    responses = tmp_path / "responses.jsonl"
+    assert main(["analyze", "generate", "--model", str(base), "--spec", str(example), "--dataset", "arith-heldout",
+                 "--limit", "3", "--samples", "2", "--max-new-tokens", "6", "--out", str(responses)]) == 0
+    rows = [json.loads(line) for line in responses.read_text().splitlines()]
+    (heldout,) = load_spec(example).eval.datasets
+    expected = [row.prompt for row in arithmetic_rows(heldout.count, heldout.seed, heldout.arithmetic)[:3]]
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    assert 1 <= len(rows) <= 6 and {row["prompt"] for row in rows} <= set(expected)
+    assert all(row["prompt_ids"] == tokenizer(row["prompt"]).input_ids and 1 <= len(row["response_ids"]) <= 6
+               for row in rows)
+    assert main(["analyze", "entropy", "--model", str(base), "--responses", str(responses),
+                 "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "entropy.json").read_text())
+    assert summary["tokens"] == sum(len(row["response_ids"]) for row in rows)
+    assert summary["responses_file"]["malformed_rows"] == 0
+    with pytest.raises(SystemExit, match="'nope' is not a data set"):
+        main(["analyze", "generate", "--model", str(base), "--spec", str(example), "--dataset", "nope",
+              "--out", str(responses)])
