@@ -1,10 +1,12 @@
-"""`forkrl analyze generate|entropy|tokens|overlap`: `generate` samples a responses file from a checkpoint;
-the others score one (scoring.py) and write `<out>/<command>.json` and `<out>/<command>.png`.
+"""`forkrl analyze generate|entropy|tokens|overlap|dual-temperature`: `generate` samples a responses file from
+a checkpoint; `entropy`, `tokens` and `overlap` score one (scoring.py); `dual-temperature` samples and verifies
+a grid. Each writes `<out>/<command>.json` and `<out>/<command>.png`.
 
     forkrl analyze generate --model M --spec examples/local-arith.yaml --dataset arith-heldout --out r.jsonl
 
     forkrl analyze entropy --model runs/local-arith/final_model --responses responses.jsonl --out analysis/
     forkrl analyze tokens  --model M --responses R --out DIR [--rho 0.2] [--top 30]
+    forkrl analyze dual-temperature --model M --spec SPEC --dataset NAME --t-high 0.7,1.0 --t-low 0.7,1.0 --out DIR
     forkrl analyze overlap --base COLD_START --model STEP_50 [--model STEP_100 ...] --responses R --out DIR
 """
 
@@ -47,6 +49,20 @@ def add_analyze_parser(commands: Any) -> None:
     generate.add_argument("--limit", type=int, default=None, help="at most this many prompts")
     generate.add_argument("--out", required=True, type=Path, help="the responses file to write (JSON lines)")
     generate.set_defaults(handler=_generate)
+
+    dual = sub.add_parser("dual-temperature", help="avg@k over a grid of t_high x t_low (80/20 paper, Table 3)")
+    dual.add_argument("--model", required=True)
+    dual.add_argument("--spec", required=True, help="the spec whose data set and template to use")
+    dual.add_argument("--dataset", required=True, help="a math data set of the spec (e.g. its eval set)")
+    dual.add_argument("--t-high", default="0.7,1.0,1.3", help="comma-separated temperatures of high-entropy tokens")
+    dual.add_argument("--t-low", default="0.7,1.0,1.3", help="comma-separated temperatures of the other tokens")
+    dual.add_argument("--threshold", type=float, default=0.672, help="entropy threshold (nats)")
+    dual.add_argument("--samples", type=int, default=4, help="k of avg@k: samples per problem")
+    dual.add_argument("--max-new-tokens", type=int, default=256)
+    dual.add_argument("--limit", type=int, default=100, help="problems (from the start of the data set)")
+    dual.add_argument("--seed", type=int, default=0)
+    dual.add_argument("--out", required=True, type=Path)
+    dual.set_defaults(handler=_dual_temperature)
 
     entropy = sub.add_parser("entropy", help="histogram and percentiles of per-token entropy")
     entropy.add_argument("--model", required=True)
@@ -123,6 +139,42 @@ def _generate(args: argparse.Namespace) -> int:
         written = generate_responses(args.model, islice(prompts, args.limit), out, args.samples, args.max_new_tokens,
                                      args.temperature, args.top_p, args.seed, progress)
     print(f"wrote {written} responses to {args.out}")
+    return 0
+
+
+def _temperatures(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"forkrl analyze: {flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise SystemExit(f"forkrl analyze: {flag}: temperatures must be > 0, got {text!r}")
+    return values
+
+
+def _dual_temperature(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from transformers import AutoTokenizer
+
+    from forkrl.trainer.analysis.dual_temperature import dual_temperature_grid
+    from forkrl.trainer.analysis.generate import spec_rows
+    from forkrl.trainer.analysis.plots import dual_temperature_figure
+    from forkrl.trainer.data.templates import render_prompt
+
+    t_highs, t_lows = _temperatures(args.t_high, "--t-high"), _temperatures(args.t_low, "--t-low")
+    template, rows = spec_rows(args.spec, args.dataset)
+    rows = rows[: args.limit]
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    cells = dual_temperature_grid(args.model, rows, lambda row: render_prompt(row, template, tokenizer), t_highs,
+                                  t_lows, args.samples, args.max_new_tokens, args.threshold, args.seed,
+                                  progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result = {"model": args.model, "dataset": args.dataset, "problems": len(rows), "k": args.samples,
+              "threshold": args.threshold, "cells": [asdict(cell) for cell in cells]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dual_temperature.json").write_text(json.dumps(result, indent=2) + "\n")
+    dual_temperature_figure(result).savefig(args.out / "dual_temperature.png", dpi=120, bbox_inches="tight")
+    print(f"wrote {args.out / 'dual_temperature.json'} and {args.out / 'dual_temperature.png'}")
     return 0
 
 

@@ -11,13 +11,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
+from forkrl.trainer.data.schema import PromptRow
+
 PROMPTS_PER_BATCH = 32
 
 
-def spec_prompts(spec_path: str | Path, dataset: str, tokenizer: Any) -> Iterator[str]:
-    """The rendered prompts of data set `dataset` (an eval or training set) of a spec."""
+def spec_rows(spec_path: str | Path, dataset: str) -> tuple[str, list[PromptRow]]:
+    """(the spec's prompt template, the rows of its data set `dataset`: an eval or a training set)."""
     from forkrl.trainer.controller.setup import load_dataset
-    from forkrl.trainer.data.templates import render_prompt
     from forkrl.trainer.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -25,8 +26,16 @@ def spec_prompts(spec_path: str | Path, dataset: str, tokenizer: Any) -> Iterato
     if dataset not in sets:
         raise SystemExit(f"forkrl analyze: --dataset: {dataset!r} is not a data set of {spec_path} "
                          f"(it has {', '.join(sorted(sets))})")
-    for row in load_dataset(sets[dataset]):
-        yield render_prompt(row, spec.data.template, tokenizer)
+    return spec.data.template, load_dataset(sets[dataset])
+
+
+def spec_prompts(spec_path: str | Path, dataset: str, tokenizer: Any) -> Iterator[str]:
+    """The prompts of data set `dataset` of a spec, rendered with its template."""
+    from forkrl.trainer.data.templates import render_prompt
+
+    template, rows = spec_rows(spec_path, dataset)
+    for row in rows:
+        yield render_prompt(row, template, tokenizer)
 
 
 def file_prompts(path: Path) -> Iterator[str]:

@@ -59,3 +59,23 @@ def overlap_figure(result: dict[str, Any]) -> Any:
     axes[1].legend()
     figure.tight_layout()
     return figure
+
+
+def dual_temperature_figure(result: dict[str, Any]) -> Any:
+    cells = result["cells"]
+    highs = sorted({cell["t_high"] for cell in cells})
+    lows = sorted({cell["t_low"] for cell in cells})
+    grid = [[next(c["avg_at_k"] for c in cells if c["t_high"] == high and c["t_low"] == low) for low in lows]
+            for high in highs]
+    figure, axis = plt.subplots(figsize=(1.2 * len(lows) + 3, 1.0 * len(highs) + 2))
+    image = axis.imshow(grid, origin="lower", cmap="viridis")
+    axis.set_xticks(range(len(lows)), [f"{t:g}" for t in lows])
+    axis.set_yticks(range(len(highs)), [f"{t:g}" for t in highs])
+    axis.set_xlabel("t_low (tokens at or below the threshold)")
+    axis.set_ylabel("t_high (high-entropy tokens)")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="white")
+    axis.set_title(f"avg@{result['k']} on {result['problems']} problems of {result['dataset']}")
+    figure.colorbar(image, ax=axis)
+    return figure

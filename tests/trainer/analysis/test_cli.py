@@ -115,3 +115,26 @@ def test_generate_from_a_spec_data_set_then_analyse(setup: tuple[Path, Path, Pat
     with pytest.raises(SystemExit, match="'nope' is not a data set"):
         main(["analyze", "generate", "--model", str(base), "--spec", str(example), "--dataset", "nope",
               "--out", str(responses)])
+
+
+def test_dual_temperature_grid_is_paired_and_reproducible(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from forkrl.trainer.analysis.dual_temperature import accuracy_with_interval
+
+    mean, half = accuracy_with_interval([1.0, 0.0, 0.5, 0.5])
+    assert mean == 0.5 and half == pytest.approx(1.96 * (1 / 6) ** 0.5 / 2)
+    base, _, _ = setup
+    example = Path(__file__).resolve().parents[3] / "examples" / "local-arith.yaml"
+    results = []
+    for run in ("a", "b"):
+        assert main(["analyze", "dual-temperature", "--model", str(base), "--spec", str(example), "--dataset",
+                     "arith-heldout", "--t-high", "0.5,1.5", "--t-low", "1.0", "--samples", "2", "--limit", "3",
+                     "--max-new-tokens", "6", "--out", str(tmp_path / run)]) == 0
+        results.append(json.loads((tmp_path / run / "dual_temperature.json").read_text()))
+    cells = results[0]["cells"]
+    assert [(c["t_high"], c["t_low"], c["samples"]) for c in cells] == [(0.5, 1.0, 6), (1.5, 1.0, 6)]
+    assert all(0.0 <= c["avg_at_k"] <= 1.0 for c in cells)
+    assert results[0] == results[1]  # same seeds per cell: a rerun is identical
+    assert (tmp_path / "a" / "dual_temperature.png").is_file()
+    with pytest.raises(SystemExit, match="--t-high: temperatures must be > 0"):
+        main(["analyze", "dual-temperature", "--model", str(base), "--spec", str(example), "--dataset",
+              "arith-heldout", "--t-high", "0,1", "--out", str(tmp_path / "c")])
