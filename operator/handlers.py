@@ -32,6 +32,7 @@ from forkrl.operator.cleanup import sweep_orphans
 from forkrl.operator.drift import plain, summarize
 from forkrl.operator.kube import CHILD_KINDS, KINDS
 from forkrl.operator.names import COMPONENT_LABEL, JOB_LABEL, JobNames
+from forkrl.operator.pod_problems import container_problem
 from forkrl.operator.reconcile import Reconciler, children_of
 from forkrl.operator.resource import GROUP, PLURAL, VERSION
 
@@ -39,6 +40,7 @@ log = logging.getLogger("forkrl.operator")
 FINALIZER = "forkrl.dev/finalizer"
 # Children whose every change matters to the phase; for the others only a deletion does.
 STATUS_KINDS = frozenset({"RayJob", "Deployment"})
+SERVICE_COMPONENTS = frozenset({"rollout", "verifier"})
 LEARNER_PODS = f"{JOB_LABEL},{COMPONENT_LABEL} in (learner,controller)"
 
 
@@ -174,6 +176,40 @@ def register(registry: kopf.OperatorRegistry, config: HandlerConfig) -> None:
         }
         kopf.index(**where, id=f"children_{plural}")(index_child)
         kopf.on.event(**where, id=f"changed_{plural}")(child_changed)
+
+    # The pods of the rollout and verifier Deployments, as kind "Pod" of the job's children snapshot: the
+    # status shows why they are not ready (operator/pod_problems.py). Never applied or deleted: the sweep only
+    # deletes children the job owns, and a pod's owner is its ReplicaSet.
+    last_problems: dict[tuple[str, str], str | None] = {}
+
+    def is_service_pod(labels: Any, **_: Any) -> bool:
+        return labels.get(COMPONENT_LABEL) in SERVICE_COMPONENTS
+
+    async def index_service_pod(namespace: str, labels: Any, body: Any, **_: Any) -> dict[tuple[str, str], Any]:
+        return {(namespace, labels[JOB_LABEL]): {"kind": "Pod", **summarize_pod(body)}}
+
+    async def service_pod_changed(type: str | None, namespace: str, labels: Any, body: Any, memo: Any,
+                                  **kwargs: Any) -> None:
+        if type is None:
+            return
+        problem = container_problem(summarize_pod(body))
+        key = (namespace, body["metadata"]["name"])
+        if last_problems.get(key) == problem and type != "DELETED":
+            return  # nothing the status shows changed
+        if type == "DELETED":
+            last_problems.pop(key, None)
+        else:
+            last_problems[key] = problem
+        try:
+            await reconcile(name=labels[JOB_LABEL], namespace=namespace, memo=memo, **kwargs)
+        except Exception as err:
+            log.warning("reconcile of %s/%s after pod %s changed failed: %s", namespace, labels[JOB_LABEL],
+                        body["metadata"]["name"], err)
+
+    service_pods = {"group": "", "version": "v1", "plural": "pods", "registry": registry,
+                    "labels": {JOB_LABEL: kopf.PRESENT}, "when": is_service_pod}
+    kopf.index(**service_pods, id="children_pods")(index_service_pod)
+    kopf.on.event(**service_pods, id="service_pod")(service_pod_changed)
 
     def learner_pod_failed(body: Any, **_: Any) -> bool:
         return (body.get("status") or {}).get("phase") == "Failed"

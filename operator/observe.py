@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from forkrl.operator.names import JOB_LABEL, JobNames
+from forkrl.operator.names import COMPONENT_LABEL, JOB_LABEL, JobNames
+from forkrl.operator.pod_problems import component_problems
 from forkrl.operator.resource import RLVRJobResourceSpec
 from forkrl.operator.status import DeploymentObservation, Observation, RayJobObservation, parse_progress
 
@@ -63,7 +64,7 @@ def observe(
             suspend=bool((live.get("spec") or {}).get("suspend")),
         )
 
-    def deployment(name: str) -> DeploymentObservation:
+    def deployment(name: str, component: str) -> DeploymentObservation:
         live = children.get("Deployment", {}).get(name)
         if live is None:
             return DeploymentObservation(desired=0, exists=False)
@@ -72,6 +73,7 @@ def observe(
             desired=int((live.get("spec") or {}).get("replicas", 0)),
             ready=int(state.get("readyReplicas", 0)),
             available=int(state.get("availableReplicas", 0)),
+            problems=component_problems(children.get("Pod", {}).values(), component, COMPONENT_LABEL),
         )
 
     external_verifier = spec is not None and spec.verifier.endpoint is not None
@@ -85,8 +87,8 @@ def observe(
         suspend=bool(spec and spec.suspend),
         ray_job_name=ray_job_name,
         ray_job=ray_job,
-        rollout=deployment(names.rollout),
-        verifier=None if external_verifier else deployment(names.verifier),
+        rollout=deployment(names.rollout, "rollout"),
+        verifier=None if external_verifier else deployment(names.verifier, "verifier"),
         rollout_external=spec is not None and spec.rollout.replicas == 0,
         pod_failure=pod_failure,
         progress=progress,

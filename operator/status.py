@@ -72,6 +72,8 @@ class DeploymentObservation:
     ready: int = 0
     available: int = 0
     exists: bool = True
+    problems: tuple[str, ...] = ()
+    """Its failing pods, one line each (operator/pod_problems.py)."""
 
     @property
     def available_fully(self) -> bool:
@@ -155,9 +157,10 @@ def _service_condition(type_: str, what: str, obs: DeploymentObservation | None,
     if obs.desired == 0:
         return _condition(type_, False, "ScaledToZero", f"{what} Deployment has 0 replicas")
     ok = obs.available >= obs.desired
-    return _condition(
-        type_, ok, "Available" if ok else "Unavailable", f"{what}: {obs.available}/{obs.desired} replicas available"
-    )
+    message = f"{what}: {obs.available}/{obs.desired} replicas available"
+    if not ok and obs.problems:
+        return _condition(type_, False, "ContainersFailing", "; ".join([message, *obs.problems]))
+    return _condition(type_, ok, "Available" if ok else "Unavailable", message)
 
 
 def services_condition(obs: Observation) -> dict[str, Any]:

@@ -209,6 +209,9 @@ def rollout_deployment(ctx: JobContext) -> Manifest:
         "name": "rollout",
         "image": ctx.cluster.image_of("rollout", uses_gpu=pods.gpus > 0),
         "imagePullPolicy": ctx.cluster.image_pull_policy,
+        # A crash leaves its log's tail as the termination message: the operator shows it in the job's
+        # conditions (operator/pod_problems.py).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "command": ["python", "-m", "forkrl.rollout"],
         "args": args,
         "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
@@ -247,6 +250,9 @@ def verifier_deployment(ctx: JobContext) -> Manifest:
         "name": "verifier",
         "image": ctx.cluster.image_of("verifier"),
         "imagePullPolicy": ctx.cluster.image_pull_policy,
+        # A crash leaves its log's tail as the termination message: the operator shows it in the job's
+        # conditions (operator/pod_problems.py).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "command": ["python", "-m", "forkrl.rollout.verifier"],
         "args": [
             "--host",
