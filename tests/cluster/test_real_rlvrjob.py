@@ -190,10 +190,10 @@ def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_ke
         mark(f"deleted {victim}")
         cluster.cp.wait_for(lambda: len(ready := ready_pods(cluster, ns, "rollout")) == 2 and victim not in ready,
                             "a ready replacement rollout pod", timeout=300)
-        # A step that starts after the replacement is ready finds it on the base weights and re-pushes. The drain
-        # follows at once: on a quiet machine a step takes ~12 s, and the job must still be running when the
-        # learner worker is evicted (with 7 steps and a 2-step wait here, it had finished before the drain).
-        at_step(step() + 1, "after the replacement rollout pod")
+        # A step that starts after the replacement is ready finds it on the base weights and re-pushes: the second
+        # step from now (the next may have started before). The job must still be running when the drain evicts
+        # its learner worker: on a quiet machine a step takes ~12 s, and with 7 steps it had finished before.
+        at_step(step() + 2, "after the replacement rollout pod")
         assert step() < STEPS - 1, f"step {step()} of {STEPS}: too few steps left for the drain to interrupt"
 
         cluster.kubectl("drain", "node-2", "--ignore-daemonsets", "--delete-emptydir-data", "--force",
