@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from forkrl.operator.names import COMPONENT_LABEL, JOB_LABEL, JobNames
+from forkrl.operator.names import JOB_LABEL, JobNames
 from forkrl.operator.pod_problems import component_problems
 from forkrl.operator.resource import RLVRJobResourceSpec
 from forkrl.operator.status import DeploymentObservation, Observation, RayJobObservation, parse_progress
@@ -73,7 +73,7 @@ def observe(
             desired=int((live.get("spec") or {}).get("replicas", 0)),
             ready=int(state.get("readyReplicas", 0)),
             available=int(state.get("availableReplicas", 0)),
-            problems=component_problems(children.get("Pod", {}).values(), component, COMPONENT_LABEL),
+            problems=component_problems(children.get("Pod", {}).values(), component),
         )
 
     external_verifier = spec is not None and spec.verifier.endpoint is not None

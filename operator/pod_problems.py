@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from forkrl.operator.names import COMPONENT_LABEL
+
 FAILING_WAIT_REASONS = frozenset({
     "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
     "CreateContainerError", "RunContainerError",
@@ -48,8 +50,8 @@ def container_problem(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def component_problems(pods: Iterable[Mapping[str, Any]], component: str, component_label: str) -> tuple[str, ...]:
+def component_problems(pods: Iterable[Mapping[str, Any]], component: str) -> tuple[str, ...]:
     """The problems of the pods of one component (sorted by pod name, so the message is stable)."""
-    mine = sorted((p for p in pods if (p.get("metadata") or {}).get("labels", {}).get(component_label) == component),
+    mine = sorted((p for p in pods if (p.get("metadata") or {}).get("labels", {}).get(COMPONENT_LABEL) == component),
                   key=lambda p: (p.get("metadata") or {}).get("name", ""))
     return tuple(problem for pod in mine if (problem := container_problem(pod)) is not None)

@@ -45,7 +45,7 @@ def test_the_condition_names_the_failing_pods_of_each_component() -> None:
                pod("exp-rollout-a", "rollout"),
                pod("exp-verifier-a", "verifier", {"reason": "CreateContainerConfigError",
                                                   "message": 'secret "creds" not found'})]
-    assert component_problems(failing, "rollout", COMPONENT_LABEL) == (container_problem(failing[0]),)
+    assert component_problems(failing, "rollout") == (container_problem(failing[0]),)
     deployments = {
         name: {"kind": "Deployment", "metadata": {"name": name, "labels": {JOB_LABEL: "exp"}},
                "spec": {"replicas": 2}, "status": {"readyReplicas": 1, "availableReplicas": 1}}

@@ -104,16 +104,22 @@ def _records(args: argparse.Namespace, tokenize: Any) -> tuple[Any, Iterator[Any
     return source, islice(iter(source), args.limit)
 
 
+def _write(out: Path, name: str, result: dict[str, Any], figure: Any) -> int:
+    """`<out>/<name>.json` and `<out>/<name>.png`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    figure.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
+    print(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")
+    return 0
+
+
 def _finish(args: argparse.Namespace, name: str, result: dict[str, Any], source: Any, figure: Any) -> int:
-    args.out.mkdir(parents=True, exist_ok=True)
+    """_write, with what was read from the responses file (malformed rows reported)."""
     result["responses_file"] = {"path": str(args.responses), "malformed_rows": source.malformed,
                                 "first_errors": source.errors}
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    figure.savefig(args.out / f"{name}.png", dpi=120, bbox_inches="tight")
     if source.malformed:
         print(f"forkrl analyze: skipped {source.malformed} malformed rows, e.g. {source.errors[0]}", file=sys.stderr)
-    print(f"wrote {args.out / f'{name}.json'} and {args.out / f'{name}.png'}")
-    return 0
+    return _write(args.out, name, result, figure)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -136,8 +142,8 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"generate: {done} prompts ({done / (time.monotonic() - start):.1f}/s)", file=sys.stderr, flush=True)
 
     with args.out.open("w") as out:
-        written = generate_responses(args.model, islice(prompts, args.limit), out, args.samples, args.max_new_tokens,
-                                     args.temperature, args.top_p, args.seed, progress)
+        written = generate_responses(args.model, tokenizer, islice(prompts, args.limit), out, args.samples,
+                                     args.max_new_tokens, args.temperature, args.top_p, args.seed, progress)
     print(f"wrote {written} responses to {args.out}")
     return 0
 
@@ -166,16 +172,12 @@ def _dual_temperature(args: argparse.Namespace) -> int:
     template, rows = spec_rows(args.spec, args.dataset)
     rows = rows[: args.limit]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    cells = dual_temperature_grid(args.model, rows, lambda row: render_prompt(row, template, tokenizer), t_highs,
-                                  t_lows, args.samples, args.max_new_tokens, args.threshold, args.seed,
+    cells = dual_temperature_grid(args.model, tokenizer, rows, lambda row: render_prompt(row, template, tokenizer),
+                                  t_highs, t_lows, args.samples, args.max_new_tokens, args.threshold, args.seed,
                                   progress=lambda line: print(line, file=sys.stderr, flush=True))
     result = {"model": args.model, "dataset": args.dataset, "problems": len(rows), "k": args.samples,
               "threshold": args.threshold, "cells": [asdict(cell) for cell in cells]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dual_temperature.json").write_text(json.dumps(result, indent=2) + "\n")
-    dual_temperature_figure(result).savefig(args.out / "dual_temperature.png", dpi=120, bbox_inches="tight")
-    print(f"wrote {args.out / 'dual_temperature.json'} and {args.out / 'dual_temperature.png'}")
-    return 0
+    return _write(args.out, "dual_temperature", result, dual_temperature_figure(result))
 
 
 def _entropy(args: argparse.Namespace) -> int:

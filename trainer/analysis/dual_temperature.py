@@ -2,19 +2,18 @@
 high-entropy tokens and t_low on the rest; its finding is that lowering t_high hurts more than lowering t_low).
 
 Every cell samples the same problems with the same seeds (common random numbers), so differences between
-cells are paired; each cell's 95% interval is over problems (per-problem accuracy, normal approximation).
+cells are paired; each cell's avg@k and 95% interval over problems are trainer/evaluation.py's `score_dataset`.
 Math rows are scored in this process with the verifier's own `score_math` (extraction as the row says).
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from forkrl.trainer.data.schema import PromptRow
+from forkrl.trainer.evaluation import score_dataset
 
 
 @dataclass(frozen=True)
@@ -27,20 +26,11 @@ class GridCell:
     samples: int
 
 
-def accuracy_with_interval(per_problem: Sequence[float]) -> tuple[float, float]:
-    """(mean, 95% half-width) of per-problem accuracies; half-width 0 for a single problem."""
-    mean = statistics.fmean(per_problem)
-    if len(per_problem) < 2:
-        return mean, 0.0
-    return mean, 1.96 * statistics.stdev(per_problem) / math.sqrt(len(per_problem))
-
-
-def dual_temperature_grid(model_path: str, rows: Sequence[PromptRow], render: Callable[[PromptRow], str],
-                          t_highs: Sequence[float], t_lows: Sequence[float], samples: int, max_new_tokens: int,
-                          threshold: float, seed: int, progress: Callable[[str], None] = lambda _: None
-                          ) -> list[GridCell]:
-    from transformers import AutoTokenizer
-
+def dual_temperature_grid(model_path: str, tokenizer: Any, rows: Sequence[PromptRow],
+                          render: Callable[[PromptRow], str], t_highs: Sequence[float], t_lows: Sequence[float],
+                          samples: int, max_new_tokens: int, threshold: float, seed: int,
+                          progress: Callable[[str], None] = lambda _: None) -> list[GridCell]:
+    """`tokenizer`: the checkpoint's (prompts are encoded and responses decoded with it)."""
     from forkrl.rollout.hf_engine import HFEngine, HFEngineConfig
     from forkrl.rollout.types import GenerateRequest
     from forkrl.rollout.verifier.config import MathRewardConfig
@@ -48,7 +38,6 @@ def dual_temperature_grid(model_path: str, rows: Sequence[PromptRow], render: Ca
 
     if any(row.task != "math" for row in rows):
         raise SystemExit("forkrl analyze dual-temperature: only math rows can be scored in process")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     engine = HFEngine.from_pretrained(model_path, HFEngineConfig(seed=seed))
     prompts = [tokenizer(render(row)).input_ids for row in rows]
     config = MathRewardConfig()
@@ -61,14 +50,15 @@ def dual_temperature_grid(model_path: str, rows: Sequence[PromptRow], render: Ca
                 requests = [GenerateRequest(request_id=str(i), prompt_token_ids=ids, n=samples,
                                             max_new_tokens=max_new_tokens, seed=seed + i, sampling=sampling)
                             for i, ids in enumerate(prompts)]
-                per_problem = []
+                correctness = []
                 for row, result in zip(rows, engine.generate(requests), strict=True):
                     texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in result.samples]
-                    correct = [score_math(text, row.answer, row.answer_format, config).correct for text in texts]
-                    per_problem.append(sum(correct) / len(correct))
-                mean, half = accuracy_with_interval(per_problem)
-                cells.append(GridCell(t_high, t_low, mean, half, samples * len(rows)))
-                progress(f"t_high {t_high:g} t_low {t_low:g}: avg@{samples} {mean:.3f} +- {half:.3f}")
+                    correctness.append([score_math(text, row.answer, row.answer_format, config).correct
+                                        for text in texts])
+                scores = score_dataset(f"t_high={t_high:g},t_low={t_low:g}", correctness)
+                half = (scores.ci95[1] - scores.ci95[0]) / 2
+                cells.append(GridCell(t_high, t_low, scores.avg_at_k, half, samples * len(rows)))
+                progress(f"t_high {t_high:g} t_low {t_low:g}: avg@{samples} {scores.avg_at_k:.3f} +- {half:.3f}")
     finally:
         engine.close()
     return cells

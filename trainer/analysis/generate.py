@@ -49,16 +49,14 @@ def file_prompts(path: Path) -> Iterator[str]:
                 yield row["prompt"]
 
 
-def generate_responses(model_path: str | Path, prompts: Iterator[str], out: TextIO, samples: int,
+def generate_responses(model_path: str | Path, tokenizer: Any, prompts: Iterator[str], out: TextIO, samples: int,
                        max_new_tokens: int, temperature: float, top_p: float, seed: int,
                        progress: Callable[[int], None] = lambda _: None) -> int:
-    """Sample `samples` responses per prompt and write them to `out`; returns the number written."""
-    from transformers import AutoTokenizer
-
+    """Sample `samples` responses per prompt (encoded with the checkpoint's `tokenizer`) and write them to `out`;
+    returns the number written."""
     from forkrl.rollout.hf_engine import HFEngine, HFEngineConfig
     from forkrl.rollout.types import GenerateRequest
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     engine = HFEngine.from_pretrained(model_path, HFEngineConfig(seed=seed))
     written = index = 0
     while batch := list(islice(prompts, PROMPTS_PER_BATCH)):

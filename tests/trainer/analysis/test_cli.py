@@ -118,10 +118,12 @@ def test_generate_from_a_spec_data_set_then_analyse(setup: tuple[Path, Path, Pat
 
 
 def test_dual_temperature_grid_is_paired_and_reproducible(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    from forkrl.trainer.analysis.dual_temperature import accuracy_with_interval
+    from forkrl.trainer.evaluation import score_dataset
 
-    mean, half = accuracy_with_interval([1.0, 0.0, 0.5, 0.5])
-    assert mean == 0.5 and half == pytest.approx(1.96 * (1 / 6) ** 0.5 / 2)
+    # The cells' avg@k and interval (per-problem accuracies 1, 0, 0.5, 0.5).
+    scores = score_dataset("cell", [[True, True], [False, False], [True, False], [False, True]])
+    half = (scores.ci95[1] - scores.ci95[0]) / 2
+    assert scores.avg_at_k == 0.5 and half == pytest.approx(1.96 * (1 / 6) ** 0.5 / 2)
     base, _, _ = setup
     example = Path(__file__).resolve().parents[3] / "examples" / "local-arith.yaml"
     results = []
