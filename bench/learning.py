@@ -28,7 +28,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -42,9 +41,9 @@ import yaml
 from learning_eval import EvalSettings, HeldoutScore, evaluate
 from learning_settings import LearningSettings, differences, forkrl_settings, trl_settings
 
+from forkrl.trainer.evaluation import seed_interval as interval
+
 ROOT = Path(__file__).resolve().parents[1]
-# Two-sided 95% Student t quantiles by degrees of freedom (seeds - 1); normal beyond the table.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 ARMS = ("forkrl", "trl", "forkrl-ds")
@@ -155,15 +154,6 @@ def run_forkrl(spec_data: dict[str, Any], model: Path, rows_file: Path, seed: in
     records = read_step_records(workdir / "runs" / name / "metrics.jsonl")
     generated = sum(round(r.generated.samples * r.generated.response_length_mean) for r in records)
     return sum(record.time.step for record in records), generated, workdir / "runs" / name / "final_model"
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of a 95% t-interval (0 for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    t = T95.get(len(values) - 1, 1.96)
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def print_settings(forkrl: LearningSettings, trl: LearningSettings | None) -> None:

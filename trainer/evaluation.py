@@ -68,3 +68,26 @@ def paired_difference_ci(before: Sequence[float], after: Sequence[float]) -> tup
     var = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
     half = 1.96 * math.sqrt(var / len(diffs))
     return mean, mean - half, mean + half
+
+
+# Two-sided 95% Student t quantiles by degrees of freedom; the normal 1.96 beyond the table.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_quantile_95(degrees_of_freedom: int) -> float:
+    """The 0.975 quantile of Student's t (conservative: the next smaller tabulated degrees of freedom)."""
+    if degrees_of_freedom < 1:
+        raise ValueError("a t-interval needs at least two values")
+    return T95[max(d for d in T95 if d <= degrees_of_freedom)] if degrees_of_freedom <= 30 else 1.96
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean of per-seed results and the half-width of its 95% t-interval (0 for a single seed)."""
+    if not values:
+        raise ValueError("no values to average")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, t_quantile_95(len(values) - 1) * math.sqrt(var / len(values))

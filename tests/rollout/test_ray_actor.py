@@ -21,7 +21,7 @@ def test_rollout_actor_generates_and_takes_weights(tmp_path) -> None:
     request = GenerateRequest(prompt_token_ids=tiny(0)[1]("9*9=").input_ids, n=2, max_new_tokens=6, seed=8)
     with one_torch_thread():
         expected = HFEngine.from_pretrained(model_dir).generate([request])[0]
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         config = RolloutServerConfig(model=str(model_dir), hf={"num_threads": 1})
         actor = create_rollout_actor(config)

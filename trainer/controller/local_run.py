@@ -120,7 +120,10 @@ class LocalRun:
             # No idle workers started ahead (one per CPU by default): the run's only Ray work is its learner
             # ranks, actors in a placement group that each get a new worker (measured with Ray 2.60), so
             # those would boot on the cores the run is starting on and be stopped again unused.
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+            # address="local": without it Ray joins a cluster `ray start` left on this host (a Ray node
+            # running this as a task of `forkrl compare`) and refuses num_cpus.
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False,
                      runtime_env=env, _system_config={"prestart_worker_first_driver": False})
         learner_spec = spec.learner
         if learner_spec.max_sequence_length is None:

@@ -35,7 +35,7 @@ class _Rank:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
              _node_ip_address=LOCAL_BIND_HOST)
     yield
     ray.shutdown()
