@@ -6,6 +6,8 @@
     forkrl plan --model qwen2.5-32b --gpus-per-node 8 --gpu-memory-gib 80 --nodes 4
     forkrl crd [--write | --check]  # the RLVRJob CRD generated from the spec models
     forkrl analyze entropy|tokens|overlap ...  # entropy analyses of responses (trainer/analysis)
+    forkrl compare SPEC --workdir W [--objectives dapo,forking-top20,...]  # objectives x seeds, one report
+    forkrl sweep SPEC --workdir W --grid objective.rho=0.1,0.2,0.5       # a grid of spec fields x seeds
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from forkrl.rollout.lifeline import watch_from_env
+
+    # Started by `forkrl compare`/`sweep` (an arm): end with it, even when it is SIGKILLed.
+    watch_from_env()
     from forkrl.trainer.controller.loop import train_main
 
     return train_main(args.spec, resume=args.resume, quiet=args.quiet)
@@ -90,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     crd.set_defaults(handler=_crd)
 
     from forkrl.trainer.analysis.cli import add_analyze_parser
+    from forkrl.trainer.experiments.cli import add_experiment_parsers
 
     add_analyze_parser(commands)
+    add_experiment_parsers(commands)
     return parser
 
 
