@@ -17,6 +17,8 @@ inplace_backward=True writes each rank's shard gradient into its own logits shar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -41,6 +43,56 @@ def _group_rank_and_size(group: dist.ProcessGroup | None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+@dataclass(frozen=True)
+class ShardStats:
+    """Per token of one TP rank's logits shard: the global results and what the backward needs."""
+
+    logp: Tensor
+    entropy: Tensor
+    lse: Tensor
+    """log Σ_j exp(z_j) over the full vocabulary, z = logits / T."""
+    local_targets: Tensor
+    """The target's column in this shard (0 where the target lives on another rank)."""
+    target_is_local: Tensor
+
+
+def shard_stats(logits_shard: Tensor, targets: Tensor, group: dist.ProcessGroup | None, temperature: float,
+                rows: int) -> ShardStats:
+    """Log-prob of the target and entropy from this rank's [tokens, vocab/tp] logits: one MAX and one SUM
+    all-reduce of [tokens]-sized data over `group` (none when None), `rows` tokens of workspace at a time."""
+    num_tokens, shard = logits_shard.shape
+    dtype = compute_dtype(logits_shard.dtype)
+    rank = dist.get_rank(group) if group is not None else 0
+    local_targets = targets - rank * shard
+    target_is_local = (local_targets >= 0) & (local_targets < shard)
+    local_targets = torch.where(target_is_local, local_targets, 0)
+
+    # Pass 1: global row max. max(x)/T == max(x/T) exactly (rounding is monotone), so no copy.
+    row_max = logits_shard.amax(dim=1).to(dtype).div_(temperature)
+    if group is not None:
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+
+    # Pass 2: local partial sums against the global max, one SUM all-reduce for all three.
+    partial = torch.zeros(3, num_tokens, dtype=dtype, device=logits_shard.device)
+    rows = min(rows, num_tokens)
+    workspace = torch.empty(rows, shard, dtype=dtype, device=logits_shard.device)
+    for start in range(0, num_tokens, rows):
+        end = min(start + rows, num_tokens)
+        z = scaled_logits_into(workspace[: end - start], logits_shard[start:end], temperature)
+        target_logit = z.gather(1, local_targets[start:end].unsqueeze(1)).squeeze(1)
+        partial[2, start:end] = torch.where(target_is_local[start:end], target_logit, 0.0)
+        partial[0, start:end], partial[1, start:end] = shifted_exp_stats_(z, row_max[start:end])
+    del workspace
+    if group is not None:
+        dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
+
+    sum_exp, weighted_shift, target_logit = partial
+    log_sum_exp = sum_exp.log()
+    lse = row_max + log_sum_exp
+    entropy = log_sum_exp - weighted_shift / sum_exp
+    return ShardStats(target_logit - lse, entropy, lse, local_targets, target_is_local)
+
+
 class _VocabParallelLogprobsEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -53,43 +105,15 @@ class _VocabParallelLogprobsEntropy(torch.autograd.Function):
         entropy_requires_grad: bool,
         inplace_backward: bool,
     ) -> tuple[Tensor, Tensor]:
-        num_tokens, shard = logits_shard.shape
-        dtype = compute_dtype(logits_shard.dtype)
-        rank = dist.get_rank(group)
-        local_targets = targets - rank * shard
-        target_is_local = (local_targets >= 0) & (local_targets < shard)
-        local_targets = torch.where(target_is_local, local_targets, 0)
-
-        # Pass 1: global row max. max(x)/T == max(x/T) exactly (rounding is monotone), so no copy.
-        row_max = logits_shard.amax(dim=1).to(dtype).div_(temperature)
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-
-        # Pass 2: local partial sums against the global max, one SUM all-reduce for all three.
-        partial = torch.zeros(3, num_tokens, dtype=dtype, device=logits_shard.device)
-        rows = min(chunk_size, num_tokens)
-        workspace = torch.empty(rows, shard, dtype=dtype, device=logits_shard.device)
-        for start in range(0, num_tokens, rows):
-            end = min(start + rows, num_tokens)
-            z = scaled_logits_into(workspace[: end - start], logits_shard[start:end], temperature)
-            target_logit = z.gather(1, local_targets[start:end].unsqueeze(1)).squeeze(1)
-            partial[2, start:end] = torch.where(target_is_local[start:end], target_logit, 0.0)
-            partial[0, start:end], partial[1, start:end] = shifted_exp_stats_(z, row_max[start:end])
-        del workspace
-        dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
-
-        sum_exp, weighted_shift, target_logit = partial
-        log_sum_exp = sum_exp.log()
-        lse = row_max + log_sum_exp
-        entropy = log_sum_exp - weighted_shift / sum_exp
-        logp = target_logit - lse
-        ctx.save_for_backward(logits_shard, local_targets, target_is_local, lse, entropy)
+        stats = shard_stats(logits_shard, targets, group, temperature, chunk_size)
+        ctx.save_for_backward(logits_shard, stats.local_targets, stats.target_is_local, stats.lse, stats.entropy)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         ctx.entropy_requires_grad = entropy_requires_grad
         ctx.inplace_backward = inplace_backward
         if not entropy_requires_grad:
-            ctx.mark_non_differentiable(entropy)
-        return logp, entropy
+            ctx.mark_non_differentiable(stats.entropy)
+        return stats.logp, stats.entropy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
