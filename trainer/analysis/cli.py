@@ -35,8 +35,13 @@ def add_analyze_parser(commands: Any) -> None:
         parser.add_argument("--limit", type=int, default=None, help="score at most this many responses")
         parser.add_argument("--device", default="cpu")
 
-    generate = sub.add_parser("generate", help="sample responses to analyse from a checkpoint (HF rollout engine)")
-    generate.add_argument("--model", required=True)
+    generate = sub.add_parser("generate", help="sample responses to analyse from a checkpoint (HF rollout engine) "
+                              "or a running rollout service")
+    generate.add_argument("--model", required=True,
+                          help="the checkpoint (with --endpoint: the served model's, for its tokenizer)")
+    generate.add_argument("--endpoint", default=None,
+                          help="a rollout service URL (python -m forkrl.rollout, a job's rollout Service) to sample "
+                          "from instead of loading --model here")
     source = generate.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", help="take the prompts of a data set of this spec (with --dataset)")
     source.add_argument("--prompts", type=Path, help='JSON lines of {"prompt": "..."}')
@@ -127,7 +132,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     from transformers import AutoTokenizer
 
-    from forkrl.trainer.analysis.generate import file_prompts, generate_responses, spec_prompts
+    from forkrl.trainer.analysis.generate import (
+        ServiceEngine,
+        file_prompts,
+        generate_responses,
+        local_engine,
+        spec_prompts,
+    )
 
     if args.spec and not args.dataset:
         raise SystemExit("forkrl analyze generate: --spec needs --dataset (which of its data sets to prompt with)")
@@ -141,10 +152,11 @@ def _generate(args: argparse.Namespace) -> int:
     def progress(done: int) -> None:
         print(f"generate: {done} prompts ({done / (time.monotonic() - start):.1f}/s)", file=sys.stderr, flush=True)
 
+    engine = ServiceEngine(args.endpoint) if args.endpoint else local_engine(args.model, args.seed)
     with args.out.open("w") as out:
-        written = generate_responses(args.model, tokenizer, islice(prompts, args.limit), out, args.samples,
+        written = generate_responses(engine, tokenizer, islice(prompts, args.limit), out, args.samples,
                                      args.max_new_tokens, args.temperature, args.top_p, args.seed, progress)
-    print(f"wrote {written} responses to {args.out}")
+    print(f"wrote {written} responses to {args.out}" + (f" (sampled by {args.endpoint})" if args.endpoint else ""))
     return 0
 
 

@@ -117,6 +117,28 @@ def test_generate_from_a_spec_data_set_then_analyse(setup: tuple[Path, Path, Pat
               "--out", str(responses)])
 
 
+def test_generate_through_a_running_rollout_service_equals_the_local_engine(setup: tuple[Path, Path, Path],
+                                                                           tmp_path: Path) -> None:
+    """The same prompts and seeds sampled by a real replica process give the same responses as in-process."""
+    from tests.rollout.helpers import start_server
+
+    base, _, _ = setup
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("3+4*2=", "8-5+1=", "7*7=")))
+    common = ["--model", str(base), "--prompts", str(prompts), "--samples", "2", "--max-new-tokens", "5",
+              "--seed", "11"]
+    local, served = tmp_path / "local.jsonl", tmp_path / "served.jsonl"
+    assert main(["analyze", "generate", *common, "--out", str(local)]) == 0
+    server = start_server(base, tmp_path)
+    try:
+        assert main(["analyze", "generate", *common, "--endpoint", server.url, "--out", str(served)]) == 0
+    finally:
+        server.stop()
+    rows = [json.loads(line) for line in served.read_text().splitlines()]
+    assert len(rows) >= 3 and {row["prompt"] for row in rows} <= {"3+4*2=", "8-5+1=", "7*7="}
+    assert served.read_text() == local.read_text()
+
+
 def test_dual_temperature_grid_is_paired_and_reproducible(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
     from forkrl.trainer.evaluation import score_dataset
 
