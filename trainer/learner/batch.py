@@ -114,13 +114,25 @@ class MicroBatch:
     def response_mask(self) -> torch.Tensor:
         return self.fields["response_mask"]
 
-    def to(self, device: torch.device) -> MicroBatch:
+    def to(self, device: torch.device, inputs: bool = True) -> MicroBatch:
+        """A copy on `device`. inputs=False leaves the model inputs (MODEL_INPUTS: the [rows, L] tokens and
+        positions and the [rows, 1, L, L] mask, the micro-batch's largest tensors) where they are, for
+        `inputs_to` to move when the schedule reaches this micro-batch."""
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key, value in moved.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and (inputs or key not in MODEL_INPUTS):
                 moved[key] = value.to(device, non_blocking=True)
         moved["fields"] = {k: v.to(device, non_blocking=True) for k, v in self.fields.items()}
         return MicroBatch(**moved)
+
+    def inputs_to(self, device: torch.device) -> MicroBatch:
+        """The same micro-batch with its model inputs on `device` (a shallow copy; self is unchanged)."""
+        moved = {name: value.to(device, non_blocking=True) for name in MODEL_INPUTS
+                 if (value := getattr(self, name)) is not None}
+        return dataclasses.replace(self, **moved)
+
+
+MODEL_INPUTS = ("tokens", "position_ids", "attention_mask")
 
 
 def _round_up(value: int, multiple: int) -> int:

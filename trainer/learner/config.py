@@ -150,7 +150,23 @@ class LearnerSpec(_Strict):
         "reweights with the rollout's log-probs."
     )
     logprob_chunk_size: int | None = Field(
-        None, ge=1, description="Tokens per chunk in the vocab-parallel log-prob/entropy kernel (None = all)."
+        None, ge=1, description="Tokens per chunk in the vocab-parallel log-prob/entropy kernel (None = all); "
+        "loss_head `logits` only."
+    )
+    attention: Literal["sdpa", "unfused"] = Field(
+        "sdpa", description="Core attention: `sdpa` runs torch's scaled_dot_product_attention (flash / memory-"
+        "efficient kernels: no [b, heads, s, s] scores stored); `unfused` is megatron's local DotProductAttention, "
+        "which keeps the softmax output per layer."
+    )
+    loss_head: Literal["fused", "logits"] = Field(
+        "fused", description="`fused`: log-probs and entropies straight from the final hidden states and the output "
+        "weight, loss_head_chunk_tokens tokens at a time, recomputed in the backward: the [tokens, vocab/tp] logits "
+        "never exist, and only response positions are projected. `logits`: the output layer builds the logits of "
+        "every position, then the vocab-parallel kernel reads them."
+    )
+    loss_head_chunk_tokens: int = Field(
+        1024, ge=1, le=1_048_576, description="Tokens per chunk of the fused loss head: its peak extra memory is one "
+        "[chunk, vocab/tp] block and its fp32 workspace."
     )
     seed: int = Field(1234, ge=0, description="Base seed of megatron's RNG tracker.")
     grad_reduce_in_fp32: bool = Field(True, description="Accumulate and reduce gradients in fp32.")

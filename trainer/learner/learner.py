@@ -76,7 +76,8 @@ class Learner:
         self.config = transformer_config(self.arch, spec, self.use_gpu)
         self.dtype = self.config.params_dtype
         max_len = spec.max_sequence_length or self.arch.max_position_embeddings
-        self.chunks = build_model_chunks(self.arch, self.config, max_len, perform_init=model_path is None)
+        self.chunks = build_model_chunks(self.arch, self.config, max_len, perform_init=model_path is None,
+                                         hidden_states_head=spec.loss_head == "fused", attention=spec.attention)
         for chunk in self.chunks:
             chunk.to(self.device)
         if model_path is not None:
@@ -95,7 +96,8 @@ class Learner:
         if not wanted:
             return None
         config = dataclasses.replace(self.config, no_sync_func=None, finalize_model_grads_func=None)
-        chunks = build_model_chunks(self.arch, config, max_len, perform_init=False)
+        chunks = build_model_chunks(self.arch, config, max_len, perform_init=False,
+                                    hidden_states_head=self.spec.loss_head == "fused", attention=self.spec.attention)
         for ref, policy in zip(chunks, self.chunks, strict=True):
             ref.load_state_dict(policy.state_dict(), strict=True)
             ref.requires_grad_(False)
@@ -118,6 +120,7 @@ class Learner:
             temperature=self.spec.temperature,
             chunk_size=self.spec.logprob_chunk_size,
             entropy_requires_grad=entropy_grad,
+            head_chunk_tokens=self.spec.loss_head_chunk_tokens,
         )
 
     def _micro_batches(self, batch: LearnerBatch) -> list[MicroBatch]:
@@ -128,15 +131,22 @@ class Learner:
             mbs = packed_micro_batches(shard, mb_spec.max_tokens, multiple)
         else:
             mbs = padded_micro_batches(shard, mb_spec.micro_batch_size, multiple)
-        return [mb.to(self.device) for mb in mbs]
+        # The model inputs reach the device one micro-batch at a time (`_schedule`); the rest is small.
+        return [mb.to(self.device, inputs=False) for mb in mbs]
 
     def _schedule(
         self, model: list[torch.nn.Module], forward_step: Any, mbs: list[MicroBatch], forward_only: bool
     ) -> list[Any]:
-        """Run megatron's schedule (no pipelining / 1F1B / interleaved) over the micro-batches."""
-        data: Any = iter(mbs)
+        """Run megatron's schedule (no pipelining / 1F1B / interleaved) over the micro-batches; each one's
+        model inputs are moved to the device when the schedule takes it, so only the micro-batches in flight
+        hold device copies of them."""
+
+        def streamed() -> Iterator[MicroBatch]:
+            return (mb.inputs_to(self.device) for mb in mbs)
+
+        data: Any = streamed()
         if len(model) > 1:
-            data = [iter(mbs) for _ in model]
+            data = [streamed() for _ in model]
         return get_forward_backward_func()(
             forward_step_func=forward_step,
             data_iterator=data,

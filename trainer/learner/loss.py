@@ -1,8 +1,9 @@
 """Glue between megatron's pipeline schedules and the objective library.
 
-`forward_step` runs one model chunk on one micro-batch. At the last pipeline stage the vocab-sharded
-logits of the response positions go through the vocab-parallel log-prob/entropy kernel (the full
-vocabulary is never gathered), are scattered back to token-aligned [sequences, S] tensors, and
+`forward_step` runs one model chunk on one micro-batch. At the last pipeline stage the final hidden states
+of the response positions go through the fused loss head (learner.loss_head `fused`: no logits tensor), or
+their vocab-sharded logits through the vocab-parallel log-prob/entropy kernel (`logits`); either way the
+full vocabulary is never gathered. The results are scattered back to token-aligned [sequences, S] tensors, and
 either returned (forward-only passes) or fed to `compute_policy_loss` with the mini-batch's
 `LossContext` (training).
 """
@@ -17,8 +18,10 @@ import torch
 import torch.distributed as dist
 from megatron.core.utils import get_attr_wrapped_model
 
+from forkrl.trainer.fused_head import fused_head_logprobs_and_entropy
 from forkrl.trainer.learner.batch import MicroBatch
 from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.learner.head import head_weight
 from forkrl.trainer.learner.step_metrics import MicroBatchReport
 from forkrl.trainer.objectives import LossContext, LossInputs, ObjectiveConfig, compute_policy_loss
 from forkrl.trainer.vocab_parallel import vocab_parallel_logprobs_and_entropy
@@ -32,22 +35,37 @@ class TokenStatsConfig:
     temperature: float
     chunk_size: int | None
     entropy_requires_grad: bool = False
+    head_chunk_tokens: int = 1024
+    """Tokens per chunk of the fused head (when the model returns hidden states)."""
 
 
 def token_logprobs_and_entropy(
-    logits: torch.Tensor, mb: MicroBatch, stats: TokenStatsConfig
+    output: torch.Tensor, mb: MicroBatch, stats: TokenStatsConfig, head_weight: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits: [rows, L, vocab/tp] -> (logp, entropy): [num_seqs, S], zero off the response tokens."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    predicted = flat.index_select(0, mb.pred_index)  # [n, vocab/tp]: only response positions
-    logp, entropy = vocab_parallel_logprobs_and_entropy(
-        predicted,
-        mb.target_ids,
-        stats.tp_group,
-        stats.temperature,
-        entropy_requires_grad=stats.entropy_requires_grad,
-        chunk_size=stats.chunk_size,
-    )
+    """output: [rows, L, vocab/tp] logits, or [rows, L, hidden] final hidden states when `head_weight` (the
+    output layer's [vocab/tp, hidden] shard, fused head) is given -> (logp, entropy): [num_seqs, S], zero off
+    the response tokens. Only the response positions are read (and, fused, projected)."""
+    flat = output.reshape(-1, output.shape[-1])
+    predicted = flat.index_select(0, mb.pred_index)  # [n, vocab/tp] or [n, hidden]: only response positions
+    if head_weight is None:
+        logp, entropy = vocab_parallel_logprobs_and_entropy(
+            predicted,
+            mb.target_ids,
+            stats.tp_group,
+            stats.temperature,
+            entropy_requires_grad=stats.entropy_requires_grad,
+            chunk_size=stats.chunk_size,
+        )
+    else:
+        logp, entropy = fused_head_logprobs_and_entropy(
+            predicted,
+            head_weight,
+            mb.target_ids,
+            stats.tp_group,
+            stats.temperature,
+            stats.head_chunk_tokens,
+            entropy_requires_grad=stats.entropy_requires_grad,
+        )
     shape = mb.response_mask.shape
     index = (mb.out_rows, mb.out_cols)
     logp_bt = torch.zeros(shape, dtype=logp.dtype, device=logp.device).index_put(index, logp)
@@ -104,9 +122,10 @@ def token_sum_norm_length(cfg: ObjectiveConfig, spec: LearnerSpec) -> int | None
 
 
 def _policy_loss(
-    cfg: ObjectiveConfig, ctx: LossContext, stats: TokenStatsConfig, mb: MicroBatch, logits: torch.Tensor
+    cfg: ObjectiveConfig, ctx: LossContext, stats: TokenStatsConfig, mb: MicroBatch,
+    head: torch.Tensor | None, output: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, MicroBatchReport]:
-    logp, entropy = token_logprobs_and_entropy(logits, mb, stats)
+    logp, entropy = token_logprobs_and_entropy(output, mb, stats, head)
     out = compute_policy_loss(cfg, loss_inputs(mb, logp, entropy), ctx)
     loss = out.loss if out.loss._base is None else out.loss.clone()
     response = mb.response_mask.bool()
@@ -123,10 +142,11 @@ def _policy_loss(
 
 
 def _collect_stats(
-    stats: TokenStatsConfig, mb: MicroBatch, logits: torch.Tensor, non_loss_data: bool = True
+    stats: TokenStatsConfig, mb: MicroBatch, head: torch.Tensor | None, output: torch.Tensor,
+    non_loss_data: bool = True
 ) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        logp, entropy = token_logprobs_and_entropy(logits, mb, stats)
+        logp, entropy = token_logprobs_and_entropy(output, mb, stats, head)
     return {"logp": logp, "entropy": entropy, "seq_index": mb.seq_index}
 
 
@@ -137,7 +157,8 @@ def train_forward_step(
 
     def forward_step(data: Iterator[MicroBatch], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
         mb = next(data)
-        return run_chunk(model, mb), partial(_policy_loss, cfg, ctx, stats, mb)
+        output = run_chunk(model, mb)
+        return output, partial(_policy_loss, cfg, ctx, stats, mb, head_weight(model))
 
     return forward_step
 
@@ -149,6 +170,7 @@ def stats_forward_step(
 
     def forward_step(data: Iterator[MicroBatch], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
         mb = next(data)
-        return run_chunk(model, mb), partial(_collect_stats, stats, mb)
+        output = run_chunk(model, mb)
+        return output, partial(_collect_stats, stats, mb, head_weight(model))
 
     return forward_step

@@ -29,7 +29,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from forkrl.trainer.learner.arch import ModelArch
+from forkrl.trainer.learner.attention import SDPACoreAttention
 from forkrl.trainer.learner.config import LearnerSpec
+from forkrl.trainer.learner.head import install_hidden_states_head
 from forkrl.trainer.learner.layers import PositionRotaryEmbedding, RMSNorm
 
 
@@ -87,8 +89,9 @@ def transformer_config(arch: ModelArch, spec: LearnerSpec, has_gpu: bool) -> Tra
     )
 
 
-def layer_spec(arch: ModelArch) -> ModuleSpec:
-    """One decoder layer from megatron-core local modules, with the learner's RMSNorm."""
+def layer_spec(arch: ModelArch, attention: str = "sdpa") -> ModuleSpec:
+    """One decoder layer from megatron-core local modules, with the learner's RMSNorm and core attention
+    (`sdpa`: attention.py, torch's fused kernels; `unfused`: megatron's DotProductAttention)."""
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -99,7 +102,7 @@ def layer_spec(arch: ModelArch) -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=DotProductAttention,
+                    core_attention=SDPACoreAttention if attention == "sdpa" else DotProductAttention,
                     linear_proj=RowParallelLinear,
                     q_layernorm=RMSNorm if arch.qk_norm else IdentityOp,
                     k_layernorm=RMSNorm if arch.qk_norm else IdentityOp,
@@ -116,12 +119,14 @@ def layer_spec(arch: ModelArch) -> ModuleSpec:
 
 
 def build_model_chunks(
-    arch: ModelArch, config: TransformerConfig, max_sequence_length: int, perform_init: bool = True
+    arch: ModelArch, config: TransformerConfig, max_sequence_length: int, perform_init: bool = True,
+    hidden_states_head: bool = False, attention: str = "sdpa",
 ) -> list[GPTModel]:
     """This rank's model chunks (one per virtual pipeline stage), unwrapped, on the current device.
 
     Parallel state must be initialised. With `perform_init=False` weights are left uninitialised
-    (they are about to be imported, or the model lives on the meta device).
+    (they are about to be imported, or the model lives on the meta device). `hidden_states_head`: the last
+    stage returns final hidden states for the fused loss head instead of logits (head.py).
     """
     config = dataclasses.replace(config, perform_initialization=perform_init)
     vpp = config.virtual_pipeline_model_parallel_size
@@ -129,7 +134,7 @@ def build_model_chunks(
     for vp in range(vpp or 1):
         vp_stage = vp if vpp else None
         block = TransformerBlockSubmodules(
-            layer_specs=[layer_spec(arch)] * get_num_layers_to_build(config, vp_stage=vp_stage),
+            layer_specs=[layer_spec(arch, attention)] * get_num_layers_to_build(config, vp_stage=vp_stage),
             layer_norm=RMSNorm,
         )
         model = GPTModel(
@@ -158,6 +163,8 @@ def build_model_chunks(
         model.model_type = ModelType.encoder_or_decoder
         if not perform_init:
             mark_tensor_parallel_params(model)
+        if hidden_states_head:
+            install_hidden_states_head(model)
         chunks.append(model)
     return chunks
 

@@ -5,13 +5,20 @@ megatron's distributed Adam (fp32 master weights + two moments, sharded over DP)
 
     params      = P_rank x 2 B          grads = P_rank x 4 B          optimizer = P_rank x 12 B / DP
     activations = layers_on_stage x per_layer(recompute) x micro-batches in flight (PP for stage 0, 1F1B)
-    logits      = tokens x vocab / TP x (2 B bf16 logits + 4 B fp32 kernel workspace), last stage
+    loss head   = the last stage's logits-sized memory (learner.loss_head):
+                  fused:  min(chunk, tokens) x vocab / TP x (2 B bf16 block + 4 B fp32 workspace + 4 B fp32
+                          entropy-gradient scratch): one chunk at a time, forward and backward
+                  logits: tokens x vocab / TP x (2 B bf16 logits + 4 B fp32 kernel workspace)
 
 per_layer (bf16, T = tokens per micro-batch, t = TP, sp = t with sequence parallelism else 1), for
 megatron's local layers (unfused attention keeps the [heads/t, s, s] softmax output):
     none:      2T (4h/sp + (a + 2g) d / t + a d / t + 3 f / t) + 2 b (a / t) s^2
-    selective: the same without the s^2 term (core attention recomputed)
+               (learner.attention `sdpa`: 4 b (a / t) s instead of the s^2 term, the fp32 log-sum-exp the
+               fused kernels keep; `unfused` keeps the bf16 softmax output)
+    selective: the same without the s^2 / s term (core attention recomputed)
     full:      2T h / sp (layer inputs only; one layer is rebuilt at a time during backward)
+plus, per micro-batch in flight, the packed rows' block-diagonal mask [b, 1, s, s]: 1 B (bool, unfused) or
+2 B (SDPA's additive bf16 form, shared by every layer).
 
 P_rank is counted in closed form and checked by building the recommended layout's first and last
 stage of the real architecture on the meta device (fake process group, no memory allocated).
@@ -44,6 +51,9 @@ class Workload:
     micro_batch_size: int = 1
     micro_batches: int = 16  # per DP rank per optimizer step (pipeline bubble)
     sequence_parallel: bool = True
+    loss_head: Literal["fused", "logits"] = "fused"
+    head_chunk_tokens: int = 1024
+    attention: Literal["sdpa", "unfused"] = "sdpa"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +121,26 @@ def activation_bytes_per_layer(arch: ModelArch, tp: int, work: Workload, recompu
     if recompute == "full":
         return 2 * tokens * h / sp
     per_token = 4 * h / sp + (a + 2 * g) * d / tp + a * d / tp + 3 * f / tp
-    probs = 0.0 if recompute == "selective" else 2 * batch * (a / tp) * seq * seq
+    if recompute == "selective":
+        probs = 0.0
+    elif work.attention == "sdpa":
+        probs = 4 * batch * (a / tp) * seq
+    else:
+        probs = 2 * batch * (a / tp) * seq * seq
     return 2 * tokens * per_token + probs
+
+
+def mask_bytes(work: Workload) -> float:
+    """The packed micro-batch's attention mask (one per micro-batch in flight, shared by its layers)."""
+    seq = work.tokens // work.micro_batch_size
+    return work.micro_batch_size * seq * seq * (2 if work.attention == "sdpa" else 1)
+
+
+def loss_head_bytes(arch: ModelArch, tp: int, work: Workload) -> float:
+    """The last stage's logits-sized memory: one fused-head chunk, or the whole micro-batch's logits."""
+    if work.loss_head == "fused":
+        return min(work.head_chunk_tokens, work.tokens) * arch.vocab_size / tp * 10
+    return work.tokens * arch.vocab_size / tp * 6
 
 
 def estimate(
@@ -122,11 +150,12 @@ def estimate(
     counts = stage_param_counts(arch, tp, pp)
     layers = arch.num_layers // pp
     in_flight = min(pp, work.micro_batches)
-    logits = work.tokens * arch.vocab_size / tp * 6
+    logits = loss_head_bytes(arch, tp, work)
     per_stage = []
     for stage, count in enumerate(counts):
         params, grads, optim = count * 2, count * 4, count * 12 / dp
-        acts = layers * activation_bytes_per_layer(arch, tp, work, recompute) * max(in_flight - stage, 1)
+        per_micro_batch = layers * activation_bytes_per_layer(arch, tp, work, recompute) + mask_bytes(work)
+        acts = per_micro_batch * max(in_flight - stage, 1)
         stage_logits = logits if stage == pp - 1 else 0.0
         per_stage.append(
             (params + grads + optim + acts + stage_logits, count, params, grads, optim, acts, stage_logits)
@@ -242,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--micro-batch-size", type=int, default=1, help="rows per micro-batch")
     parser.add_argument("--micro-batches", type=int, default=16, help="micro-batches per DP rank per step")
     parser.add_argument("--no-sequence-parallel", action="store_true", help="estimate without SP")
+    parser.add_argument("--attention", choices=("sdpa", "unfused"), default="sdpa",
+                        help="learner.attention: sdpa (fused kernels, the default) or unfused (keeps [s, s] scores)")
+    parser.add_argument("--loss-head", choices=("fused", "logits"), default="fused",
+                        help="learner.loss_head: fused (no logits tensor, the default) or logits")
+    parser.add_argument("--head-chunk-tokens", type=int, default=1024, help="learner.loss_head_chunk_tokens")
     parser.add_argument("--all", action="store_true", help="also list layouts that do not fit")
     parser.add_argument("--no-meta-check", action="store_true", help="skip the meta-device parameter count")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -250,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("nodes", "gpus_per_node", "tokens", "micro_batch_size", "micro_batches"):
+    for name in ("nodes", "gpus_per_node", "tokens", "micro_batch_size", "micro_batches", "head_chunk_tokens"):
         if getattr(args, name) < 1:
             print(f"--{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
@@ -261,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forkrl plan: {err}", file=sys.stderr)
         return 2
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gib)
-    work = Workload(args.tokens, args.micro_batch_size, args.micro_batches, not args.no_sequence_parallel)
+    work = Workload(args.tokens, args.micro_batch_size, args.micro_batches, not args.no_sequence_parallel,
+                    args.loss_head, args.head_chunk_tokens, args.attention)
     rows, best = plan(arch, cluster, work)
     check = None
     if best is not None and not args.no_meta_check:
@@ -284,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"cluster: {cluster.nodes} x {cluster.gpus_per_node} GPUs x {cluster.gpu_memory_gib:g} GiB (usable "
         f"{cluster.usable_bytes / GIB:.1f} GiB); micro-batch {work.micro_batch_size} x "
         f"{work.tokens // work.micro_batch_size} tokens, {work.micro_batches} per step; bf16 + fp32 grads + "
-        "distributed Adam"
+        f"distributed Adam; {work.attention} attention, {work.loss_head} loss head"
     )
     print(_format_table(rows, best, args.all))
     if best is None:

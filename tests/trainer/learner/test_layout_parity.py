@@ -1,8 +1,9 @@
 """Hugging Face parity and TP / PP / DP layout parity of the Megatron learner (CPU, gloo, real processes).
 
-One 4-rank world runs every layout on the same imported Qwen2 weights and global batch; one 1-rank
-world gives TP = PP = DP = 1 and the per-family parity. Everything is compared with the
-transformers model and the objective library run in this (single) test process.
+One 4-rank world runs every layout on the same imported Qwen2 weights and global batch, with SDPA and the
+fused loss head and with megatron's unfused attention and logits; one 1-rank world gives TP = PP = DP = 1
+and the per-family parity. Everything is compared with the transformers model and the objective library
+run in this (single) test process.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from tests.trainer.learner.tiny import hf_token_stats, make_batch, save_tiny_mod
 OBJECTIVE = {"name": "dapo"}
 RUNS = [
     {"tp": 1, "pp": 1, "distributed": False},  # DP = 4
-    {"tp": 2, "pp": 1, "distributed": False},  # DP = 2
+    # DP = 2; two rows per micro-batch: the fused head's TP gradient arrives transposed (see learner/head.py)
+    {"tp": 2, "pp": 1, "distributed": False, "mbs": 2},
     {"tp": 1, "pp": 2, "distributed": False},  # DP = 2
     {"tp": 2, "pp": 2, "distributed": False, "export": True},  # DP = 1
     {"tp": 1, "pp": 1, "distributed": True},  # DP = 4, optimizer state sharded over 4
     {"tp": 2, "pp": 1, "sp": True, "recompute": "selective", "mbs": 2},  # DP = 2, padded rows split by SP
     {"tp": 2, "pp": 2, "vpp": 2, "sp": True, "recompute": "full", "mode": "packed", "max_tokens": 48},
+    # Every run above uses SDPA and the fused loss head (the defaults); these use megatron's unfused attention
+    # and build the logits, for the same results.
+    {"tp": 2, "pp": 2, "distributed": False, "head": "logits", "attention": "unfused"},
+    {"tp": 2, "pp": 1, "sp": True, "mode": "packed", "max_tokens": 48, "head": "logits", "attention": "unfused"},
 ]
 
 

@@ -1,7 +1,9 @@
 """The learner's loss for every objective equals the objective library's single-process loss.
 
-A 2-rank world (DP = 2, two micro-batches per rank) computes the mini-batch loss of each objective;
-here the same loss is computed in one process from the transformers model's log-probs/entropies:
+A 2-rank world (DP = 2, two micro-batches per rank) computes the mini-batch loss of each objective, and a
+4-rank world (TP = 2, PP = 2, the same four micro-batches on one DP rank) that of the entropy-aware ones
+(forking under both scopes, Archer with its reference model and KL); here the same loss is computed in one
+process from the transformers model's log-probs/entropies:
 per micro-batch with the library's global normaliser, and for the global forking scope also in one
 call on the concatenated batch with a top-rho mask taken over all of its tokens.
 """
@@ -52,6 +54,10 @@ OBJECTIVES = [
     {"name": "gspo", "loss_agg": "seq-mean-token-sum-norm", "token_sum_norm_length": 50},
 ]
 
+# TP = 2 x PP = 2: DP = 1, so the rank holds all 8 sequences, cut into the same 2-row micro-batches.
+TP_PP_RUN = {**RUN, "tp": 2, "pp": 2}
+TP_PP_OBJECTIVES = [OBJECTIVES[i] for i in (0, 1, 2, 3, 5, 6, 12)]
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -62,7 +68,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     batch = with_old_logp(batch, logp, seed=12, noise=0.2)
     batch = LearnerBatch(**{**batch.__dict__, "old_entropy": entropy.float()})
     result = run_world(workers.objectives_and_reference, 2, str(root / "qwen3"), batch, OBJECTIVES, RUN)[0]
-    return {"batch": batch, "logp": logp, "entropy": entropy, **result}
+    tp_pp = run_world(workers.objectives_and_reference, 4, str(root / "qwen3"), batch, TP_PP_OBJECTIVES,
+                      TP_PP_RUN)[0]
+    return {"batch": batch, "logp": logp, "entropy": entropy, **result, "tp_pp": tp_pp}
 
 
 def _inputs(setup: dict[str, Any], rows: slice, selection: torch.Tensor | None = None) -> LossInputs:
@@ -110,6 +118,31 @@ def test_learner_loss_equals_single_process_library_loss(setup: dict[str, Any], 
     assert got["objective"] == objective
     assert got["loss"] == pytest.approx(_single_process_loss(setup, objective), abs=1e-5)
     assert got["loss"] != 0.0
+
+
+@pytest.mark.parametrize("index", range(len(TP_PP_OBJECTIVES)), ids=[str(o) for o in TP_PP_OBJECTIVES])
+def test_under_tensor_and_pipeline_parallelism_the_loss_and_split_are_the_same(setup: dict[str, Any],
+                                                                            index: int) -> None:
+    objective = TP_PP_OBJECTIVES[index]
+    got = setup["tp_pp"]["losses"][index]
+    assert got["objective"] == objective
+    assert got["loss"] == pytest.approx(_single_process_loss(setup, objective), abs=1e-5)
+    same_on_dp2 = setup["losses"][OBJECTIVES.index(objective)]["metrics"]
+    assert got["metrics"].pg_tokens == same_on_dp2.pg_tokens  # the same tokens got gradient
+    if same_on_dp2.forking is not None:
+        assert got["metrics"].forking.threshold == pytest.approx(same_on_dp2.forking.threshold, abs=ENTROPY_TOL)
+    if same_on_dp2.kl is not None and same_on_dp2.kl.low is not None:
+        assert got["metrics"].kl.low == pytest.approx(same_on_dp2.kl.low, abs=1e-6)
+
+
+def test_reference_model_under_tensor_and_pipeline_parallelism(setup: dict[str, Any]) -> None:
+    ref = setup["tp_pp"]["reference"]
+    torch.testing.assert_close(ref["before_ref"].double(), setup["logp"], atol=1e-4, rtol=0)
+    assert torch.equal(ref["after_ref"], ref["before_ref"])
+    mask = setup["batch"].response_mask.bool()
+    assert float((ref["after_policy"] - ref["before_policy"])[mask].abs().max()) > 1e-4
+    # The same step as on DP = 2: the updated policy agrees across layouts.
+    torch.testing.assert_close(ref["after_policy"], setup["reference"]["after_policy"], atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("index", [1, 2])

@@ -3,6 +3,7 @@ arithmetic, the 32B recommendation and the shipped configs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def test_meta_device_build_of_32b_matches_closed_form() -> None:
     )
     result = json.loads(out.stdout)
     rec = result["recommended"]
-    assert (rec["tp"], rec["pp"], rec["dp"], rec["recompute"]) == (8, 2, 2, "selective")
+    assert (rec["tp"], rec["pp"], rec["dp"], rec["recompute"]) == (8, 2, 2, "none")
     check = result["meta_check"]
     assert check["meta_build"] == check["closed_form"]
     # Hand count for stage 0: 32 layers of TP-sharded weights / 8 + replicated norms, + embedding / 8.
@@ -107,12 +108,21 @@ def test_memory_terms_by_hand() -> None:
     assert dp2.grad_gib == pytest.approx(count * 4 / GIB)
     assert dp2.optimizer_gib == pytest.approx(count * 12 / 2 / GIB)
     assert dp1.optimizer_gib == pytest.approx(2 * dp2.optimizer_gib)
-    # The unfused attention keeps bf16 softmax probabilities [heads / TP, s, s] per layer.
-    none = activation_bytes_per_layer(arch, 4, work, "none")
-    selective = activation_bytes_per_layer(arch, 4, work, "selective")
+    # The unfused attention keeps bf16 softmax probabilities [heads / TP, s, s] per layer, SDPA's kernels
+    # an fp32 log-sum-exp [heads / TP, s].
+    unfused = dataclasses.replace(work, attention="unfused")
+    none = activation_bytes_per_layer(arch, 4, unfused, "none")
+    selective = activation_bytes_per_layer(arch, 4, unfused, "selective")
     assert none - selective == pytest.approx(2 * 1 * (28 / 4) * 4096**2)
+    assert activation_bytes_per_layer(arch, 4, work, "none") - selective == pytest.approx(4 * 1 * (28 / 4) * 4096)
     assert activation_bytes_per_layer(arch, 4, work, "full") == 2 * 4096 * 3584 / 4
-    assert dp2.logits_gib == pytest.approx(4096 * 152064 / 4 * 6 / GIB)
+    assert activation_bytes_per_layer(arch, 4, work, "selective") == selective
+    # The fused head holds one 1024-token chunk of bf16 logits and two fp32 buffers of its size ...
+    assert dp2.logits_gib == pytest.approx(1024 * 152064 / 4 * 10 / GIB)
+    # ... the logits head the whole micro-batch's bf16 logits and an fp32 workspace.
+    logits_head = estimate(arch, 4, 1, 2, "none", cluster, dataclasses.replace(work, loss_head="logits"))
+    assert logits_head.logits_gib == pytest.approx(4096 * 152064 / 4 * 6 / GIB)
+    assert logits_head.total_gib - dp2.total_gib == pytest.approx(logits_head.logits_gib - dp2.logits_gib)
 
 
 def test_recommendation_fits_and_is_fastest_fitting() -> None:

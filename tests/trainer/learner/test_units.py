@@ -164,6 +164,23 @@ def test_packed_rows_restart_positions_and_mask_across_sequences() -> None:
         assert torch.equal(mb.tokens[0, mb.pred_index + 1], mb.target_ids)
 
 
+def test_model_inputs_reach_the_device_only_when_the_schedule_takes_the_micro_batch() -> None:
+    """The meta device stands in for a GPU: what moved is on it, what stayed is on the CPU."""
+    batch = make_batch(seed=2, batch=5, width=10)
+    mb = packed_micro_batches(batch, max_tokens=24)[0]
+    meta = torch.device("meta")
+    staged = mb.to(meta, inputs=False)
+    assert staged.tokens is mb.tokens and staged.attention_mask is mb.attention_mask
+    assert staged.position_ids is mb.position_ids
+    assert staged.pred_index.is_meta and staged.response_mask.is_meta and staged.seq_index.is_meta
+    taken = staged.inputs_to(meta)
+    assert taken.tokens.is_meta and taken.attention_mask.is_meta and taken.position_ids.is_meta
+    assert taken.pred_index is staged.pred_index  # the rest is shared, not copied again
+    assert not staged.tokens.is_meta  # the staged micro-batch keeps its host inputs
+    padded = padded_micro_batches(batch, 2)[0].to(meta, inputs=False).inputs_to(meta)
+    assert padded.tokens.is_meta and padded.attention_mask is None  # plain causal rows have no mask
+
+
 def test_parallel_config_errors_name_fields() -> None:
     with pytest.raises(ValidationError, match="virtual_pipeline needs pipeline_parallel"):
         ParallelConfig(virtual_pipeline=2)

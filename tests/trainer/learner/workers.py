@@ -19,8 +19,8 @@ from forkrl.trainer.objectives import parse_objective
 
 
 def make_spec(run: dict[str, Any]) -> LearnerSpec:
-    """run: tp, pp, vpp, sp, recompute, mode, mbs, max_tokens, distributed, lr, max_response (all optional;
-    export is read by `layout_runs`)."""
+    """run: tp, pp, vpp, sp, recompute, mode, mbs, max_tokens, distributed, lr, max_response, head,
+    attention (all optional; export is read by `layout_runs`)."""
     return LearnerSpec(
         parallel=ParallelConfig(
             tensor_parallel=run.get("tp", 1),
@@ -45,6 +45,8 @@ def make_spec(run: dict[str, Any]) -> LearnerSpec:
         device=run.get("device", "cpu"),
         dtype=run.get("dtype", "float32"),
         max_response_length=run.get("max_response"),
+        loss_head=run.get("head", "fused"),
+        attention=run.get("attention", "sdpa"),
     )
 
 
