@@ -7,6 +7,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 Family = Literal["qwen2", "qwen3", "llama"]
@@ -97,12 +98,31 @@ class ModelArch:
         return self.num_layers * layer + embed + h
 
 
-def load_hf_config(config: Any) -> Any:
-    """A transformers `PretrainedConfig` from a config object, a dict, or a file/dir path (offline)."""
-    from transformers import AutoConfig, PretrainedConfig
+# config.json keys whose transformers defaults ModelArch.from_hf does not reproduce by itself; a config.json
+# that states all of them (transformers 5 writes every field) is read without importing transformers.
+_EXPLICIT_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size", "rms_norm_eps", "max_position_embeddings",
+                  "tie_word_embeddings")
+_EXPLICIT_BY_TYPE = {"qwen3": ("head_dim",)}  # Qwen3Config's head_dim defaults to 128, not hidden / heads
 
-    if isinstance(config, PretrainedConfig):
-        return config
+
+def plain_config(values: Mapping[str, Any]) -> SimpleNamespace | None:
+    """A config.json dict as attributes when it states every field that matters, else None.
+
+    Importing transformers' config classes costs a learner process ~4 CPU-seconds (they pull in
+    TorchDynamo), on every rank of every run; a complete config.json needs none of their defaults."""
+    model_type = values.get("model_type")
+    needed = _EXPLICIT_KEYS + _EXPLICIT_BY_TYPE.get(str(model_type), ())
+    if any(values.get(key) is None for key in needed):
+        return None
+    if values.get("rope_parameters") is None and values.get("rope_scaling") is None and "rope_theta" not in values:
+        return None
+    return SimpleNamespace(**values)
+
+
+def load_hf_config(config: Any) -> Any:
+    """A config object from a transformers `PretrainedConfig`, a dict, or a file/dir path (offline): the
+    dict itself as attributes when it is complete (`plain_config`), else transformers' config class."""
     if isinstance(config, str | Path):
         path = Path(config)
         if path.is_dir():
@@ -111,9 +131,18 @@ def load_hf_config(config: Any) -> Any:
             raise FileNotFoundError(f"no Hugging Face config at {path}")
         config = json.loads(path.read_text())
     if isinstance(config, Mapping):
+        plain = plain_config(config)
+        if plain is not None:
+            return plain
+        from transformers import AutoConfig
+
         values = dict(config)
         model_type = values.pop("model_type", None)
         if model_type is None:
             raise ValueError("Hugging Face config has no model_type")
         return AutoConfig.for_model(model_type, **values)
+    from transformers import PretrainedConfig
+
+    if isinstance(config, PretrainedConfig):
+        return config
     raise TypeError(f"cannot read a Hugging Face config from {type(config).__name__}")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from pydantic import ValidationError
 
-from forkrl.trainer.learner.arch import ModelArch
+from forkrl.trainer.learner.arch import _EXPLICIT_KEYS, ModelArch, plain_config
 from forkrl.trainer.learner.batch import (
     LearnerBatch,
     dp_shard,
@@ -18,7 +23,7 @@ from forkrl.trainer.learner.config import LearnerSpec, OptimizerSpec, ParallelCo
 from forkrl.trainer.learner.hf_mapping import hf_shapes, layer_rules, merge_to_hf, shard_from_hf
 from forkrl.trainer.learner.loss import token_sum_norm_length
 from forkrl.trainer.objectives import parse_objective
-from tests.trainer.learner.tiny import make_batch
+from tests.trainer.learner.tiny import make_batch, tiny_config
 
 ARCH = ModelArch(
     family="qwen2",
@@ -220,6 +225,28 @@ def test_token_sum_norm_length_is_fixed_for_the_run() -> None:
     with pytest.raises(ValueError, match="max_response_length"):
         token_sum_norm_length(sum_norm, LearnerSpec())
     assert token_sum_norm_length(parse_objective({"name": "dapo"}), LearnerSpec()) is None
+
+
+@pytest.mark.parametrize(("family", "tie"), [("qwen2", False), ("qwen3", True), ("llama", True)])
+def test_a_complete_config_json_gives_the_same_arch_without_transformers(family: str, tie: bool,
+                                                                         tmp_path: Path) -> None:
+    config = tiny_config(family, layers=3, tie=tie)
+    config.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    assert plain_config(values) is not None  # transformers 5 writes every field
+    assert ModelArch.from_hf(tmp_path) == ModelArch.from_hf(config)
+    # Without a field whose default only transformers knows, the dict goes through transformers' class.
+    for key in ("head_dim", "tie_word_embeddings"):
+        if key in values:
+            partial = {k: v for k, v in values.items() if k != key}
+            if key in _EXPLICIT_KEYS or family == "qwen3":
+                assert plain_config(partial) is None
+            assert ModelArch.from_hf(partial) == ModelArch.from_hf(type(config)(**{
+                k: v for k, v in partial.items() if k not in ("model_type", "transformers_version")}))
+    probe = ("import sys; from forkrl.trainer.learner.arch import ModelArch; "
+             f"ModelArch.from_hf({str(tmp_path)!r}); print('transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
 
 
 def test_unsupported_architectures_are_rejected() -> None:
