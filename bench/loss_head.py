@@ -21,11 +21,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from worker_result import collect_result
 
 PATHS = ("logits", "fused")
 GIB = 2**30
@@ -78,17 +79,7 @@ def launch(path: str, args: argparse.Namespace, result_file: Path) -> dict:
     command = [sys.executable, os.path.abspath(__file__), f"--worker={path}", f"--tokens={args.tokens}",
                f"--hidden={args.hidden}", f"--vocab={args.vocab}", f"--chunk-tokens={args.chunk_tokens}",
                f"--repeats={args.repeats}", f"--seed={args.seed}", f"--result-file={result_file}"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    result = None
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
-        else:
-            print(line, end="", flush=True)
-    if process.wait() != 0 or result is None:
-        raise SystemExit(f"{path} worker failed with exit code {process.returncode}")
-    return result
+    return collect_result(command, path)
 
 
 def main() -> None:

@@ -28,11 +28,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from worker_result import collect_result
 
 GIB = 1024**3
 MEMORY_TARGET = 1 / 8
@@ -161,17 +162,7 @@ def launch(path: str, args: argparse.Namespace, result_file: Path) -> dict:
         f"--seed={args.seed}",
         f"--result-file={result_file}",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    result = None
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT ") :])
-        else:
-            print(line, end="", flush=True)
-    if process.wait() != 0 or result is None:
-        raise SystemExit(f"{path} worker failed with exit code {process.returncode}")
-    return result
+    return collect_result(command, path)
 
 
 def main() -> None:
