@@ -3,7 +3,7 @@
 An arm is (label, overrides, seed). `compare` arms replace the objective with one of OBJECTIVE_PRESETS;
 `sweep` arms set dotted spec fields to every combination of a grid. Everything else (schedule, batch,
 samples per prompt, updates, sampling, learning-rate schedule, evaluation) is the base spec's, so every
-arm gets the same compute; `compute_fields` lists those settings for the report to check and print.
+arm gets the same compute; `COMPUTE_FIELDS` lists those settings for the report to check and print.
 """
 
 from __future__ import annotations
@@ -182,12 +182,17 @@ def compute_settings(spec: RLVRJobSpec) -> dict[str, Any]:
     return {field: get_field(dump, field) for field in COMPUTE_FIELDS}
 
 
+def is_swept(section: str, swept: Sequence[str]) -> bool:
+    """Whether a sweep sets `section` or a field inside it (or a section containing it)."""
+    return any(s.startswith(section) or section.startswith(s) for s in swept)
+
+
 def unequal_compute(specs: dict[Arm, RLVRJobSpec], swept: Sequence[str] = ()) -> list[str]:
     """COMPUTE_FIELDS that differ between arms, except those the sweep sets on purpose."""
     settings = [compute_settings(spec) for spec in specs.values()]
     differing = []
     for field in COMPUTE_FIELDS:
-        if any(s.startswith(field) or field.startswith(s) for s in swept):
+        if is_swept(field, swept):
             continue
         if len({yaml.safe_dump(s[field], sort_keys=True) for s in settings}) > 1:
             differing.append(field)

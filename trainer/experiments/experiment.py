@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from forkrl.trainer.experiments.arms import Arm, compute_settings, unequal_compute, validate_arms
+from forkrl.trainer.experiments.arms import Arm, compute_settings, is_swept, unequal_compute, validate_arms
 from forkrl.trainer.experiments.report import sensitivity, write_report
 from forkrl.trainer.experiments.results import ArmResult, main_dataset, summarize
 from forkrl.trainer.experiments.runner import (
@@ -34,7 +34,6 @@ class Execution:
 
     ray_address: str | None = None
     cpus_per_arm: float | None = None
-    local_ray_cpus: int | None = None
 
 
 class ArmProgress:
@@ -103,7 +102,7 @@ def build_report(kind: str, workdir: Path, jobs: Sequence[ArmJob], specs: dict[A
     first = next(iter(specs.values()))
     settings = compute_settings(first)
     for key in settings:
-        if any(s.startswith(key) or key.startswith(s) for s in swept):
+        if is_swept(key, swept):
             settings[key] = "(swept: see the table)"
     knobs: dict[str, dict[str, Any]] = {arm.label: dict(arm.overrides) for arm in specs}
     sweep = sensitivity(results, knobs, dataset) if kind == "sweep" and dataset else None
@@ -140,7 +139,7 @@ def run_experiment(kind: str, base_spec: RLVRJobSpec, base: dict[str, Any], arms
         else:
             cpus = execution.cpus_per_arm or max(arm_cpus(spec) for spec in specs.values())
             progress.log(f"running the arms as Ray tasks on {execution.ray_address}, {cpus:g} CPUs each")
-            run_on_ray(jobs, execution.ray_address, cpus, on_finish, local_cpus=execution.local_ray_cpus)
+            run_on_ray(jobs, execution.ray_address, cpus, on_finish)
     except ArmFailed as err:
         progress.close()
         print(f"forkrl {kind}: {err}", file=sys.stderr)

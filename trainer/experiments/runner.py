@@ -211,15 +211,14 @@ def _run_arm_task(job_fields: dict[str, Any]) -> dict[str, Any]:
     return asdict(run_arm(ArmJob(**job_fields)))
 
 
-def run_on_ray(jobs: Sequence[ArmJob], address: str, cpus_per_arm: float, on_finish: OnFinish,
-               poll: Callable[[], None] | None = None, local_cpus: int | None = None) -> None:
+def run_on_ray(jobs: Sequence[ArmJob], address: str, cpus_per_arm: float, on_finish: OnFinish) -> None:
     """Run the unfinished arms as Ray tasks (`cpus_per_arm` CPUs each) on the cluster at `address`
-    (`local`: a private Ray on this machine with `local_cpus` CPUs). Every arm runs even when one fails;
-    the failures are raised together at the end."""
+    (`local`: a private Ray on this machine's CPUs). Every arm runs even when one fails; the failures are
+    raised together at the end."""
     import ray
 
     if address == "local":
-        ray.init(address="local", num_cpus=local_cpus or os.cpu_count() or 1, include_dashboard=False,
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -234,8 +233,6 @@ def run_on_ray(jobs: Sequence[ArmJob], address: str, cpus_per_arm: float, on_fin
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
-                if poll is not None:
-                    poll()
                 for ref in done:
                     job = pending.pop(ref)
                     outcome = ArmOutcome(**ray.get(ref))

@@ -34,9 +34,9 @@ class TokenStatsConfig:
     tp_group: dist.ProcessGroup | None
     temperature: float
     chunk_size: int | None
-    entropy_requires_grad: bool = False
-    head_chunk_tokens: int = 1024
+    head_chunk_tokens: int
     """Tokens per chunk of the fused head (when the model returns hidden states)."""
+    entropy_requires_grad: bool = False
 
 
 def token_logprobs_and_entropy(

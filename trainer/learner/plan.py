@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from forkrl.trainer.learner.arch import ModelArch
+from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.presets import PRESETS, preset
 
 GIB = 2**30
@@ -51,9 +52,10 @@ class Workload:
     micro_batch_size: int = 1
     micro_batches: int = 16  # per DP rank per optimizer step (pipeline bubble)
     sequence_parallel: bool = True
-    loss_head: Literal["fused", "logits"] = "fused"
-    head_chunk_tokens: int = 1024
-    attention: Literal["sdpa", "unfused"] = "sdpa"
+    # The learner's own defaults (learner.loss_head, loss_head_chunk_tokens, attention).
+    loss_head: Literal["fused", "logits"] = LearnerSpec.model_fields["loss_head"].default
+    head_chunk_tokens: int = LearnerSpec.model_fields["loss_head_chunk_tokens"].default
+    attention: Literal["sdpa", "unfused"] = LearnerSpec.model_fields["attention"].default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,11 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--micro-batch-size", type=int, default=1, help="rows per micro-batch")
     parser.add_argument("--micro-batches", type=int, default=16, help="micro-batches per DP rank per step")
     parser.add_argument("--no-sequence-parallel", action="store_true", help="estimate without SP")
-    parser.add_argument("--attention", choices=("sdpa", "unfused"), default="sdpa",
-                        help="learner.attention: sdpa (fused kernels, the default) or unfused (keeps [s, s] scores)")
-    parser.add_argument("--loss-head", choices=("fused", "logits"), default="fused",
-                        help="learner.loss_head: fused (no logits tensor, the default) or logits")
-    parser.add_argument("--head-chunk-tokens", type=int, default=1024, help="learner.loss_head_chunk_tokens")
+    parser.add_argument("--attention", choices=("sdpa", "unfused"), default=Workload.attention,
+                        help="learner.attention: sdpa (fused kernels) or unfused (keeps [s, s] scores); "
+                        "default: the learner's")
+    parser.add_argument("--loss-head", choices=("fused", "logits"), default=Workload.loss_head,
+                        help="learner.loss_head: fused (no logits tensor) or logits; default: the learner's")
+    parser.add_argument("--head-chunk-tokens", type=int, default=Workload.head_chunk_tokens,
+                        help="learner.loss_head_chunk_tokens")
     parser.add_argument("--all", action="store_true", help="also list layouts that do not fit")
     parser.add_argument("--no-meta-check", action="store_true", help="skip the meta-device parameter count")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
