@@ -2,7 +2,9 @@
 
     python bench/rollout.py [--prompts 64] [--n 8] [--max-new-tokens 64] [--threads 1]
 
-Both generators run the same tiny Qwen2 model on the same prompts in this process, sampling at T = 1
+Both generators (and the engine once more on transformers' own SDPA attention, which copies each
+key/value head to its query heads: `HFEngineConfig.grouped_query_sdpa=False`)
+run the same tiny Qwen2 model on the same prompts in this process, sampling at T = 1
 and stopping at EOS or the token cap; throughput counts generated tokens (up to and including EOS).
 The baseline calls `model.generate(..., num_return_sequences=n)` once per prompt. The weight sync runs
 a real gloo broadcast on 127.0.0.1 from a sender to an HFEngine's receiver (begin -> send -> commit,
@@ -12,6 +14,7 @@ staging and install included), for the tiny model and a ~24M-parameter one. Targ
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import threading
 import time
@@ -56,8 +59,10 @@ def bench_plain_loop(model, prompts: list[list[int]], n: int, max_new: int, eos:
     return tokens, time.perf_counter() - start
 
 
-def bench_engine(model, prompts: list[list[int]], n: int, max_new: int) -> tuple[int, float]:
-    engine = HFEngine(model, config=HFEngineConfig(max_batch_size=len(prompts) * n))
+def bench_engine(model, prompts: list[list[int]], n: int, max_new: int, grouped_query_sdpa: bool = True
+                 ) -> tuple[int, float]:
+    config = HFEngineConfig(max_batch_size=len(prompts) * n, grouped_query_sdpa=grouped_query_sdpa)
+    engine = HFEngine(copy.deepcopy(model), config=config)
     requests = [GenerateRequest(prompt_token_ids=p, n=n, max_new_tokens=max_new, seed=i) for i, p in enumerate(prompts)]
     start = time.perf_counter()
     results = engine.generate(requests)
@@ -103,6 +108,8 @@ def main() -> None:
     bench_plain_loop(model, prompts[:1], 2, 4, eos, pad)
     plain_tokens, plain_seconds = bench_plain_loop(model, prompts, args.n, args.max_new_tokens, eos, pad)
     engine_tokens, engine_seconds = bench_engine(model, prompts, args.n, args.max_new_tokens)
+    repeat_tokens, repeat_seconds = bench_engine(model, prompts, args.n, args.max_new_tokens, False)
+    assert repeat_tokens == engine_tokens, "the attention implementations sampled different tokens"
     plain_rate, engine_rate = plain_tokens / plain_seconds, engine_tokens / engine_seconds
     speedup = engine_rate / plain_rate
 
@@ -114,6 +121,9 @@ def main() -> None:
     print(f"  {'':24}{'tokens':>10}{'seconds':>10}{'tokens/s':>12}")
     print(f"  {'plain model.generate':24}{plain_tokens:>10}{plain_seconds:>10.2f}{plain_rate:>12.1f}")
     print(f"  {'HFEngine':24}{engine_tokens:>10}{engine_seconds:>10.2f}{engine_rate:>12.1f}")
+    repeat_rate = repeat_tokens / repeat_seconds
+    print(f"  {'HFEngine, repeated KV':24}{repeat_tokens:>10}{repeat_seconds:>10.2f}{repeat_rate:>12.1f}"
+          f"  (transformers' SDPA: KV heads copied per query head; {repeat_seconds / engine_seconds:.2f}x the time)")
     verdict = "PASS" if speedup >= TARGET_SPEEDUP else "FAIL"
     print(f"  speed-up {speedup:.2f}x (target >= {TARGET_SPEEDUP:.0f}x): {verdict}")
 

@@ -24,6 +24,7 @@ from forkrl.rollout.engine import (
     WeightSyncConflictError,
     check_request_fits,
 )
+from forkrl.rollout.hf_attention import use_gqa_sdpa
 from forkrl.rollout.hf_decode import DecodeContext, RequestPlan, decode_chunk, plan_chunks
 from forkrl.rollout.sampling import GenerationDefaults, resolve_sampling
 from forkrl.rollout.types import GenerateRequest, GenerateResult, SampleResult
@@ -46,6 +47,12 @@ class HFEngineConfig(BaseModel):
     )
     load_format: Literal["auto", "dummy"] = Field(
         "auto", description="auto: weights from the path (version 0); dummy: random init, no version."
+    )
+    grouped_query_sdpa: bool = Field(
+        True,
+        description="On CPU, hand SDPA grouped key/value heads as they are instead of transformers' copy to every "
+        "query head (rollout/hf_attention.py; same values, about half the attention time). The engine switches "
+        "its model's attention implementation.",
     )
     num_threads: int | None = Field(
         None,
@@ -85,6 +92,8 @@ class HFEngine:
     ) -> None:
         self.config = config or HFEngineConfig()
         self.model = model.eval().requires_grad_(False)
+        if self.config.grouped_query_sdpa:
+            use_gqa_sdpa(self.model)
         self.model_name = model_name
         self.device = torch.device(self.config.device)
         self.defaults = generation_defaults(model)

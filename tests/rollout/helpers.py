@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import signal
@@ -32,9 +33,16 @@ def one_torch_thread():
 
 
 @functools.cache
-def tiny(seed: int = 0, dtype: str = "float32"):
-    """(model, tokenizer), built once per (seed, dtype) and shared read-only by the tests."""
+def _tiny_built(seed: int, dtype: str):
     return build_tiny_model(TinyModelSpec(seed=seed, dtype=dtype))
+
+
+def tiny(seed: int = 0, dtype: str = "float32"):
+    """(model, tokenizer): a private copy of a model built once per (seed, dtype). Private because an engine
+    changes its model (its attention implementation, rollout/hf_attention.py), and a test's reference
+    forward or `model.generate` must stay on transformers' own code."""
+    model, tokenizer = _tiny_built(seed, dtype)
+    return copy.deepcopy(model), tokenizer
 
 
 def save_model(path: Path, seed: int = 0, dtype: str = "float32") -> Path:

@@ -10,6 +10,7 @@ import torch
 
 from forkrl.rollout.dual_temperature import DualTemperatureRows, dual_temperature_step, entropy_at_unit_temperature
 from forkrl.rollout.engine import EngineUnavailableError, RolloutEngine
+from forkrl.rollout.hf_attention import GQA_SDPA
 from forkrl.rollout.hf_engine import HFEngine, HFEngineConfig
 from forkrl.rollout.sampling import apply_top_k_top_p
 from forkrl.rollout.types import DualTemperatureParams, GenerateRequest, RequestValidationError, SamplingParams
@@ -84,6 +85,24 @@ def test_sampling_logprobs_equal_log_softmax_of_the_model(engine64: HFEngine, sa
             if "top_p" not in sampling and "top_k" not in sampling:  # the plain log-softmax of the model
                 plain = reference_logprobs(model, request.prompt_token_ids, sample.token_ids, temperature)
                 assert torch.allclose(torch.tensor(sample.logprobs, dtype=torch.float64), plain, atol=1e-5)
+
+
+def test_grouped_kv_heads_in_sdpa_sample_what_transformers_attention_samples() -> None:
+    """The engine hands SDPA grouped key/value heads as they are (rollout/hf_attention.py); a copy of the model
+    on transformers' own SDPA (heads repeated) samples the same tokens with the same log-probs from
+    left-padded prompts of different lengths, prefill and decode."""
+    model, tokenizer = tiny(0, "float32")
+    assert model.config.num_attention_heads > model.config.num_key_value_heads
+    grouped = HFEngine(model)
+    repeated = HFEngine(tiny(0, "float32")[0], config=HFEngineConfig(grouped_query_sdpa=False))
+    assert grouped.model.config._attn_implementation == GQA_SDPA
+    assert repeated.model.config._attn_implementation == "sdpa"
+    requests = [GenerateRequest(prompt_token_ids=tokenizer(p).input_ids, n=3, max_new_tokens=16, seed=i)
+                for i, p in enumerate(PROMPTS)]
+    for ours, theirs in zip(grouped.generate(requests), repeated.generate(requests), strict=True):
+        assert [s.token_ids for s in ours.samples] == [s.token_ids for s in theirs.samples]
+        for a, b in zip(ours.samples, theirs.samples, strict=True):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-6)
 
 
 def test_seeded_samples_do_not_depend_on_batch_composition_or_chunking() -> None:
