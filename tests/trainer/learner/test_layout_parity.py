@@ -1,8 +1,8 @@
 """Hugging Face parity and TP / PP / DP layout parity of the Megatron learner (CPU, gloo, real processes).
 
 One 4-rank world runs every layout on the same imported Qwen2 weights and global batch, with SDPA and the
-fused loss head and with megatron's unfused attention and logits; one 1-rank world gives TP = PP = DP = 1
-and the per-family parity. Everything is compared with the transformers model and the objective library
+fused loss head and with megatron's unfused attention and logits; one 2-rank world gives the per-family
+parity at TP = 1 (DP = 2) and TP = 2. Everything is compared with the transformers model and the objective library
 run in this (single) test process.
 """
 
@@ -48,10 +48,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     batch = make_batch(seed=3)
     stats = {family: hf_token_stats(model, batch) for family, model in models.items()}
     batch = with_old_logp(batch, stats["qwen2"][0], seed=4)
-    single = run_world(workers.token_stats_per_family, 1, dirs, batch)[0]
+    per_family = run_world(workers.token_stats_per_family, 2, dirs, batch, [1, 2])[0]
     reference_run = run_world(workers.layout_runs, 1, dirs["qwen2"], batch, OBJECTIVE, [{"distributed": True}])[0]
     layouts = run_world(workers.layout_runs, 4, dirs["qwen2"], batch, OBJECTIVE, RUNS)[0]
-    return {"dirs": dirs, "batch": batch, "hf": stats, "single": single, "runs": reference_run + layouts}
+    return {"dirs": dirs, "batch": batch, "hf": stats, "per_family": per_family, "runs": reference_run + layouts}
 
 
 def _exporting_run(setup: dict[str, Any]) -> dict[str, Any]:
@@ -63,10 +63,13 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+@pytest.mark.parametrize("tp", [1, 2])
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
-def test_hf_parity_logprobs_and_entropy(setup: dict[str, Any], family: str) -> None:
+def test_hf_parity_logprobs_and_entropy(setup: dict[str, Any], family: str, tp: int) -> None:
+    """Each family (Llama with tied embeddings, Qwen3 with QK-norm) against transformers, whole and split
+    over two tensor-parallel ranks."""
     hf_logp, hf_entropy = setup["hf"][family]
-    ours = setup["single"][family]
+    ours = setup["per_family"][family, tp]
     mask = setup["batch"].response_mask.bool()
     assert float(hf_entropy[mask].std()) > 0.1  # entropies vary: the comparison is not against a constant
     torch.testing.assert_close(ours["logp"].double(), hf_logp, atol=1e-4, rtol=0)

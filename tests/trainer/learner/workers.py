@@ -54,14 +54,16 @@ def _rank0(value: Any) -> Any:
     return value if dist.get_rank() == 0 else None
 
 
-def token_stats_per_family(model_dirs: dict[str, str], batch: LearnerBatch) -> Any:
-    """compute_logprobs of each family's imported checkpoint (TP = PP = 1)."""
+def token_stats_per_family(model_dirs: dict[str, str], batch: LearnerBatch, tensor_parallel: list[int]) -> Any:
+    """compute_logprobs of each family's imported checkpoint at each tensor-parallel size (PP = 1, the
+    world's other ranks data-parallel), keyed (family, tp)."""
     out = {}
     for family, model_dir in model_dirs.items():
-        learner = Learner(make_spec({}), parse_objective({"name": "dapo"}), model_dir)
-        stats = learner.compute_logprobs(batch)
-        out[family] = {"logp": stats.logp, "entropy": stats.entropy}
-        learner.close()
+        for tp in tensor_parallel:
+            learner = Learner(make_spec({"tp": tp}), parse_objective({"name": "dapo"}), model_dir)
+            stats = learner.compute_logprobs(batch)
+            out[family, tp] = {"logp": stats.logp, "entropy": stats.entropy}
+            learner.close()
     return _rank0(out)
 
 
