@@ -45,6 +45,11 @@ STEPS = 3
 OFF_POLICY = {"mode": "one_step_off_policy"}
 
 
+# Runs whose report and TensorBoard files no test reads leave them out (matplotlib's ten plots alone are ~3
+# CPU-seconds of the controller); the reference run writes both.
+NO_REPORT = {"report": False, "tensorboard": False}
+
+
 def write_spec(directory: Path, **changes: dict) -> Path:
     data = yaml.safe_load(SMOKE.read_text())
     data["schedule"]["steps"] = STEPS
@@ -200,7 +205,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(reference_run: Pat
     """The off-policy checkpoint keeps the in-flight rollout (generated with the weights before the last
     update, which a resumed run no longer has) and the cursor it started from: no prompt is skipped, and the
     final weights are bitwise the uninterrupted run's."""
-    spec = write_spec(tmp_path, schedule=OFF_POLICY)
+    spec = write_spec(tmp_path, schedule=OFF_POLICY, observability=NO_REPORT)
     run_dir = tmp_path / "runs" / "smoke"
     process = forkrl_train(spec)
     deadline = time.monotonic() + 600
@@ -235,7 +240,7 @@ def test_faults_verifier_kill_replica_restart_and_membership(tmp_path: Path, mon
     from forkrl.trainer.controller.loop import run
 
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(write_spec(tmp_path, schedule={"steps": 4}))
+    spec = load_spec(write_spec(tmp_path, schedule={"steps": 4}, observability=NO_REPORT))
     seen: dict[str, object] = {}
 
     async def after_step(local, step: int) -> None:
