@@ -41,8 +41,10 @@ def gqa_sdpa_attention(
 
 def use_gqa_sdpa(model: PreTrainedModel) -> None:
     """Switches a CPU model on transformers' SDPA attention to `gqa_sdpa_attention` (same masks); a model on
-    another attention implementation or device is left as it is."""
-    if model.config._attn_implementation != "sdpa" or model.device.type != "cpu":
+    another attention implementation or device, or whose attention does not dispatch through transformers'
+    attention interface (custom or older modelling code), is left as it is."""
+    if (model.config._attn_implementation != "sdpa" or model.device.type != "cpu"
+            or not type(model).is_backend_compatible()):
         return
     AttentionInterface.register(GQA_SDPA, gqa_sdpa_attention)
     AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)

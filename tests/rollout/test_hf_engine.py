@@ -105,6 +105,14 @@ def test_grouped_kv_heads_in_sdpa_sample_what_transformers_attention_samples() -
             assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-6)
 
 
+def test_models_outside_transformers_attention_interface_keep_their_attention() -> None:
+    model, _ = tiny(0, "float32")
+    model.__class__ = type("LegacyQwen2", (type(model),), {"_supports_attention_backend": False})
+    assert HFEngine(model).model.config._attn_implementation == "sdpa"
+    on_cpu, _ = tiny(0, "float32")
+    assert HFEngine(on_cpu).model.config._attn_implementation == GQA_SDPA
+
+
 def test_seeded_samples_do_not_depend_on_batch_composition_or_chunking() -> None:
     model, _ = tiny(0, "float64")
     request = GenerateRequest(prompt_token_ids=_ids("12+7*3="), n=10, max_new_tokens=12, seed=99)
