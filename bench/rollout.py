@@ -104,7 +104,8 @@ def main() -> None:
     model, tokenizer = build_tiny_model()
     prompts = [tokenizer(text).input_ids for text in arithmetic_prompts(args.prompts)]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    bench_engine(model, prompts[:2], 2, 4)  # warm-up both paths
+    bench_engine(model, prompts[:2], 2, 4)  # warm-up every timed path
+    bench_engine(model, prompts[:2], 2, 4, grouped_query_sdpa=False)
     bench_plain_loop(model, prompts[:1], 2, 4, eos, pad)
     plain_tokens, plain_seconds = bench_plain_loop(model, prompts, args.n, args.max_new_tokens, eos, pad)
     engine_tokens, engine_seconds = bench_engine(model, prompts, args.n, args.max_new_tokens)
