@@ -29,16 +29,23 @@ class EvalResult:
     avg_at_k: float
     pass_at_k: dict[int, float]
     ci95: tuple[float, float]
+    answered: float | None = None
+    """Share of samples whose final answer could be extracted (right or wrong): with it, a gain in avg@k
+    splits into answering in the rewarded format and answering correctly. None when not measured."""
 
     def row(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = {"dataset": self.dataset, "problems": self.problems,
                                              f"avg@{self.samples_per_problem}": self.avg_at_k}
         out.update({f"pass@{k}": v for k, v in sorted(self.pass_at_k.items())})
+        if self.answered is not None:
+            out["answered"] = self.answered
         return out
 
 
-def score_dataset(name: str, correctness: Sequence[Sequence[bool]], ks: Sequence[int] = (1,)) -> EvalResult:
-    """correctness[i][j]: whether sample j of problem i was correct (every problem has the same n).
+def score_dataset(name: str, correctness: Sequence[Sequence[bool]], ks: Sequence[int] = (1,),
+                  answered: Sequence[Sequence[bool]] | None = None) -> EvalResult:
+    """correctness[i][j]: whether sample j of problem i was correct (every problem has the same n);
+    answered[i][j] (optional): whether it gave an extractable final answer at all.
 
     The CI treats per-problem mean accuracies as i.i.d. (normal approximation, 1.96 standard errors).
     """
@@ -53,7 +60,12 @@ def score_dataset(name: str, correctness: Sequence[Sequence[bool]], ks: Sequence
     half = 1.96 * math.sqrt(var / len(per_problem))
     passes = {k: sum(pass_at_k(n, sum(map(bool, s)), k) for s in correctness) / len(correctness)
               for k in ks if k <= n}
-    return EvalResult(name, len(correctness), n, mean, passes, (mean - half, mean + half))
+    answered_share = None
+    if answered is not None:
+        if [len(a) for a in answered] != [len(c) for c in correctness]:
+            raise ValueError(f"data set {name!r}: `answered` must have one flag per sample")
+        answered_share = sum(map(sum, answered)) / (n * len(answered))
+    return EvalResult(name, len(correctness), n, mean, passes, (mean - half, mean + half), answered_share)
 
 
 def paired_difference_ci(before: Sequence[float], after: Sequence[float]) -> tuple[float, float, float]:

@@ -35,6 +35,13 @@ def test_score_dataset() -> None:
     half = 1.96 * math.sqrt(((0.5 - 0.25) ** 2 * 2) / 1 / 2)
     assert result.ci95 == pytest.approx((0.25 - half, 0.25 + half))
     assert result.row()["avg@4"] == pytest.approx(0.25)
+    assert result.answered is None and "answered" not in result.row()
+    # 5 of the 8 samples gave an answer (2 right, 3 wrong): the rest never reached a final answer.
+    answered = [[True, True, False, True], [True, False, False, True]]
+    with_answers = score_dataset("toy", [[True, False, False, True], [False] * 4], answered=answered)
+    assert with_answers.answered == 5 / 8 and with_answers.row()["answered"] == 5 / 8
+    with pytest.raises(ValueError, match="one flag per sample"):
+        score_dataset("toy", [[True, False]], answered=[[True]])
 
 
 def test_paired_difference_ci() -> None:

@@ -76,10 +76,13 @@ async def evaluate(controller: RLVRController, eval_sets: dict[str, list[PromptR
     results = await controller.evaluate(eval_sets, phase)
     for name, result in results.items():
         low, high = result.ci95
+        answered = "" if result.answered is None else f"; {result.answered:.1%} of samples gave an answer"
         log(f"eval {phase} {name}: avg@{result.samples_per_problem} {result.avg_at_k:.4f} "
-            f"(95% CI {low:.4f}-{high:.4f}) " + " ".join(f"pass@{k} {v:.4f}" for k, v in result.pass_at_k.items()))
+            f"(95% CI {low:.4f}-{high:.4f}) " + " ".join(f"pass@{k} {v:.4f}" for k, v in result.pass_at_k.items())
+            + answered)
         recorder.record_eval(EvalRecord(step=controller.step, phase=phase, dataset=name, avg=result.avg_at_k,
-                                        pass_at={str(k): v for k, v in result.pass_at_k.items()}))
+                                        pass_at={str(k): v for k, v in result.pass_at_k.items()},
+                                        answered=result.answered))
 
 
 INFLIGHT_ROLLOUT = "inflight_rollout.pt"
@@ -199,6 +202,10 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
                 await evaluate(controller, eval_sets, f"step_{controller.step}", recorder, log)
             if controller.step % spec.checkpoint.interval == 0 or last or stop.is_set():
                 await checkpoint(controller, store, info, log, pending)
+            export_every = spec.checkpoint.export_interval
+            if export_every and controller.step % export_every == 0 and not last:  # the last is final_model
+                await asyncio.to_thread(export_model, controller.learners.write_weights, policy_path, tokenizer,
+                                        run_dir / "models" / f"step_{controller.step:08d}")
             if reporter is not None:
                 latest = store.latest()
                 reporter.report(controller.step, controller.version, record.generated.reward_mean,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from forkrl.rollout.types import GenerateRequest, GenerateResult, RolloutBatch, SamplingParams
-from forkrl.rollout.verifier.schemas import CodeItem, MathItem, VerifyResult
+from forkrl.rollout.verifier.schemas import CodeItem, MathItem, Reason, VerifyResult
 from forkrl.trainer.controller.protocols import Replicas, Verifier
 from forkrl.trainer.data.schema import PromptRow, code_tests
 from forkrl.trainer.dynamic_sampling import DynamicSampler
@@ -41,6 +41,11 @@ class Group:
     @property
     def correct(self) -> list[bool]:
         return [v.correct for v in self.verdicts]
+
+    @property
+    def answered(self) -> list[bool]:
+        """Whether each sample gave a final answer the verifier could extract (right or wrong)."""
+        return [v.reason != Reason.no_answer for v in self.verdicts]
 
 
 @dataclass

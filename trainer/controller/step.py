@@ -366,7 +366,8 @@ class RLVRController:
                                                sampling, self.spec.seed, f"eval/{name}",
                                                self.spec.model.max_prompt_tokens)
             groups = await generate_and_verify(kept, requests, self.replicas, self.verifier, self.decode, times)
-            result = score_dataset(name, [g.correct for g in groups], ev.pass_k)
+            result = score_dataset(name, [g.correct for g in groups], ev.pass_k,
+                                   answered=[g.answered for g in groups])
             results[name] = result
             self.eval_history.append({"phase": phase, "step": self.step, **result.row(),
                                       "per_problem": [sum(g.correct) / len(g.correct) for g in groups]})

@@ -27,6 +27,8 @@ def compare_phases(eval_history: list[dict[str, Any]], before: str = "before_rl"
                         "after": sum(later["per_problem"]) / len(later["per_problem"]),
                         "difference": diff, "ci95_low": low, "ci95_high": high,
                         "problems": float(len(row["per_problem"]))}
+        if "answered" in row and "answered" in later:
+            out[dataset].update(answered_before=row["answered"], answered_after=later["answered"])
     return out
 
 
@@ -44,7 +46,9 @@ def finish_run(spec: RLVRJobSpec, run_dir: Path, eval_history: list[dict[str, An
         verdict = "significant" if c["ci95_low"] > 0 else "not significant"
         log(f"{dataset}: accuracy after cold start {c['before']:.4f} -> after RL {c['after']:.4f} "
             f"({c['difference'] * 100:+.1f} points, 95% CI {c['ci95_low'] * 100:+.1f} to {c['ci95_high'] * 100:+.1f}; "
-            f"{verdict}) on {int(c['problems'])} held-out problems")
+            f"{verdict}) on {int(c['problems'])} held-out problems"
+            + (f"; samples with an answer {c['answered_before']:.1%} -> {c['answered_after']:.1%}"
+               if "answered_before" in c else ""))
     summary = {"name": spec.name, "steps": len(steps), "objective": spec.objective.name,
                "metrics_url": metrics_url, "comparison": comparison, **info}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

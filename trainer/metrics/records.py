@@ -308,3 +308,5 @@ class EvalRecord:
     """avg@k: mean accuracy over samples_per_problem samples per problem."""
     pass_at: dict[str, float] = field(default_factory=dict)
     """pass@k by k (string keys, as in JSON)."""
+    answered: float | None = None
+    """Share of samples with an extractable final answer (right or wrong); None where not measured."""
