@@ -87,6 +87,10 @@ class CheckpointSpec(_Spec):
     dir: str = Field("runs/{name}/checkpoints", description="Directory; `{name}` expands to the run name.")
     interval: int = Field(5, ge=1, description="Checkpoint every this many RL steps (and at the end).")
     keep_last: int = Field(2, ge=1, le=1000, description="Older checkpoints are deleted.")
+    export_interval: int | None = Field(
+        None, ge=1, description="Also write a standalone Hugging Face model directory "
+        "`<run_dir>/models/step_NNNNNNNN` every this many RL steps (never deleted; `forkrl analyze overlap` "
+        "compares them over training). None: only `final_model` at the end.")
 
 
 class ObservabilitySpec(_Spec):

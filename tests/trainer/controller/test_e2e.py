@@ -110,7 +110,7 @@ def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePr
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, live_prometheus: LivePrometheus | None) -> Path:
     """An uninterrupted 3-step off-policy run, scraped by `live_prometheus`; returns its run directory."""
-    spec = write_spec(tmp_path_factory.mktemp("reference"), schedule=OFF_POLICY)
+    spec = write_spec(tmp_path_factory.mktemp("reference"), schedule=OFF_POLICY, checkpoint={"export_interval": 1})
     process = forkrl_train(spec)
     output = communicate_lines(process, 600, live_prometheus.add_targets_from if live_prometheus else None)
     if live_prometheus is not None:
@@ -162,6 +162,14 @@ def test_rewards_advantages_masks_and_metrics_agree(reference_run: Path) -> None
     final = AutoModelForCausalLM.from_pretrained(reference_run / "final_model")
     weights = _final_weights(reference_run)
     assert weights and all(torch.equal(final.state_dict()[name], w) for name, w in weights.items())
+    # checkpoint.export_interval: 1 -> a standalone model after each step but the last (that is final_model),
+    # each loadable on its own and each a different point of training.
+    exported = sorted(p.name for p in (reference_run / "models").iterdir())
+    assert exported == [f"step_{s:08d}" for s in range(1, STEPS)]
+    snapshots = [AutoModelForCausalLM.from_pretrained(reference_run / "models" / n).state_dict() for n in exported]
+    for earlier, later in itertools.pairwise([*snapshots, final.state_dict()]):
+        assert earlier.keys() == later.keys()
+        assert any(not torch.equal(earlier[name], later[name]) for name in earlier)
     report = (reference_run / "report.html").read_text()
     for png in ("reward.png", "heldout.png", "entropy.png", "length.png", "clip.png", "selected.png", "lr.png",
                 "time.png", "entropy_hist.png"):
