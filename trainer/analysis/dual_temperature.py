@@ -24,6 +24,8 @@ class GridCell:
     ci95: float
     """Half-width of the 95% interval over problems."""
     samples: int
+    per_problem: tuple[float, ...] = ()
+    """Each problem's share of correct samples, in the data set's order (cells are paired by problem)."""
 
 
 def dual_temperature_grid(model_path: str, tokenizer: Any, rows: Sequence[PromptRow],
@@ -57,7 +59,8 @@ def dual_temperature_grid(model_path: str, tokenizer: Any, rows: Sequence[Prompt
                                         for text in texts])
                 scores = score_dataset(f"t_high={t_high:g},t_low={t_low:g}", correctness)
                 half = (scores.ci95[1] - scores.ci95[0]) / 2
-                cells.append(GridCell(t_high, t_low, scores.avg_at_k, half, samples * len(rows)))
+                cells.append(GridCell(t_high, t_low, scores.avg_at_k, half, samples * len(rows),
+                                      tuple(sum(c) / len(c) for c in correctness)))
                 progress(f"t_high {t_high:g} t_low {t_low:g}: avg@{samples} {scores.avg_at_k:.3f} +- {half:.3f}")
     finally:
         engine.close()

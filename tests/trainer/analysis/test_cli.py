@@ -157,6 +157,10 @@ def test_dual_temperature_grid_is_paired_and_reproducible(setup: tuple[Path, Pat
     cells = results[0]["cells"]
     assert [(c["t_high"], c["t_low"], c["samples"]) for c in cells] == [(0.5, 1.0, 6), (1.5, 1.0, 6)]
     assert all(0.0 <= c["avg_at_k"] <= 1.0 for c in cells)
+    # Per-problem accuracies (3 problems, 2 samples each) average to the cell's avg@k.
+    for cell in cells:
+        assert len(cell["per_problem"]) == 3 and all(p in (0.0, 0.5, 1.0) for p in cell["per_problem"])
+        assert sum(cell["per_problem"]) / 3 == pytest.approx(cell["avg_at_k"])
     assert results[0] == results[1]  # same seeds per cell: a rerun is identical
     assert (tmp_path / "a" / "dual_temperature.png").is_file()
     with pytest.raises(SystemExit, match="--t-high: temperatures must be > 0"):
