@@ -1,8 +1,10 @@
-"""`forkrl compare` (one spec under several objectives) and `forkrl sweep` (spec fields over a grid).
+"""`forkrl compare` (one spec under several objectives), `forkrl sweep` (spec fields over a grid) and
+`forkrl reproduce` (the papers' claims on a spec's task: reproduction.py).
 
     forkrl compare examples/local-arith.yaml --workdir experiments/objectives            # 7 objectives x 3 seeds
     forkrl compare SPEC --workdir W --objectives dapo,forking-top20,archer --seeds 0,1,2 --set schedule.steps=20
     forkrl sweep SPEC --workdir W --grid objective.rho=0.1,0.2,0.5 --seeds 0,1,2
+    forkrl reproduce SPEC --workdir W --doc docs/reproduction.md   # the papers' claims, decided by fixed rules
     forkrl sweep SPEC --workdir W --set objective.name=archer --grid objective.eps_reasoning_high=0.3,0.5
     forkrl compare SPEC --workdir W --ray-address auto      # the arms as Ray tasks on a (KubeRay) cluster
 
@@ -62,6 +64,21 @@ def add_experiment_parsers(commands: Any) -> None:
                        "arms are every combination")
     sweep.set_defaults(handler=_sweep)
 
+    reproduce = commands.add_parser(
+        "reproduce", help="the papers' measurements on a spec's task (entropy, overlap, objectives, dual "
+        "temperature), decided by fixed rules and written to docs/reproduction.md")
+    _common(reproduce)
+    reproduce.add_argument("--doc", type=Path, default=Path("docs/reproduction.md"),
+                           help="the document to write (its figures go to a folder of the same stem)")
+    reproduce.add_argument("--problems", type=int, default=200,
+                           help="held-out problems the entropy, overlap and dual-temperature analyses use")
+    reproduce.add_argument("--samples", type=int, default=4, help="responses per problem for those analyses")
+    reproduce.add_argument("--temperatures", default="0.7,1.0,1.3",
+                           help="the dual-temperature grid's values, for t_high and t_low alike (must include 1.0)")
+    reproduce.add_argument("--export-every", type=int, default=None,
+                           help="RL steps between the model exports the overlap analysis reads (default steps/4)")
+    reproduce.set_defaults(handler=_reproduce)
+
 
 def _base(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The base spec with --set applied, validated (a bad field fails here, naming it)."""
@@ -104,3 +121,27 @@ def _sweep(args: argparse.Namespace) -> int:
         return sweep_arms(grid, a.seeds), tuple(grid)
 
     return _run(args, "sweep", arms)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from forkrl.trainer.experiments.experiment import Execution
+    from forkrl.trainer.experiments.reproduction import make_plan, reproduce
+    from forkrl.trainer.spec import SpecError
+
+    try:
+        temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    except ValueError:
+        print(f"forkrl reproduce: --temperatures {args.temperatures!r}: expected comma-separated numbers",
+              file=sys.stderr)
+        return 2
+    if args.problems < 1 or args.samples < 1:
+        print("forkrl reproduce: --problems and --samples must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        spec, data = _base(args)
+        plan = make_plan(spec, data, args.spec, args.set, args.seeds, args.workdir, args.doc, args.problems,
+                         args.samples, temperatures, args.export_every, Execution(args.ray_address, args.cpus_per_arm))
+        return reproduce(plan)
+    except SpecError as err:
+        print(f"forkrl reproduce: {err}", file=sys.stderr)
+        return 2

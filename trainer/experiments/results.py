@@ -128,7 +128,7 @@ class GroupSummary:
     curves: dict[str, list[Band]] = field(default_factory=dict)
 
 
-def _tail_mean(arm: ArmResult, metric: StepMetric) -> float | None:
+def tail_mean(arm: ArmResult, metric: StepMetric) -> float | None:
     values = [v for r in arm.steps if (v := metric(r)) is not None]
     if not values:
         return None
@@ -153,10 +153,10 @@ def summarize(label: str, results: Sequence[ArmResult], dataset: str | None) -> 
                    for arm in results]
     ks = sorted({k for e in final_evals if e is not None for k in e.pass_at}, key=int)
     pass_at = {k: estimate([e.pass_at[k] for e in final_evals if e is not None and k in e.pass_at]) for k in ks}
-    entropy = over([_tail_mean(arm, STEP_METRICS["mean entropy (nats)"]) for arm in results])
+    entropy = over([tail_mean(arm, STEP_METRICS["mean entropy (nats)"]) for arm in results])
     curves = {f"held-out accuracy ({dataset})": eval_curve(results, dataset)} if dataset else {}
     curves.update({name: step_curve(results, metric) for name, metric in STEP_METRICS.items()})
-    length = estimate([_tail_mean(arm, STEP_METRICS["response length (tokens)"]) or 0.0 for arm in results])
+    length = estimate([tail_mean(arm, STEP_METRICS["response length (tokens)"]) or 0.0 for arm in results])
     return GroupSummary(
         label=label, seeds=tuple(arm.seed for arm in results), before=before, after=after, gain=gain,
         pass_at=pass_at, final_entropy=entropy, response_length=length,
