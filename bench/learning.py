@@ -2,7 +2,8 @@
 every setting that changes learning matched (and checked), one evaluator for every model.
 
     pip install -e '.[bench]'                 # TRL, accelerate, datasets: bench-only (make bench-learning)
-    python bench/learning.py                  # 3 seeds x {forkrl, TRL}, 50 steps, forking top-20%
+    python bench/learning.py                  # 3 seeds x {forkrl, TRL}, 50 steps, forking top-20%, on
+                                              # examples/local-arith-format.yaml (--spec for another)
     python bench/learning.py --objective dapo --schedule constant --seeds 0
     python bench/learning.py --steps 2 --seeds 0 --eval-problems 32   # a smoke run of every part
     python bench/learning.py --arms forkrl-ds   # + forkrl with DAPO dynamic sampling (same workdir: reused)
@@ -196,7 +197,7 @@ def report(cold: HeldoutScore, results: list[ArmResult], steps: int, ks: tuple[i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", default=str(ROOT / "examples" / "local-arith.yaml"))
+    parser.add_argument("--spec", default=str(ROOT / "examples" / "local-arith-format.yaml"))
     parser.add_argument("--objective", choices=("forking", "dapo"), default="forking")
     parser.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear")
     parser.add_argument("--layout", choices=("spec", "one-rank", "tp2"), default="spec",

@@ -25,7 +25,7 @@ from learning_settings import (  # noqa: E402
 from forkrl.trainer.learner.config import OptimizerSpec  # noqa: E402
 from forkrl.trainer.spec import parse_spec  # noqa: E402
 
-MAIN_JOB = yaml.safe_load((BENCH.parent / "examples" / "local-arith.yaml").read_text())
+MAIN_JOB = yaml.safe_load((BENCH.parent / "examples" / "local-arith-format.yaml").read_text())  # the bench's spec
 
 
 @pytest.mark.parametrize(("forkrl_style", "hf_name"),

@@ -1,5 +1,7 @@
 """The main job learns: `forkrl train examples/local-arith.yaml` (the README's first command) must end with
-held-out accuracy at least 5 points above the cold start's, with a paired 95% CI that excludes zero."""
+held-out accuracy at least 5 points above the cold start's, with a paired 95% CI that excludes zero, and the
+gain must be answers, not format: every cold-start solution already ends in the rewarded `\\boxed{}`, so
+(nearly) every sample gives an extractable answer before RL as after."""
 
 from __future__ import annotations
 
@@ -26,4 +28,5 @@ def test_main_job_improves_heldout_accuracy(tmp_path: Path) -> None:
     assert heldout["after"] - heldout["before"] == pytest.approx(heldout["difference"])
     assert heldout["difference"] >= 0.05, heldout
     assert heldout["ci95_low"] > 0, heldout
+    assert heldout["answered_before"] >= 0.98 and heldout["answered_after"] >= 0.98, heldout
     assert "accuracy after cold start" in result.stderr + result.stdout
