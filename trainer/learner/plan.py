@@ -10,15 +10,20 @@ megatron's distributed Adam (fp32 master weights + two moments, sharded over DP)
                           entropy-gradient scratch): one chunk at a time, forward and backward
                   logits: tokens x vocab / TP x (2 B bf16 logits + 4 B fp32 kernel workspace)
 
-per_layer (bf16, T = tokens per micro-batch, t = TP, sp = t with sequence parallelism else 1), for
-megatron's local layers (unfused attention keeps the [heads/t, s, s] softmax output):
-    none:      2T (4h/sp + (a + 2g) d / t + a d / t + 3 f / t) + 2 b (a / t) s^2
-               (learner.attention `sdpa`: 4 b (a / t) s instead of the s^2 term, the fp32 log-sum-exp the
-               fused kernels keep; `unfused` keeps the bf16 softmax output)
-    selective: the same without the s^2 / s term (core attention recomputed)
-    full:      2T h / sp (layer inputs only; one layer is rebuilt at a time during backward)
+per_layer: what autograd keeps for backward of forkrl's megatron local layers (torch RMSNorm, unfused
+SwiGLU: no TransformerEngine or Apex kernels), e bytes per element (2 for bf16), T = tokens per micro-batch,
+t = TP, sp = t with sequence parallelism else 1; checked against a measured forward on CPU (test_plan.py):
+    none:      e T (6h/sp + 2/sp + ((a + 2g) d + 2 a d + g d + 5 f) / t) + e 4 d s
+                 RMSNorm keeps its input, rstd, the normalised x and x * weight (the next linear's input), twice;
+                 attention the qkv output, rotated q and k and the context; the MLP fc1's output, both SwiGLU
+                 factors and fc2's input; rotary cos/sin per position
+               + attention `sdpa`: 4 T (a / t), the fp32 log-sum-exp of the flash / memory-efficient kernels;
+                 `unfused`: e b (a/t) s^2 softmax output + b s^2 causal mask (1 B) + e T g d / t (v made
+                 contiguous) per layer
+    selective: the same without the attention term (core attention recomputed)
+    full:      e T h / sp (layer inputs only; one layer is rebuilt at a time during backward)
 plus, per micro-batch in flight, the packed rows' block-diagonal mask [b, 1, s, s]: 1 B (bool, unfused) or
-2 B (SDPA's additive bf16 form, shared by every layer).
+e B (SDPA's additive form, shared by every layer).
 
 P_rank is counted in closed form and checked by building the recommended layout's first and last
 stage of the real architecture on the meta device (fake process group, no memory allocated).
@@ -114,28 +119,32 @@ def stage_param_counts(arch: ModelArch, tp: int, pp: int) -> list[int]:
     return counts
 
 
-def activation_bytes_per_layer(arch: ModelArch, tp: int, work: Workload, recompute: Recompute) -> float:
+def activation_bytes_per_layer(arch: ModelArch, tp: int, work: Workload, recompute: Recompute,
+                               element_bytes: int = 2) -> float:
+    """Bytes autograd keeps for backward per transformer layer and micro-batch (module docstring)."""
     tokens, batch = work.tokens, work.micro_batch_size
     seq = tokens // batch
     sp = tp if work.sequence_parallel and tp > 1 else 1
     h, d, f = arch.hidden_size, arch.head_dim, arch.ffn_hidden_size
     a, g = arch.num_heads, arch.num_kv_heads
+    e = element_bytes
     if recompute == "full":
-        return 2 * tokens * h / sp
-    per_token = 4 * h / sp + (a + 2 * g) * d / tp + a * d / tp + 3 * f / tp
+        return e * tokens * h / sp
+    per_token = (6 * h + 2) / sp + ((a + 2 * g) * d + 2 * a * d + g * d + 5 * f) / tp
+    rotary = 4 * d * seq  # cos and sin for q and k, per position (shared by the rows of a micro-batch)
     if recompute == "selective":
-        probs = 0.0
+        attention = 0.0
     elif work.attention == "sdpa":
-        probs = 4 * batch * (a / tp) * seq
-    else:
-        probs = 2 * batch * (a / tp) * seq * seq
-    return 2 * tokens * per_token + probs
+        attention = 4 * tokens * (a / tp)
+    else:  # the probabilities, the causal mask, and v made contiguous for the batched matmul
+        attention = (e * (a / tp) + 1) * batch * seq * seq + e * tokens * g * d / tp
+    return e * (tokens * per_token + rotary) + attention
 
 
-def mask_bytes(work: Workload) -> float:
+def mask_bytes(work: Workload, element_bytes: int = 2) -> float:
     """The packed micro-batch's attention mask (one per micro-batch in flight, shared by its layers)."""
     seq = work.tokens // work.micro_batch_size
-    return work.micro_batch_size * seq * seq * (2 if work.attention == "sdpa" else 1)
+    return work.micro_batch_size * seq * seq * (element_bytes if work.attention == "sdpa" else 1)
 
 
 def loss_head_bytes(arch: ModelArch, tp: int, work: Workload) -> float:

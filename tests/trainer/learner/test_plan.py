@@ -65,7 +65,7 @@ def test_preset_sizes_match_published_sizes(name: str, low: float, high: float) 
 
 
 def test_meta_device_build_of_32b_matches_closed_form() -> None:
-    """One TP rank of each stage of the real Qwen2.5-32B at TP=8, PP=2, built on the meta device."""
+    """One TP rank of the recommended Qwen2.5-32B layout (TP=4, one stage), built on the meta device."""
     out = subprocess.run(
         [
             sys.executable,
@@ -87,13 +87,14 @@ def test_meta_device_build_of_32b_matches_closed_form() -> None:
     )
     result = json.loads(out.stdout)
     rec = result["recommended"]
-    assert (rec["tp"], rec["pp"], rec["dp"], rec["recompute"]) == (8, 2, 2, "none")
+    # Its layers keep 6h/SP + 5f/TP and more per token for backward: without recomputation no layout fits 68 GiB.
+    assert (rec["tp"], rec["pp"], rec["dp"], rec["recompute"]) == (4, 1, 8, "full")
     check = result["meta_check"]
     assert check["meta_build"] == check["closed_form"]
-    # Hand count for stage 0: 32 layers of TP-sharded weights / 8 + replicated norms, + embedding / 8.
+    # Hand count: 64 layers of TP-sharded weights / 4 + replicated norms, embedding and output layer / 4, final norm.
     h, f, d = 5120, 27648, 128
     sharded = (40 + 16) * d * h + 40 * d * h + 3 * f * h + (40 + 16) * d
-    assert check["meta_build"][0] == 32 * (sharded // 8 + 2 * h) + 152064 * h // 8
+    assert check["meta_build"] == [64 * (sharded // 4 + 2 * h) + 2 * (152064 * h // 4) + h]
 
 
 def test_memory_terms_by_hand() -> None:
@@ -108,12 +109,17 @@ def test_memory_terms_by_hand() -> None:
     assert dp2.grad_gib == pytest.approx(count * 4 / GIB)
     assert dp2.optimizer_gib == pytest.approx(count * 12 / 2 / GIB)
     assert dp1.optimizer_gib == pytest.approx(2 * dp2.optimizer_gib)
-    # The unfused attention keeps bf16 softmax probabilities [heads / TP, s, s] per layer, SDPA's kernels
-    # an fp32 log-sum-exp [heads / TP, s].
+    # The unfused attention keeps bf16 softmax probabilities [heads / TP, s, s], a bool causal mask [s, s] and
+    # v made contiguous [s, kv heads / TP, d] per layer; SDPA's kernels an fp32 log-sum-exp [heads / TP, s].
     unfused = dataclasses.replace(work, attention="unfused")
     none = activation_bytes_per_layer(arch, 4, unfused, "none")
     selective = activation_bytes_per_layer(arch, 4, unfused, "selective")
-    assert none - selective == pytest.approx(2 * 1 * (28 / 4) * 4096**2)
+    assert none - selective == pytest.approx((2 * 28 / 4 + 1) * 4096**2 + 2 * 4096 * 4 * 128 / 4)
+    # Per token: the two norms' 3 x h / SP (+ rstd), qkv, rotated q and k, context and SwiGLU's 5 x f over TP;
+    # rotary cos/sin per position.
+    h, f, a, g, d = 3584, 18944, 28, 4, 128
+    per_token = (6 * h + 2) / 4 + ((a + 2 * g) * d + 2 * a * d + g * d + 5 * f) / 4
+    assert selective == pytest.approx(2 * (4096 * per_token + 4 * d * 4096))
     assert activation_bytes_per_layer(arch, 4, work, "none") - selective == pytest.approx(4 * 1 * (28 / 4) * 4096)
     assert activation_bytes_per_layer(arch, 4, work, "full") == 2 * 4096 * 3584 / 4
     assert activation_bytes_per_layer(arch, 4, work, "selective") == selective
@@ -165,3 +171,23 @@ def test_main_prints_recommendation(capsys: pytest.CaptureFixture[str]) -> None:
 def test_main_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--model", "gpt-17", "--no-meta-check"]) == 2
     assert "unknown model 'gpt-17'" in capsys.readouterr().err
+
+
+def test_activation_estimate_matches_what_the_layers_keep_for_backward() -> None:
+    """The plan's per-layer activation bytes against a measured forward of the learner's own megatron layers
+    (fp32 on CPU, TP=1): every storage autograd saves while a layer runs (activation_probe.py). Both attention
+    kernels, and batch x sequence shapes that separate per-token, per-position and quadratic terms."""
+    from tests.trainer.learner.activation_probe import HF_CONFIG
+
+    out = subprocess.run([sys.executable, "-m", "tests.trainer.learner.activation_probe"], capture_output=True,
+                         text=True, check=True, timeout=300, cwd=Path(__file__).resolve().parents[3])
+    result = json.loads(out.stdout)
+    arch = ModelArch.from_hf(transformers.Qwen2Config(**HF_CONFIG).to_dict())
+    shapes = {(c["attention"], c["batch"], c["seq"]) for c in result["cases"]}
+    assert shapes >= {("sdpa", 1, 512), ("sdpa", 2, 1024), ("unfused", 1, 512), ("unfused", 1, 1024)}
+    for case in result["cases"]:
+        work = Workload(tokens=case["batch"] * case["seq"], micro_batch_size=case["batch"],
+                        attention=case["attention"], sequence_parallel=False)
+        planned = activation_bytes_per_layer(arch, 1, work, "none", element_bytes=4)
+        # The issue's bound is 15%; the count is exact today, so a layer change shows up here at 5%.
+        assert planned == pytest.approx(case["bytes_per_layer"], rel=0.05), case
