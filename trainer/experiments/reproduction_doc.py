@@ -176,6 +176,21 @@ def dual_temperature_claims(dual: dict[str, Any]) -> tuple[list[Claim], list[str
     return claims, lines
 
 
+def answered_line(results: Mapping[str, Mapping[int, ArmResult]], dataset: str) -> str:
+    """How many held-out samples gave an extractable answer before and after RL (mean over every arm): where
+    it rises a lot, much of the arms' gain is adopting the rewarded answer format, not better answers."""
+    pairs = [(c["answered_before"], c["answered_after"]) for arms in results.values() for r in arms.values()
+             if "answered_before" in (c := r.comparison.get(dataset, {}))]
+    if not pairs:
+        return ""
+    before, after = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+    line = (f" Samples that gave an extractable answer at all: {before:.1%} before RL, {after:.1%} after "
+            "(mean over arms)")
+    if after - before > 0.1:
+        line += ": on this task much of every arm's gain is adopting the rewarded answer format"
+    return line + "."
+
+
 def _overlap_figure(curves: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(curves["step"], curves["overlap"], marker="o")
@@ -223,6 +238,7 @@ def write_document(plan: Plan, stage_seconds: dict[str, float], commit: str, fig
     _overlap_figure(curves, figures / "overlap.png")
     claims = [claim1, *claims2, *claims34, *claims5]
     groups = [summarize(name, list(r.values()), plan.dataset) for name, r in results.items()]
+    format_line = answered_line(results, plan.dataset)
     total = sum(stage_seconds.values())
     rel = figures.name
     command = f"forkrl reproduce {plan.spec_source} --workdir {plan.workdir} --seeds {','.join(map(str, plan.seeds))}"
@@ -255,7 +271,7 @@ def write_document(plan: Plan, stage_seconds: dict[str, float], commit: str, fig
               f"![overlap]({rel}/overlap.png)", "",
               "## 3-4. Objectives under equal compute", "",
               "Held-out accuracy before and after RL (fractions), gain in points; entropy over the last quarter "
-              "of the steps.", "", markdown_table(groups), "", f"![curves]({rel}/curves.png)", "",
+              "of the steps." + format_line, "", markdown_table(groups), "", f"![curves]({rel}/curves.png)", "",
               "## 5. Dual-temperature decoding (cold start, avg@k)", "",
               f"Threshold {dual['threshold']:.4g} nats, {dual['problems']} problems x {dual['k']} samples per cell.",
               "", *dual_lines, "",

@@ -141,3 +141,16 @@ def test_exported_models_end_with_the_final_model(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"steps": 20}))
     assert exported_models(tmp_path) == [(5, tmp_path / "models/step_00000005"),
                                          (10, tmp_path / "models/step_00000010"), (20, tmp_path / "final_model")]
+
+
+def test_answered_line_flags_format_adoption() -> None:
+    from forkrl.trainer.experiments.reproduction_doc import answered_line
+    from forkrl.trainer.experiments.results import ArmResult
+
+    def arm(before: float, after: float) -> ArmResult:
+        return ArmResult("x", 0, (), (), {"d": {"answered_before": before, "answered_after": after}})
+
+    format_task = answered_line({"dapo": {0: arm(0.4, 0.9), 1: arm(0.5, 1.0)}}, "d")
+    assert "45.0% before RL, 95.0% after" in format_task and "adopting the rewarded answer format" in format_task
+    assert "adopting" not in answered_line({"dapo": {0: arm(1.0, 1.0)}}, "d")
+    assert answered_line({"dapo": {0: ArmResult("x", 0, (), (), {"d": {}})}}, "d") == ""
