@@ -242,6 +242,8 @@ def write_document(plan: Plan, stage_seconds: dict[str, float], commit: str, fig
     total = sum(stage_seconds.values())
     rel = figures.name
     command = f"forkrl reproduce {plan.spec_source} --workdir {plan.workdir} --seeds {','.join(map(str, plan.seeds))}"
+    command += (f" --problems {plan.problems} --samples {plan.samples} --export-every {plan.export_every}"
+                f" --temperatures {','.join(f'{t:g}' for t in plan.temperatures)}")
     command += "".join(f" --set {s}" for s in plan.settings)
     lines = [
         "# The papers' measurements, reproduced at small scale", "",
