@@ -81,11 +81,6 @@ def matches_or_beats(difference: Difference, margin: float) -> Verdict:
     return Verdict.NOT_RESOLVED
 
 
-def at_least(value: float, bound: float) -> Verdict:
-    """A measured share or ratio against a fixed bound (no interval: it is over all tokens counted)."""
-    return Verdict.HOLDS if value >= bound else Verdict.DOES_NOT_HOLD
-
-
 def ranks_first(differences: Sequence[Difference]) -> Verdict:
     """One arm against each of the others (its value minus theirs): holds if it beats every one, does not
     hold if any other is above it, otherwise not resolved."""

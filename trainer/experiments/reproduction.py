@@ -15,6 +15,7 @@ Stages, each kept on disk under --workdir (a rerun skips finished ones; the comp
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -117,13 +118,13 @@ def entropy_mass_share(entropies: np.ndarray, top: float = 0.2) -> float:
     return float(np.sort(entropies)[-count:].sum() / total)
 
 
-def _responses(plan: Plan, cold_start: str) -> None:
+def _responses(plan: Plan, spec_file: Path, cold_start: str) -> None:
     from transformers import AutoTokenizer
 
     from forkrl.trainer.analysis.generate import generate_responses, local_engine, spec_rows
     from forkrl.trainer.data.templates import render_prompt
 
-    template, rows = spec_rows(_spec_file(plan), plan.dataset)
+    template, rows = spec_rows(spec_file, plan.dataset)
     tokenizer = AutoTokenizer.from_pretrained(cold_start)
     prompts = (render_prompt(row, template, tokenizer) for row in rows[: plan.problems])
     target = plan.analysis_dir / "responses.jsonl"
@@ -144,12 +145,14 @@ def _spec_file(plan: Plan) -> Path:
     return path
 
 
-def _scored(checkpoint_path: str, responses: Path) -> list[np.ndarray]:
-    """Per-token entropies (at T=1) of every response under a checkpoint."""
+@functools.cache
+def _scored(checkpoint_path: str, responses: Path) -> tuple[np.ndarray, ...]:
+    """Per-token entropies (at T=1) of every response under a checkpoint; cached, because the entropy and
+    overlap stages score the cold start and the DAPO arms' final models alike."""
     from forkrl.trainer.analysis.scoring import Checkpoint, ResponseFile, response_entropies
 
     model = Checkpoint.load(checkpoint_path)
-    return [response_entropies(model.logits, record) for record in ResponseFile(responses, model.tokenize)]
+    return tuple(response_entropies(model.logits, record) for record in ResponseFile(responses, model.tokenize))
 
 
 def _entropy(plan: Plan, cold_start: str) -> None:
@@ -197,7 +200,7 @@ def _overlap(plan: Plan, cold_start: str) -> None:
     (plan.analysis_dir / "overlap.json").write_text(json.dumps(result, indent=2))
 
 
-def _dual_temperature(plan: Plan, cold_start: str) -> None:
+def _dual_temperature(plan: Plan, spec_file: Path, cold_start: str) -> None:
     from transformers import AutoTokenizer
 
     from forkrl.trainer.analysis.dual_temperature import dual_temperature_grid
@@ -205,7 +208,7 @@ def _dual_temperature(plan: Plan, cold_start: str) -> None:
     from forkrl.trainer.data.templates import render_prompt
 
     threshold = json.loads((plan.analysis_dir / "entropy.json").read_text())["cold start"]["percentiles"]["p80"]
-    template, rows = spec_rows(_spec_file(plan), plan.dataset)
+    template, rows = spec_rows(spec_file, plan.dataset)
     rows = rows[: plan.problems]
     tokenizer = AutoTokenizer.from_pretrained(cold_start)
     cells = dual_temperature_grid(cold_start, tokenizer, rows, lambda row: render_prompt(row, template, tokenizer),
@@ -240,11 +243,12 @@ def reproduce(plan: Plan) -> int:
     if code != 0:
         return code
     cold_start = starting_checkpoint(plan.spec, plan.compare_dir, lambda text: None)
-    clock.run("responses", plan.analysis_dir / "responses.jsonl", lambda: _responses(plan, cold_start))
+    spec_file = _spec_file(plan)
+    clock.run("responses", plan.analysis_dir / "responses.jsonl", lambda: _responses(plan, spec_file, cold_start))
     clock.run("entropy", plan.analysis_dir / "entropy.json", lambda: _entropy(plan, cold_start))
     clock.run("overlap", plan.analysis_dir / "overlap.json", lambda: _overlap(plan, cold_start))
     clock.run("dual temperature", plan.analysis_dir / "dual_temperature.json",
-              lambda: _dual_temperature(plan, cold_start))
+              lambda: _dual_temperature(plan, spec_file, cold_start))
     figures = plan.doc.parent / plan.doc.stem
     figures.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(plan.compare_dir / "report" / "curves.png", figures / "curves.png")

@@ -4,6 +4,7 @@ measurement, its decision rule (claims.py) and its verdict, and where the small 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from forkrl.trainer.experiments.arms import compute_settings
 from forkrl.trainer.experiments.claims import (
     EQUIVALENCE_MARGIN_POINTS,
     Verdict,
-    at_least,
     beats,
     matches_or_beats,
     problem_paired_difference,
@@ -70,8 +70,8 @@ def _entropies(results: Mapping[int, ArmResult]) -> dict[int, float]:
 def entropy_claim(entropy: dict[str, Any]) -> tuple[Claim, list[str]]:
     cold = entropy["cold start"]
     share, mass, p80 = cold["share_below_0.01"], cold["top20_entropy_mass"], cold["percentiles"]["p80"]
-    verdict = Verdict.HOLDS if (at_least(share, NEAR_ZERO_SHARE) is Verdict.HOLDS
-                                and at_least(mass, TOP20_MASS) is Verdict.HOLDS) else Verdict.DOES_NOT_HOLD
+    # Over every token counted (no interval): both bounds must be met.
+    verdict = Verdict.HOLDS if share >= NEAR_ZERO_SHARE and mass >= TOP20_MASS else Verdict.DOES_NOT_HOLD
     lines = ["| checkpoint | tokens | share below 1e-2 | median | 80th percentile | 95th percentile | mean | "
              "entropy carried by the top 20% |", "|---|---|---|---|---|---|---|---|"]
     for name, row in entropy.items():
@@ -100,10 +100,9 @@ def overlap_claims(overlap: dict[str, dict[str, Any]]) -> tuple[list[Claim], lis
     curves: dict[str, Any] = {"step": steps, "overlap": [], "high": [], "low": []}
     for step in steps:
         rows = [overlap[s][str(step)] for s in seeds if str(step) in overlap[s]]
-        mean = lambda values: sum(values) / len(values)  # noqa: E731
-        o = mean([r["top_position_overlap"] for r in rows])
-        high = mean([r["high_entropy_tokens"]["change"] for r in rows])
-        low = mean([r["low_entropy_tokens"]["change"] for r in rows])
+        o = statistics.fmean(r["top_position_overlap"] for r in rows)
+        high = statistics.fmean(r["high_entropy_tokens"]["change"] for r in rows)
+        low = statistics.fmean(r["low_entropy_tokens"]["change"] for r in rows)
         curves["overlap"].append(o)
         curves["high"].append(high)
         curves["low"].append(low)

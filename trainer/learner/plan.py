@@ -23,7 +23,7 @@ t = TP, sp = t with sequence parallelism else 1; checked against a measured forw
     selective: the same without the attention term (core attention recomputed)
     full:      e T h / sp (layer inputs only; one layer is rebuilt at a time during backward)
 plus, per micro-batch in flight, the packed rows' block-diagonal mask [b, 1, s, s]: 1 B (bool, unfused) or
-e B (SDPA's additive form, shared by every layer).
+2 B (SDPA's additive bf16 form, shared by every layer).
 
 P_rank is counted in closed form and checked by building the recommended layout's first and last
 stage of the real architecture on the meta device (fake process group, no memory allocated).
@@ -141,10 +141,10 @@ def activation_bytes_per_layer(arch: ModelArch, tp: int, work: Workload, recompu
     return e * (tokens * per_token + rotary) + attention
 
 
-def mask_bytes(work: Workload, element_bytes: int = 2) -> float:
+def mask_bytes(work: Workload) -> float:
     """The packed micro-batch's attention mask (one per micro-batch in flight, shared by its layers)."""
     seq = work.tokens // work.micro_batch_size
-    return work.micro_batch_size * seq * seq * (element_bytes if work.attention == "sdpa" else 1)
+    return work.micro_batch_size * seq * seq * (2 if work.attention == "sdpa" else 1)
 
 
 def loss_head_bytes(arch: ModelArch, tp: int, work: Workload) -> float:
