@@ -1,6 +1,6 @@
 """The `forkrl` command line: train, inspect the config schema, validate specs, plan layouts.
 
-    forkrl train examples/local-arith.yaml [--resume] [--quiet]
+    forkrl train examples/local-arith.yaml [--resume] [--quiet] [--set schedule.steps=20 ...]
     forkrl config schema            # JSON schema of RLVRJobSpec
     forkrl config validate FILE     # check a spec, naming every bad field
     forkrl plan --model qwen2.5-32b --gpus-per-node 8 --gpu-memory-gib 80 --nodes 4
@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
     watch_from_env()
     from forkrl.trainer.controller.loop import train_main
 
-    return train_main(args.spec, resume=args.resume, quiet=args.quiet)
+    return train_main(args.spec, resume=args.resume, quiet=args.quiet, settings=args.set)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("spec", help="RLVRJob spec YAML (e.g. examples/local-arith.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this run")
     train.add_argument("--quiet", action="store_true", help="no progress bar (one summary line per step)")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="change a spec field for this run, e.g. --set schedule.steps=20 (repeatable; the value "
+                       "is one YAML value; give the same --set again with --resume)")
     train.set_defaults(handler=_train)
 
     config = commands.add_parser("config", help="inspect or validate RLVRJob specs")

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from forkrl.trainer.controller.setup import (
 from forkrl.trainer.controller.step import ControllerState, RLVRController
 from forkrl.trainer.data.schema import PromptRow
 from forkrl.trainer.metrics.records import EvalRecord
-from forkrl.trainer.spec import RLVRJobSpec, SpecError, load_spec
+from forkrl.trainer.spec import RLVRJobSpec, SpecError
+from forkrl.trainer.spec.overrides import load_spec_with_settings
 
 StepHook = Callable[[LocalRun, int], Awaitable[None]]
 """Called after every step with the run and the step number (tests inject faults here)."""
@@ -233,10 +235,11 @@ async def run(spec: RLVRJobSpec, resume: bool = False, quiet: bool = False, afte
         await local.stop()
 
 
-def train_main(spec_path: str, resume: bool = False, quiet: bool = False) -> int:
-    """Entry point of `forkrl train`: exit 0 on success or a clean stop, 2 on a bad spec or pre-flight."""
+def train_main(spec_path: str, resume: bool = False, quiet: bool = False, settings: Sequence[str] = ()) -> int:
+    """Entry point of `forkrl train`: exit 0 on success or a clean stop, 2 on a bad spec or pre-flight.
+    `settings`: `--set FIELD=VALUE` assignments applied to the spec file before validation."""
     try:
-        spec = load_spec(spec_path)
+        spec, _ = load_spec_with_settings(spec_path, settings)
     except SpecError as err:
         print(err, file=sys.stderr)
         return 2
@@ -249,7 +252,8 @@ def train_main(spec_path: str, resume: bool = False, quiet: bool = False) -> int
         if err.during == "setup":
             hint = "the learner could not start: fix the spec or the cluster named above, then run again"
         else:
-            hint = (f"the run stopped; continue from the last checkpoint with `forkrl train {spec_path} --resume` "
-                    "once the learner nodes are back")
+            given = "".join(f" --set {shlex.quote(text)}" for text in settings)
+            hint = (f"the run stopped; continue from the last checkpoint with "
+                    f"`forkrl train {spec_path}{given} --resume` once the learner nodes are back")
         print(f"forkrl train: {err}\nforkrl train: {hint}", file=sys.stderr)
         return 1

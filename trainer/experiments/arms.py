@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from forkrl.trainer.spec import RLVRJobSpec, SpecError, parse_spec
+from forkrl.trainer.spec.overrides import get_field, parse_assignment, set_field, yaml_value
 
 OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {
     "dapo": {"name": "dapo"},
@@ -63,31 +64,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "arm"
 
 
-def set_field(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `a.b.c` in a nested spec dict, creating the mappings on the way (validation comes after)."""
-    parts = dotted.split(".")
-    if not all(parts):
-        raise SpecError(f"{dotted!r}: not a dotted spec field (e.g. objective.rho)")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise SpecError(f"{dotted!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def get_field(data: dict[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def arm_spec_data(base: dict[str, Any], arm: Arm) -> dict[str, Any]:
     """The base spec (a validated spec's JSON dump) with the arm's fields and seed set."""
     data = copy.deepcopy(base)
@@ -122,33 +98,6 @@ def compare_arms(objectives: Sequence[str], seeds: Sequence[int]) -> list[Arm]:
     return [Arm(name, (("objective", OBJECTIVE_PRESETS[name]),), seed) for name in objectives for seed in seeds]
 
 
-def parse_assignment(text: str, option: str) -> tuple[str, str]:
-    """`FIELD=VALUE` -> (field, raw value text), or a SpecError naming the option."""
-    field, sep, raw = text.partition("=")
-    field = field.strip()
-    if not sep or not field or not raw.strip():
-        raise SpecError(f"{option} {text!r}: expected FIELD=VALUE (e.g. objective.rho=0.2)")
-    return field, raw
-
-
-def _yaml_value(raw: str, option: str, field: str) -> Any:
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise SpecError(f"{option} {field}: {raw!r} is not a valid YAML value: {err}") from None
-
-
-def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
-    """`--set` values: `schedule.steps=20`, `eval.pass_k=[1, 4]` (the whole value is one YAML value)."""
-    settings: dict[str, Any] = {}
-    for text in assignments:
-        field, raw = parse_assignment(text, "--set")
-        if field in settings:
-            raise SpecError(f"--set: {field} is given twice")
-        settings[field] = _yaml_value(raw, "--set", field)
-    return settings
-
-
 def parse_grid(assignments: Sequence[str]) -> dict[str, list[Any]]:
     """`objective.rho=0.1,0.2,0.5` -> {"objective.rho": [0.1, 0.2, 0.5]}; values are YAML scalars."""
     grid: dict[str, list[Any]] = {}
@@ -156,7 +105,7 @@ def parse_grid(assignments: Sequence[str]) -> dict[str, list[Any]]:
         field, raw = parse_assignment(text, "--grid")
         if field in grid:
             raise SpecError(f"--grid: {field} is given twice")
-        values = [_yaml_value(v, "--grid", field) for v in raw.split(",")]
+        values = [yaml_value(v, "--grid", field) for v in raw.split(",")]
         if len(set(map(repr, values))) != len(values):
             raise SpecError(f"--grid {field}: a value is listed twice")
         grid[field] = values

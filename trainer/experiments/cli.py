@@ -82,14 +82,9 @@ def add_experiment_parsers(commands: Any) -> None:
 
 def _base(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The base spec with --set applied, validated (a bad field fails here, naming it)."""
-    from forkrl.trainer.experiments.arms import parse_settings, set_field
-    from forkrl.trainer.spec import load_spec, parse_spec
+    from forkrl.trainer.spec.overrides import load_spec_with_settings
 
-    spec = load_spec(args.spec)
-    data = spec.model_dump(mode="json")
-    for field, value in parse_settings(args.set).items():
-        set_field(data, field, value)
-    return parse_spec(data, source=f"{args.spec} with --set"), data
+    return load_spec_with_settings(args.spec, args.set)
 
 
 def _run(args: argparse.Namespace, kind: str, arms_of) -> int:

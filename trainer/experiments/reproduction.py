@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from forkrl.trainer.experiments.arms import compare_arms, set_field
+from forkrl.trainer.experiments.arms import compare_arms
 from forkrl.trainer.experiments.experiment import Execution, run_experiment, starting_checkpoint
 from forkrl.trainer.experiments.reproduction_doc import OBJECTIVES, write_document
 from forkrl.trainer.spec import RLVRJobSpec, parse_spec
+from forkrl.trainer.spec.overrides import set_field
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,13 @@ from forkrl.trainer.experiments.arms import (
     compare_arms,
     compute_settings,
     parse_grid,
-    parse_settings,
-    set_field,
     sweep_arms,
     unequal_compute,
     validate_arms,
 )
 from forkrl.trainer.experiments.runner import prepare_jobs
 from forkrl.trainer.spec import SpecError, load_spec
+from forkrl.trainer.spec.overrides import parse_settings, set_field
 
 TINY = Path(__file__).with_name("tiny.yaml")
 
