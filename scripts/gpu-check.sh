@@ -2,7 +2,8 @@
 # The GPU check, in one call on a machine with a CUDA GPU, its own Python 3.12 + torch + CUDA, and no network
 # (the device machine lent to some sessions). What it runs:
 #   1. the `gpu`-marked tests: the learner on CUDA (fp32 and bf16 against the HF model, TP=2 with two GPUs),
-#      the fused loss head's peak memory against the logits path (bf16, Qwen vocabulary)
+#      the fused loss head's peak memory against the logits path (bf16, Qwen vocabulary), packed rows'
+#      FlexAttention at 16k tokens against float64 (no [s, s] tensor: peak memory bounded)
 #      and, where vLLM is installed, the vLLM engine end to end (skipped otherwise: vLLM is too large to carry);
 #   2. bench/learner.py --gpu-only: tokens/s, MFU and peak memory of a Qwen2.5-0.5B-shaped learner in bf16.
 # It writes OUT/summary.json (device, versions, each test's outcome, the bench figures) and the logs beside it.
@@ -38,7 +39,8 @@ VPY="$WORK/venv/bin/python"
 
 started=$(date +%s)
 timeout 420 "$VPY" -m pytest -m gpu -p no:cacheprovider -q -rA --durations=0 --junitxml "$OUT/tests.xml" \
-  tests/trainer/learner/test_gpu.py tests/trainer/test_fused_head.py tests/rollout/test_vllm_adapter.py 2>&1 | tee "$OUT/tests.log"
+  tests/trainer/learner/test_gpu.py tests/trainer/learner/test_attention.py tests/trainer/test_fused_head.py \
+  tests/rollout/test_vllm_adapter.py 2>&1 | tee "$OUT/tests.log"
 tests_rc=${PIPESTATUS[0]}
 timeout 240 "$VPY" bench/learner.py --gpu-only 2>&1 | tee "$OUT/bench-learner.log"
 bench_rc=${PIPESTATUS[0]}

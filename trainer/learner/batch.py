@@ -92,8 +92,10 @@ def dp_shard(batch: LearnerBatch, dp_rank: int, dp_size: int) -> LearnerBatch:
 class MicroBatch:
     """One micro-batch as the model sees it plus the map back to token-aligned loss tensors.
 
-    tokens: [rows, L]; position_ids: [rows, L] and attention_mask: [rows, 1, L, L] (True = masked) for
-    packed rows, else None (plain causal). pred_index: [n] flat positions (row * L + col) whose logits
+    tokens: [rows, L]; position_ids: [rows, L] and document_ids: [rows, L] int32 (which of the row's
+    sequences each position belongs to; trailing padding is one more) for packed rows, else None (plain
+    causal). The document ids stand in for an attention mask: no [L, L] tensor is built (attention.py).
+    pred_index: [n] flat positions (row * L + col) whose logits
     predict a response token; target_ids: [n] those tokens; out_rows / out_cols: [n] where each goes
     in the [num_seqs, S] loss tensors; seq_index: [num_seqs] rows of the rank's batch it covers.
     fields: the batch's token-aligned tensors restricted to seq_index ([num_seqs, S]).
@@ -101,7 +103,7 @@ class MicroBatch:
 
     tokens: torch.Tensor
     position_ids: torch.Tensor | None
-    attention_mask: torch.Tensor | None
+    document_ids: torch.Tensor | None
     pred_index: torch.Tensor
     target_ids: torch.Tensor
     out_rows: torch.Tensor
@@ -116,7 +118,7 @@ class MicroBatch:
 
     def to(self, device: torch.device, inputs: bool = True) -> MicroBatch:
         """A copy on `device`. inputs=False leaves the model inputs (MODEL_INPUTS: the [rows, L] tokens and
-        positions and the [rows, 1, L, L] mask, the micro-batch's largest tensors) where they are, for
+        positions and document ids, the micro-batch's largest tensors) where they are, for
         `inputs_to` to move when the schedule reaches this micro-batch."""
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key, value in moved.items():
@@ -132,7 +134,7 @@ class MicroBatch:
         return dataclasses.replace(self, **moved)
 
 
-MODEL_INPUTS = ("tokens", "position_ids", "attention_mask")
+MODEL_INPUTS = ("tokens", "position_ids", "document_ids")
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -165,7 +167,7 @@ def padded_micro_batches(batch: LearnerBatch, micro_batch_size: int, length_mult
             MicroBatch(
                 tokens=tokens,
                 position_ids=None,
-                attention_mask=None,
+                document_ids=None,
                 pred_index=rows * width + cols - 1,
                 target_ids=tokens[rows, cols],
                 out_rows=rows,
@@ -203,28 +205,26 @@ def packed_micro_batches(batch: LearnerBatch, max_tokens: int | None, length_mul
     for members in pack_rows(lengths, width):
         tokens = torch.zeros(1, width, dtype=torch.long)
         positions = torch.zeros(1, width, dtype=torch.long)
-        segment = torch.full((width,), len(members), dtype=torch.long)  # padding: its own segment
+        documents = torch.full((1, width), len(members), dtype=torch.int32)  # padding: one more document
         pred, tgt, out_rows, out_cols = [], [], [], []
         offset = 0
         for local, seq in enumerate(members):
             n = lengths[seq]
             tokens[0, offset : offset + n] = batch.input_ids[seq, :n]
             positions[0, offset : offset + n] = torch.arange(n)
-            segment[offset : offset + n] = local
+            documents[0, offset : offset + n] = local
             cols = batch.response_mask[seq].nonzero(as_tuple=True)[0]
             pred.append(offset + cols - 1)
             tgt.append(batch.input_ids[seq, cols])
             out_rows.append(torch.full_like(cols, local))
             out_cols.append(cols)
             offset += n
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        allowed = causal & (segment.unsqueeze(0) == segment.unsqueeze(1))
         index = torch.tensor(members, dtype=torch.long)
         out.append(
             MicroBatch(
                 tokens=tokens,
                 position_ids=positions,
-                attention_mask=~allowed[None, None],
+                document_ids=documents,
                 pred_index=torch.cat(pred),
                 target_ids=torch.cat(tgt),
                 out_rows=torch.cat(out_rows),

@@ -74,11 +74,12 @@ def token_logprobs_and_entropy(
 
 
 def run_chunk(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
-    """One model chunk on one micro-batch (packed rows set explicit RoPE positions)."""
+    """One model chunk on one micro-batch (packed rows set explicit RoPE positions and pass their document
+    ids where megatron takes a mask)."""
     rope = get_attr_wrapped_model(model, "rotary_pos_emb")
     rope.position_ids = mb.position_ids
     try:
-        return model(mb.tokens, mb.position_ids, mb.attention_mask)
+        return model(mb.tokens, mb.position_ids, mb.document_ids)  # megatron's attention_mask: attention.py
     finally:
         rope.position_ids = None
 

@@ -19,7 +19,6 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
@@ -29,7 +28,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from forkrl.trainer.learner.arch import ModelArch
-from forkrl.trainer.learner.attention import SDPACoreAttention
+from forkrl.trainer.learner.attention import SDPACoreAttention, UnfusedCoreAttention
 from forkrl.trainer.learner.config import LearnerSpec
 from forkrl.trainer.learner.head import install_hidden_states_head
 from forkrl.trainer.learner.layers import PositionRotaryEmbedding, RMSNorm
@@ -91,18 +90,19 @@ def transformer_config(arch: ModelArch, spec: LearnerSpec, has_gpu: bool) -> Tra
 
 def layer_spec(arch: ModelArch, attention: str = "sdpa") -> ModuleSpec:
     """One decoder layer from megatron-core local modules, with the learner's RMSNorm and core attention
-    (`sdpa`: attention.py, torch's fused kernels; `unfused`: megatron's DotProductAttention)."""
+    (`sdpa`: torch's fused kernels, FlexAttention for packed rows on CUDA; `unfused`: megatron's
+    DotProductAttention; both in attention.py)."""
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
             input_layernorm=RMSNorm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
-                # Causal by default; packed micro-batches pass an explicit block-diagonal mask.
+                # Causal by default; packed micro-batches pass their document ids as the mask (attention.py).
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=SDPACoreAttention if attention == "sdpa" else DotProductAttention,
+                    core_attention=SDPACoreAttention if attention == "sdpa" else UnfusedCoreAttention,
                     linear_proj=RowParallelLinear,
                     q_layernorm=RMSNorm if arch.qk_norm else IdentityOp,
                     k_layernorm=RMSNorm if arch.qk_norm else IdentityOp,

@@ -22,8 +22,9 @@ t = TP, sp = t with sequence parallelism else 1; checked against a measured forw
                  contiguous) per layer
     selective: the same without the attention term (core attention recomputed)
     full:      e T h / sp (layer inputs only; one layer is rebuilt at a time during backward)
-plus, per micro-batch in flight, the packed rows' block-diagonal mask [b, 1, s, s]: 1 B (bool, unfused) or
-2 B (SDPA's additive bf16 form, shared by every layer).
+plus, per micro-batch in flight, what packed rows attend with: their document ids [b, s] (int32) and, for
+`sdpa`, FlexAttention's block mask (a few int32 per 128 x 128 block); `unfused` builds the dense bool
+[b, 1, s, s] mask from the ids (1 B per pair, shared by every layer).
 
 P_rank is counted in closed form and checked by building the recommended layout's first and last
 stage of the real architecture on the meta device (fake process group, no memory allocated).
@@ -142,9 +143,15 @@ def activation_bytes_per_layer(arch: ModelArch, tp: int, work: Workload, recompu
 
 
 def mask_bytes(work: Workload) -> float:
-    """The packed micro-batch's attention mask (one per micro-batch in flight, shared by its layers)."""
+    """What a packed micro-batch attends with (one per micro-batch in flight, shared by its layers): document
+    ids, plus FlexAttention's block mask (`sdpa`: per row, int32 block counts and indices of partial and full
+    blocks, by query block and by kv block) or the dense bool mask megatron's unfused module needs."""
     seq = work.tokens // work.micro_batch_size
-    return work.micro_batch_size * seq * seq * (2 if work.attention == "sdpa" else 1)
+    ids = 4 * work.tokens
+    if work.attention == "sdpa":
+        blocks = math.ceil(seq / 128)
+        return ids + work.micro_batch_size * 4 * 4 * (blocks * blocks + blocks)  # (q, kv) x (partial, full)
+    return ids + work.micro_batch_size * seq * seq
 
 
 def loss_head_bytes(arch: ModelArch, tp: int, work: Workload) -> float:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 
 from forkrl.trainer.learner.arch import ModelArch
@@ -20,6 +21,7 @@ from forkrl.trainer.learner.plan import (
     activation_bytes_per_layer,
     estimate,
     main,
+    mask_bytes,
     plan,
     stage_param_counts,
 )
@@ -191,3 +193,18 @@ def test_activation_estimate_matches_what_the_layers_keep_for_backward() -> None
         planned = activation_bytes_per_layer(arch, 1, work, "none", element_bytes=4)
         # The issue's bound is 15%; the count is exact today, so a layer change shows up here at 5%.
         assert planned == pytest.approx(case["bytes_per_layer"], rel=0.05), case
+
+
+def test_packed_rows_cost_their_document_ids_and_a_block_mask_not_an_s_by_s_mask() -> None:
+    """SDPA: int32 document ids plus FlexAttention's block tables, measured on a real BlockMask; unfused:
+    the dense bool mask megatron's module needs."""
+    from forkrl.trainer.learner.attention import document_block_mask
+
+    work = Workload(tokens=4096, micro_batch_size=1)
+    ids = torch.zeros(1, 4096, dtype=torch.int32)
+    ids[0, 1000:] = 1
+    block_mask = document_block_mask(ids)
+    tables = sum(t.numel() * t.element_size() for t in block_mask.as_tuple() if isinstance(t, torch.Tensor))
+    assert mask_bytes(work) == pytest.approx(ids.numel() * ids.element_size() + tables, rel=0.01)
+    assert mask_bytes(work) < 4096 * 4096 / 100  # well under one bool per pair of positions
+    assert mask_bytes(dataclasses.replace(work, attention="unfused")) == 4 * 4096 + 4096 * 4096

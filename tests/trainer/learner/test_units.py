@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from forkrl.trainer.learner.arch import _EXPLICIT_KEYS, ModelArch, plain_config
+from forkrl.trainer.learner.attention import document_mask
 from forkrl.trainer.learner.batch import (
     LearnerBatch,
     dp_shard,
@@ -143,25 +145,27 @@ def test_pack_rows_first_fit_decreasing() -> None:
         pack_rows([9], capacity=8)
 
 
-def test_packed_rows_restart_positions_and_mask_across_sequences() -> None:
+def test_packed_rows_restart_positions_and_number_their_sequences() -> None:
     batch = make_batch(seed=2, batch=5, width=10)
     mbs = packed_micro_batches(batch, max_tokens=24)
     assert sorted(i for mb in mbs for i in mb.seq_index.tolist()) == list(range(5))
     for mb in mbs:
-        mask = mb.attention_mask[0, 0]  # True = masked
         offset = 0
-        starts = []
-        for seq in mb.seq_index.tolist():
+        for local, seq in enumerate(mb.seq_index.tolist()):
             n = int(batch.seq_lens[seq])
             assert torch.equal(mb.tokens[0, offset : offset + n], batch.input_ids[seq, :n])
             assert torch.equal(mb.position_ids[0, offset : offset + n], torch.arange(n))
-            starts.append((offset, n))
+            assert bool((mb.document_ids[0, offset : offset + n] == local).all())
             offset += n
-        for q_start, q_len in starts:
-            for k_start, k_len in starts:
-                block = mask[q_start : q_start + q_len, k_start : k_start + k_len]
+        assert bool((mb.document_ids[0, offset:] == len(mb.seq_index)).all()), "padding is one more document"
+        # The mask those ids stand for: causal inside a sequence, nothing across (True = masked).
+        mask = document_mask(mb.document_ids)[0, 0]
+        starts = [0, *torch.cumsum(batch.seq_lens[mb.seq_index], 0).tolist()]
+        for q_start, q_end in itertools.pairwise(starts):
+            for k_start, k_end in itertools.pairwise(starts):
+                block = mask[q_start:q_end, k_start:k_end]
                 if q_start == k_start:
-                    assert torch.equal(~block, torch.ones(q_len, q_len, dtype=torch.bool).tril())
+                    assert torch.equal(~block, torch.ones(q_end - q_start, q_end - q_start, dtype=torch.bool).tril())
                 else:
                     assert bool(block.all())
         sequences = mb.seq_index[mb.out_rows]
@@ -175,15 +179,15 @@ def test_model_inputs_reach_the_device_only_when_the_schedule_takes_the_micro_ba
     mb = packed_micro_batches(batch, max_tokens=24)[0]
     meta = torch.device("meta")
     staged = mb.to(meta, inputs=False)
-    assert staged.tokens is mb.tokens and staged.attention_mask is mb.attention_mask
+    assert staged.tokens is mb.tokens and staged.document_ids is mb.document_ids
     assert staged.position_ids is mb.position_ids
     assert staged.pred_index.is_meta and staged.response_mask.is_meta and staged.seq_index.is_meta
     taken = staged.inputs_to(meta)
-    assert taken.tokens.is_meta and taken.attention_mask.is_meta and taken.position_ids.is_meta
+    assert taken.tokens.is_meta and taken.document_ids.is_meta and taken.position_ids.is_meta
     assert taken.pred_index is staged.pred_index  # the rest is shared, not copied again
     assert not staged.tokens.is_meta  # the staged micro-batch keeps its host inputs
     padded = padded_micro_batches(batch, 2)[0].to(meta, inputs=False).inputs_to(meta)
-    assert padded.tokens.is_meta and padded.attention_mask is None  # plain causal rows have no mask
+    assert padded.tokens.is_meta and padded.document_ids is None  # plain causal rows have no mask
 
 
 def test_parallel_config_errors_name_fields() -> None:
