@@ -192,16 +192,8 @@ class SDPACoreAttention(DotProductAttention):
 class UnfusedCoreAttention(DotProductAttention):
     """megatron's local module (keeps the [s, s] scores), given packed rows' document ids like SDPA is."""
 
-    def forward(  # type: ignore[override]
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        attn_mask_type: AttnMaskType | None = None,
-        attention_bias: torch.Tensor | None = None,
-        packed_seq_params: object | None = None,
-    ) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,  # type: ignore[override]
+                attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any) -> torch.Tensor:
         if attention_mask is not None:
             attention_mask = _derived(_check_document_ids(attention_mask), "dense", document_mask)
-        return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
+        return super().forward(query, key, value, attention_mask, *args, **kwargs)
