@@ -312,6 +312,12 @@ class ClusterSpec(_Spec):
     ray_version: str = Field(
         DEFAULT_RAY_VERSION, pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray version inside the images."
     )
+    ray_token_auth: bool = Field(
+        True,
+        description="Ray's token authentication on the learner's Ray cluster (KubeRay `authOptions.mode: token`, "
+        "KubeRay >= 1.5.1, Ray >= 2.52): KubeRay makes a per-cluster token Secret and gives it to every Ray "
+        "container and to its own dashboard client, so the dashboard and the GCS refuse callers without it.",
+    )
     gpu_resource: str = Field(
         "nvidia.com/gpu", min_length=1, max_length=253, description="Extended resource name of a GPU."
     )

@@ -1,9 +1,9 @@
 """Pure builder of the learner's RayJob: the Ray head pod runs the controller (`forkrl train`, the Ray
 job's driver) and the worker pods the learner ranks, as Ray actors.
 
-The RayJob targets KubeRay >= 1.5: HTTP submission (no submitter pod), the RayCluster deleted when the
-job finishes, no KubeRay-level retries (`backoffLimit: 0`; forkrl retries with a new RayJob and counts
-them).
+The RayJob targets KubeRay >= 1.5.1: HTTP submission (no submitter pod) carrying the Ray cluster's auth token,
+the RayCluster deleted when the job finishes, no KubeRay-level retries (`backoffLimit: 0`; forkrl retries with
+a new RayJob and counts them).
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ def ray_job(ctx: JobContext) -> Manifest:
         "suspend": ray_job_suspend(ctx),
         "rayClusterSpec": {
             "rayVersion": cluster.ray_version,
+            "authOptions": {"mode": "token" if cluster.ray_token_auth else "disabled"},
             "enableInTreeAutoscaling": False,
             "headGroupSpec": {
                 # num-cpus 0: learner ranks go to the worker pods, never to the controller's pod.

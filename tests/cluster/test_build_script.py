@@ -132,6 +132,9 @@ def test_kuberay_crds_and_kwok_stages_are_copied(k8s_binaries: ClusterBinaries) 
             spec = schema["properties"]["spec"]["properties"]
             # The RayJob fields forkrl generates; deletionStrategy is new in KubeRay v1.5.
             assert {"submissionMode", "shutdownAfterJobFinishes", "backoffLimit", "deletionStrategy"} <= set(spec)
+            # ... and authOptions (Ray token auth) in KubeRay v1.5.1.
+            cluster = spec["rayClusterSpec"]["properties"]
+            assert cluster["authOptions"]["properties"]["mode"]["enum"] == ["disabled", "token"]
     assert kinds == {"RayCluster", "RayJob", "RayService"}
     stages = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in k8s_binaries.kwok_stage_dir.glob("*.yaml")}
     assert stages == {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-complete", "pod-delete"}

@@ -184,6 +184,14 @@ def test_an_rlvrjob_from_the_job_chart_trains_on_real_pods_through_faults_and_ke
         assert any(line.startswith("forkrl_rollout_unauthorized_requests_total{") and 'endpoint="/v1/sleep"' in line
                    and float(line.rsplit(" ", 1)[1]) >= 1 for line in metrics.splitlines()), metrics[-2000:]
         assert json.loads(cluster.kubectl("get", "--raw", f"{proxy}/v1/health").stdout)["sleeping"] is False
+        # The Ray cluster runs with token authentication (authOptions): KubeRay submitted the job with the token
+        # (it is training), while a caller without it is refused by the dashboard's job API.
+        head = ready_pods(cluster, ns, "controller")[0]
+        jobs = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{head}:8265/proxy/api/jobs/", check=False)
+        assert jobs.returncode != 0 and ("provide credentials" in jobs.stderr or "Forbidden" in jobs.stderr), (
+            jobs.stdout[-500:], jobs.stderr)
+        head_env = cluster.kubectl_json("get", "pod", "-n", ns, head)["spec"]["containers"][0]["env"]
+        assert {e["name"]: e.get("value") for e in head_env}.get("RAY_AUTH_MODE") == "token", head_env
 
         victim = ready_pods(cluster, ns, "rollout")[0]
         cluster.kubectl("delete", "pod", "-n", ns, victim, "--wait=false")

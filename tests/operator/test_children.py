@@ -149,6 +149,16 @@ def test_ray_job_targets_kuberay_http_mode_without_kuberay_retries() -> None:
     assert mounts == {"/etc/forkrl": "config", "/var/lib/forkrl": "storage", "/dev/shm": "dshm", "/tmp": "tmp"}
 
 
+def test_the_ray_cluster_uses_token_authentication_unless_turned_off() -> None:
+    """KubeRay (>= 1.5.1) then makes the token Secret, puts it in every Ray container and sends it with the
+    job submission; the real-pod test checks that the dashboard refuses a caller without it."""
+    cluster = by_kind(context())[("RayJob", "exp")]["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert int(cluster["rayVersion"].split(".")[0]) >= 2 and int(cluster["rayVersion"].split(".")[1]) >= 52
+    off = by_kind(context({"cluster": {"ray_token_auth": False}}))[("RayJob", "exp")]["spec"]["rayClusterSpec"]
+    assert off["authOptions"] == {"mode": "disabled"}
+
+
 def test_ray_start_is_pid_1_of_every_ray_pod_so_sigterm_reaches_it() -> None:
     cluster = by_kind(context())[("RayJob", "exp")]["spec"]["rayClusterSpec"]
     for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):

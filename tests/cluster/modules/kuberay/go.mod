@@ -1,4 +1,5 @@
-// Builds the KubeRay operator; v1.5 is the minimum with RayJob HTTPMode and deletionStrategy.
+// Builds the KubeRay operator; v1.5.1 is the minimum with RayJob HTTPMode, deletionStrategy and authOptions (Ray
+// token auth). The proxy's version list shows only v1.4.0 and v1.5.0 here, but v1.5.1 and v1.6.0 are served.
 module forkrl.dev/tests/cluster/kuberay
 
 go 1.26.0
@@ -38,7 +39,7 @@ require (
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.65.0 // indirect
 	github.com/prometheus/procfs v0.17.0 // indirect
-	github.com/ray-project/kuberay/ray-operator v1.5.0 // indirect
+	github.com/ray-project/kuberay/ray-operator v1.5.1 // indirect
 	github.com/spf13/pflag v1.0.7 // indirect
 	github.com/stretchr/testify v1.11.0 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
