@@ -7,8 +7,8 @@ measurement (README, with the command and date). The tests split what it claims:
   ~20 points, a margin no machine-to-machine difference in floating point erases, and a broken gradient,
   advantage, weight sync or schedule would;
 - the main job's spec is the format job's but for the cold-start data's format and the RL schedule (steps, lr
-  schedule, prompts per dynamic-sampling round; so the learning run above runs its pipeline), and that data already all earns the reward through the verifier's
-  scoring, so the main job's gain can only be answers."""
+  schedule, prompts per dynamic-sampling round; so the learning run above runs its pipeline), and that data
+  already all earns the reward through the verifier's scoring, so the main job's gain can only be answers."""
 
 from __future__ import annotations
 
