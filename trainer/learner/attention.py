@@ -57,6 +57,13 @@ def _check_document_ids(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _require_packing_order(document_ids: torch.Tensor) -> None:
+    """Both kernels rely on how packing lays rows out: each document one span, numbered in order."""
+    if document_ids.shape[1] > 1 and bool((document_ids[:, 1:] < document_ids[:, :-1]).any()):
+        raise ValueError("packed rows' document ids must be contiguous spans, numbered in order: they must not "
+                         "decrease along a row")
+
+
 def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
     """document_ids: [b, s] int -> [b, 1, s, s] bool, True = masked: causal inside a document, nothing across."""
     s = document_ids.shape[1]
@@ -66,16 +73,13 @@ def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
 
 
 def document_spans(document_ids: torch.Tensor) -> list[list[Span]]:
-    """document_ids: [b, s] -> per row, the [start, end) span of each document, in order. Each document must
-    be one contiguous span (as packing lays them out); a split one is refused rather than attended wrongly."""
+    """document_ids: [b, s] -> per row, the [start, end) span of each document, in order. A row laid out
+    otherwise (a document split in two) is refused rather than attended wrongly."""
+    _require_packing_order(document_ids)
     spans = []
     for row in document_ids.cpu():
         change = (row[1:] != row[:-1]).nonzero().flatten().add(1).tolist()
-        bounds = [0, *change, row.numel()]
-        row_spans = list(itertools.pairwise(bounds))
-        if len(row_spans) != row.unique().numel():
-            raise ValueError("a packed row's document ids must be contiguous spans (one per sequence)")
-        spans.append(row_spans)
+        spans.append(list(itertools.pairwise([0, *change, row.numel()])))
     return spans
 
 
@@ -110,9 +114,8 @@ def document_block_mask(document_ids: torch.Tensor, block_size: int = 128) -> An
     document, the same one (j < i). Partial blocks apply the mask_mod."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    b, s = document_ids.shape
-    if b and s > 1 and bool((document_ids[:, 1:] < document_ids[:, :-1]).any()):
-        raise ValueError("packed rows' document ids must not decrease along a row")
+    _require_packing_order(document_ids)
+    s = document_ids.shape[1]
     blocks = -(-s // block_size)
     starts = torch.arange(blocks, device=document_ids.device) * block_size
     ends = torch.clamp(starts + block_size, max=s)

@@ -73,9 +73,9 @@ def load_spec_with_settings(path: str | Path, assignments: Sequence[str]) -> tup
     """The spec file with `--set` assignments applied, validated as a whole (a bad field fails here, naming
     it), and its JSON dump."""
     spec = load_spec(path)
-    if not assignments:
-        return spec, spec.model_dump(mode="json")
     data = spec.model_dump(mode="json")
+    if not assignments:
+        return spec, data
     for field, value in parse_settings(assignments).items():
         set_field(data, field, value)
     return parse_spec(data, source=f"{path} with --set"), data
