@@ -104,6 +104,30 @@ def widget(namespace: str, name: str, spec: dict[str, object]) -> str:
     )
 
 
+def test_kubectl_json_answers_a_plain_get_as_kubectl_does(control_plane: ControlPlane, k8s_namespace: str) -> None:
+    """kubectl_json answers `get` through the REST API (no kubectl process); what it returns and how it fails
+    must be kubectl's own: the same objects, kinds on list items, short and group-qualified names, the error."""
+    ns = k8s_namespace
+    control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "c1", "namespace": ns, "labels": {"pick": "me"}}, "data": {"x": "1"}})
+
+    def summary(answer: dict) -> object:
+        if answer["kind"] == "List":
+            return sorted((i["kind"], i["apiVersion"], i["metadata"]["name"]) for i in answer["items"])
+        return answer["kind"], answer["apiVersion"], answer["metadata"]["name"], answer.get("data")
+
+    for args in [("get", "configmap", "c1", "-n", ns), ("get", "cm", "-n", ns, "-l", "pick=me"),
+                 ("get", "configmaps,serviceaccounts", f"--namespace={ns}"), ("get", "ns", ns),
+                 ("get", "clusterroles.rbac.authorization.k8s.io", "admin"), ("get", "pods", "-A")]:
+        via_kubectl = json.loads(control_plane.kubectl(*args, "-o", "json").stdout)
+        assert summary(control_plane.kubectl_json(*args)) == summary(via_kubectl), args
+    with pytest.raises(KubectlError, match=r'Error from server \(NotFound\): configmaps "nope" not found'):
+        control_plane.kubectl_json("get", "configmap", "nope", "-n", ns)
+    # A resource type discovery does not know goes to kubectl, which explains.
+    with pytest.raises(KubectlError, match='the server doesn\'t have a resource type "gizmos"'):
+        control_plane.kubectl_json("get", "gizmos")
+
+
 def test_crd_defaults_prunes_and_rejects_by_schema(control_plane: ControlPlane, k8s_namespace: str) -> None:
     control_plane.apply(WIDGET_CRD)
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/widgets.test.forkrl.dev")
