@@ -4,9 +4,6 @@ the main job's spec with its cold-start policy built once per session."""
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 import yaml
 
 from forkrl.trainer.spec import RLVRJobSpec
+from tests.cold_start_cache import cached_cold_start
 from tests.multihost.netns import HarnessUnavailable, Hosts, check_available
 
 MAIN_JOB = Path(__file__).resolve().parents[2] / "examples" / "local-arith.yaml"
@@ -60,28 +58,8 @@ def main_job(changes: dict) -> RLVRJobSpec:
 
 def build_cold_start(changes: dict) -> str:
     """The main job's cold-start checkpoint with `changes` (a policy that already solves some problems, so RL
-    steps see non-zero advantages and really move the weights). The cold start is deterministic, so it is
-    built once per spec and library versions and kept outside the checkout (like the Go builds of
-    tests/cluster)."""
-    import torch
-    import transformers
-
-    from forkrl.rollout.weight_checkpoint import make_files_readable
-    from forkrl.trainer.controller.loop import prepare_policy
-
-    spec = main_job(changes)
-    key = hashlib.sha256(json.dumps([spec.model.model_dump(mode="json"), spec.cold_start.model_dump(mode="json"),
-                                     spec.data.model_dump(mode="json"), spec.seed, torch.__version__,
-                                     transformers.__version__]).encode()).hexdigest()[:16]
-    root = Path(os.environ.get("FORKRL_TEST_CACHE", Path.home() / ".cache" / "forkrl" / "tests")) / f"cold-start-{key}"
-    ready = root / "local-arith" / "cold_start_model"
-    if not (ready / "model.safetensors").exists():
-        spec = main_job({**changes, "observability": {"run_dir": str(root / "{name}")}})
-        prepare_policy(spec, spec.run_dir(), print)
-    # A cache written before save_checkpoint fixed its files' modes may hold a 0600 model.safetensors, which the
-    # real-node tests' pods (uid 1000) cannot read.
-    make_files_readable(ready)
-    return str(ready)
+    steps see non-zero advantages and really move the weights), built once (tests/cold_start_cache.py)."""
+    return str(cached_cold_start(main_job(changes)))
 
 
 # Half the main job's cold start: enough for some correct answers (non-zero advantages), in half the time.

@@ -3,9 +3,9 @@
 The main job (`examples/local-arith.yaml`) needs its 200 steps (~10 minutes on 2 cores) for its gain of ~9
 points: run whole, it alone would take a third of the suite's 30 minutes, so its headline figure is a recorded
 measurement (README, with the command and date). The tests split what it claims:
-- the loop learns: the format-adoption job (`examples/local-arith-format.yaml`, its first 25 of 50 steps) gains
-  ~20 points, a margin no machine-to-machine difference in floating point erases, and a broken gradient,
-  advantage, weight sync or schedule would;
+- the loop learns: the format-adoption job (`examples/local-arith-format.yaml`, its first 15 of 50 steps, from
+  its cold start kept in the test cache) gains ~14 points, a margin no machine-to-machine difference in floating
+  point erases, and a broken gradient, advantage, weight sync or schedule would;
 - the main job's spec is the format job's but for the cold-start data's format and the RL schedule (steps, lr
   schedule, prompts per dynamic-sampling round; so the learning run above runs its pipeline), and that data
   already all earns the reward through the verifier's scoring, so the main job's gain can only be answers."""
@@ -13,6 +13,7 @@ measurement (README, with the command and date). The tests split what it claims:
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from forkrl.rollout.verifier.math_reward import score_math
 from forkrl.rollout.verifier.schemas import Reason
 from forkrl.trainer.controller.setup import load_dataset
 from forkrl.trainer.spec import load_spec
+from tests.cold_start_cache import cached_cold_start
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -44,13 +46,20 @@ def forkrl_train(spec: Path, workdir: Path, *settings: str, timeout: int) -> dic
 @pytest.mark.exclusive
 @pytest.mark.timeout(1200)
 def test_rl_raises_heldout_accuracy_by_adopting_the_rewarded_format(tmp_path: Path) -> None:
-    # Its first 25 steps (the schedule unchanged: lr still decays over the spec's 100 updates) gain ~20 points.
-    summary = forkrl_train(EXAMPLES / "local-arith-format.yaml", tmp_path, "schedule.steps=25", "eval.interval=0",
+    # Its first 15 steps (the schedule unchanged: lr still decays over the spec's 100 updates) gained 13.6 points
+    # (16.9% -> 30.5%, CI +10.8 to +16.4; 2026-12-02). A broken loop gains nothing; >= 8 leaves room for another
+    # CPU's floating point (the cold start alone measured 15.3% and 16.9% on two machines).
+    # The cold start (400 supervised steps, a minute alone) comes from the cache every run after the first
+    # builds (tests/cold_start_cache.py); the run finds it in its run directory and reuses it, as a resumed
+    # run would.
+    spec = load_spec(EXAMPLES / "local-arith-format.yaml")
+    shutil.copytree(cached_cold_start(spec), tmp_path / "runs" / spec.name / "cold_start_model")
+    summary = forkrl_train(EXAMPLES / "local-arith-format.yaml", tmp_path, "schedule.steps=15", "eval.interval=0",
                            timeout=1100)
     heldout = summary["comparison"]["arith-heldout"]
     assert heldout["problems"] == 500
     assert heldout["after"] - heldout["before"] == pytest.approx(heldout["difference"])
-    assert heldout["difference"] >= 0.10, heldout
+    assert heldout["difference"] >= 0.08, heldout
     assert heldout["ci95_low"] > 0, heldout
     # Most of the gain is the format: half the cold start's solutions end in the unrewarded `Answer: N`.
     assert heldout["answered_before"] <= 0.7 and heldout["answered_after"] - heldout["answered_before"] >= 0.2, heldout
