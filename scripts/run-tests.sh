@@ -9,6 +9,9 @@ WORKERS="${FORKRL_TEST_WORKERS:-2}"
 # Two lanes of multi-process tests oversubscribe the cores: OpenMP threads that spin while they wait
 # (libgomp's default) would burn the time slices the other lane's processes need. Numerics are unchanged.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# Bytecode caches (gitignored __pycache__ in the checkout): without them each xdist worker re-parses and rewrites
+# every test module's assertions (~5 CPU-s of its collection) and each process re-compiles forkrl's own modules.
+unset PYTHONDONTWRITEBYTECODE
 "$VENV/bin/python" -m ruff check .
 if [ "$WORKERS" -gt 0 ]; then
   exec "$VENV/bin/python" -m pytest -n "$WORKERS" --dist loadscope "$@"
