@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import ssl
 import subprocess
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -134,23 +134,20 @@ class ClusterClients:
                 return answer
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
+    @functools.cached_property
+    def _admin_tls(self) -> ssl.SSLContext:
+        assert self.pki is not None
+        return client_tls(self.pki.ca_cert, self.pki.admin.cert_file, self.pki.admin.key_file)
+
     def _api_get(self, path: str) -> Any:
         """GET `path` as the admin user; HTTPError for a status >= 400."""
-        state = self.__dict__.setdefault("_rest_state", {"lock": threading.Lock()})
-        with state["lock"]:
-            if "tls" not in state:
-                assert self.pki is not None
-                state["tls"] = client_tls(self.pki.ca_cert, self.pki.admin.cert_file, self.pki.admin.key_file)
-        tls: ssl.SSLContext = state["tls"]
-        with urllib.request.urlopen(f"{self.server}{path}", timeout=30, context=tls) as response:
+        with urllib.request.urlopen(f"{self.server}{path}", timeout=30, context=self._admin_tls) as response:
             return json.loads(response.read())
 
-    def _api_resources(self, refresh: bool = False) -> dict[str, ApiResource]:
+    @functools.cached_property
+    def _api_resources(self) -> dict[str, ApiResource]:
         """Every name kubectl accepts for a resource type (plural, singular, short names, kind, `plural.group`),
-        from discovery; the core group wins a name several groups share, as in kubectl."""
-        state = self.__dict__.setdefault("_rest_state", {"lock": threading.Lock()})
-        if "resources" in state and not refresh:
-            return state["resources"]
+        from discovery; the core group wins a name several groups share, as in kubectl. Deleted to rediscover."""
         group_versions = ["v1"] + [group["preferredVersion"]["groupVersion"]
                                    for group in self._api_get("/apis")["groups"]]
         names: dict[str, ApiResource] = {}
@@ -168,23 +165,22 @@ class ClusterClients:
                 for alias in aliases:
                     if alias:
                         names.setdefault(alias, resource)
-        state["resources"] = names
         return names
 
     def _rest_get(self, request: GetRequest, args: Sequence[str]) -> Any | None:
         """`request` through the API server's REST API, shaped as `kubectl get -o json` prints it; None where a
         resource name is unknown even after a fresh discovery (kubectl then answers, or explains)."""
-        known = self._api_resources()
-        if any(name.lower() not in known for name in request.resources):
-            known = self._api_resources(refresh=True)  # a CRD installed since
-            if any(name.lower() not in known for name in request.resources):
+        if any(name.lower() not in self._api_resources for name in request.resources):
+            del self._api_resources  # a CRD installed since the last discovery
+            if any(name.lower() not in self._api_resources for name in request.resources):
                 return None
+        known = self._api_resources
         query = f"?labelSelector={urllib.parse.quote(request.selector)}" if request.selector else ""
+        namespace = None if request.all_namespaces else request.namespace
         items: list[dict[str, Any]] = []
         try:
             for name in request.resources:
                 resource = known[name.lower()]
-                namespace = None if request.all_namespaces else request.namespace
                 answer = self._api_get(resource.path(namespace, request.name) + query)
                 if request.name is not None:
                     return answer
